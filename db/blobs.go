@@ -1,0 +1,187 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// BlobSize returns the size of blob dgst if it is linked into repo and not
+// being collected. One round trip; it locks nothing.
+func (d *DB) BlobSize(ctx context.Context, repo, dgst string) (int64, error) {
+	var size int64
+	err := d.pool.QueryRow(ctx, `
+SELECT b.size
+FROM repositories r
+JOIN repository_blobs rb ON rb.repository_id = r.id
+JOIN blobs b ON b.digest = rb.digest
+WHERE r.name = $1 AND rb.digest = $2 AND b.state = 'ready'`, repo, dgst).Scan(&size)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrBlobUnknown
+	}
+	if err != nil {
+		return 0, fmt.Errorf("stat blob %s in %s: %w", dgst, repo, err)
+	}
+	return size, nil
+}
+
+// BlobReady reports whether blob dgst is stored (in any repository) and not
+// being collected. Upload commits use it to skip publishing bytes that are
+// already there; the answer is re-checked under the row lock in BlobCommit.
+func (d *DB) BlobReady(ctx context.Context, dgst string) (bool, error) {
+	var ready bool
+	err := d.pool.QueryRow(ctx,
+		`SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = $1 AND state = 'ready')`, dgst).Scan(&ready)
+	if err != nil {
+		return false, fmt.Errorf("look up blob %s: %w", dgst, err)
+	}
+	return ready, nil
+}
+
+// BlobCommit describes a verified blob whose bytes are staged in the blob
+// store, ready to be recorded and linked into a repository.
+type BlobCommit struct {
+	Repository string
+	Digest     string
+	Size       int64
+	// UploadID names the session the bytes came from; empty for a
+	// monolithic POST, which has no session. UploadSize is the session size
+	// the caller saw: if another request changed the session since, the
+	// commit fails with ErrUploadOffset.
+	UploadID   string
+	UploadSize int64
+}
+
+// BlobCommit records blob c.Digest, links it into c.Repository and closes
+// the upload session, in one transaction.
+//
+// ensureBytes must make the blob's bytes readable at its content address in
+// the store (idempotently). It is called with the blob row locked FOR UPDATE
+// whenever the row is new or garbage collection has marked it 'deleting':
+// in both cases GC may have removed bytes the caller published earlier, and
+// GC only ever deletes bytes while holding this same row lock, so bytes
+// present when ensureBytes returns stay present. A crash after ensureBytes
+// and before commit leaves at worst bytes without a row, which GC sweeps.
+//
+// Locks: the upload row (deleted), then the blob row FOR UPDATE.
+func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(context.Context) error, actor Actor) error {
+	return d.withTx(ctx, func(tx pgx.Tx) error {
+		repoID, err := repositoryEnsure(ctx, tx, c.Repository)
+		if err != nil {
+			return err
+		}
+		if c.UploadID != "" {
+			if err := uploadClose(ctx, tx, repoID, c.UploadID, c.UploadSize); err != nil {
+				return err
+			}
+		}
+		state, found, err := blobLock(ctx, tx, c.Digest)
+		if err != nil {
+			return err
+		}
+		if !found {
+			tag, err := tx.Exec(ctx,
+				`INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING`,
+				c.Digest, c.Size)
+			if err != nil {
+				return fmt.Errorf("insert blob %s: %w", c.Digest, err)
+			}
+			if tag.RowsAffected() == 0 {
+				// Inserted concurrently; lock the row that won.
+				if state, found, err = blobLock(ctx, tx, c.Digest); err != nil {
+					return err
+				}
+				if !found {
+					return fmt.Errorf("blob %s vanished during commit", c.Digest)
+				}
+			}
+		}
+		if !found || state == blobDeleting {
+			if err := ensureBytes(ctx); err != nil {
+				return fmt.Errorf("publish blob %s: %w", c.Digest, err)
+			}
+			if state == blobDeleting {
+				if _, err := tx.Exec(ctx,
+					`UPDATE blobs SET state = 'ready' WHERE digest = $1`, c.Digest); err != nil {
+					return fmt.Errorf("revive blob %s: %w", c.Digest, err)
+				}
+			}
+		}
+		return blobLink(ctx, tx, repoID, c.Digest)
+	})
+}
+
+const blobDeleting = "deleting"
+
+// blobLock locks the row of blob dgst FOR UPDATE and returns its state.
+func blobLock(ctx context.Context, tx pgx.Tx, dgst string) (state string, found bool, err error) {
+	err = tx.QueryRow(ctx, `SELECT state FROM blobs WHERE digest = $1 FOR UPDATE`, dgst).Scan(&state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("lock blob %s: %w", dgst, err)
+	}
+	return state, true, nil
+}
+
+func blobLink(ctx context.Context, tx pgx.Tx, repoID int64, dgst string) error {
+	_, err := tx.Exec(ctx, `
+INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, $2)
+ON CONFLICT (repository_id, digest) DO NOTHING`, repoID, dgst)
+	if err != nil {
+		return fmt.Errorf("link blob %s: %w", dgst, err)
+	}
+	return nil
+}
+
+// BlobMount links blob dgst, present in repository from, into repository
+// to, and returns its size. ErrBlobUnknown when from does not hold it.
+//
+// Locks: the blob row FOR SHARE, so that garbage collection (which takes it
+// FOR UPDATE) cannot mark it 'deleting' between the check and the new link.
+func (d *DB) BlobMount(ctx context.Context, from, to, dgst string, actor Actor) (int64, error) {
+	var size int64
+	err := d.withTx(ctx, func(tx pgx.Tx) error {
+		toID, err := repositoryEnsure(ctx, tx, to)
+		if err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `
+SELECT b.size
+FROM repositories r
+JOIN repository_blobs rb ON rb.repository_id = r.id
+JOIN blobs b ON b.digest = rb.digest
+WHERE r.name = $1 AND rb.digest = $2 AND b.state = 'ready'
+FOR SHARE OF b`, from, dgst).Scan(&size)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrBlobUnknown
+		}
+		if err != nil {
+			return fmt.Errorf("find blob %s in %s: %w", dgst, from, err)
+		}
+		return blobLink(ctx, tx, toID, dgst)
+	})
+	return size, err
+}
+
+// BlobUnlink removes blob dgst from repository repo. The bytes stay while
+// any other repository or manifest references them; garbage collection
+// decides when they go. ErrBlobUnknown when repo does not hold the blob.
+func (d *DB) BlobUnlink(ctx context.Context, repo, dgst string, actor Actor) error {
+	return d.withTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
+DELETE FROM repository_blobs rb
+USING repositories r
+WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
+		if err != nil {
+			return fmt.Errorf("unlink blob %s from %s: %w", dgst, repo, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrBlobUnknown
+		}
+		return nil
+	})
+}

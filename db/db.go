@@ -1,0 +1,227 @@
+// Package db owns Berth's metadata: every SQL statement, the pgx pool and the
+// transactions. Nothing outside this package imports pgx; callers see plain
+// Go types and this package's errors.
+//
+// # Tables
+//
+//	repositories ─┬─< repository_blobs >── blobs (global, by digest)
+//	              │                          ▲        ▲
+//	              ├─< manifests ─< manifest_blobs ─┘    │ (config + layers)
+//	              │      ▲  └───< manifest_children >─┐ │ (index → child manifests)
+//	              │      └────────────────────────────┘ │
+//	              ├─< tags ──> manifests                │
+//	              └─< uploads   (bytes in the blob store, not here)
+//
+// A blob is visible in a repository only through repository_blobs. A
+// manifest row is live while deleted_at is NULL; a delete by digest writes a
+// tombstone and removes the manifest's tags in the same transaction.
+//
+// # Locks
+//
+// Every state change is one transaction (see withTx). Row locks are taken in
+// one global order, so that two transactions can never wait on each other in
+// a cycle:
+//
+//  1. repositories (a row is created once, with ON CONFLICT, never locked after)
+//  2. manifests, child manifests before the parent, digests in ascending order
+//  3. tags
+//  4. blobs, digests in ascending order
+//
+// Each function documents the locks it takes. On the rare deadlock or
+// serialization failure PostgreSQL still reports, withTx retries the whole
+// transaction, so callers pass functions that are safe to run again.
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DB is the handle to Berth's metadata database. It is safe for concurrent
+// use.
+type DB struct {
+	pool *pgxpool.Pool
+}
+
+// Options tune the connection pool. Zero values take pgx defaults.
+type Options struct {
+	MaxConns int32
+}
+
+// Open connects to the database at url and checks that it answers.
+func Open(ctx context.Context, url string, opts Options) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	return &DB{pool: pool}, nil
+}
+
+// Close releases every connection.
+func (d *DB) Close() { d.pool.Close() }
+
+// Ping checks that the database answers.
+func (d *DB) Ping(ctx context.Context) error { return d.pool.Ping(ctx) }
+
+// PoolStats is a snapshot of the connection pool, for metrics.
+type PoolStats struct {
+	Total, Idle, InUse int32
+	MaxConns           int32
+	AcquireCount       int64
+	AcquireDuration    time.Duration
+}
+
+// Stats reports the state of the connection pool.
+func (d *DB) Stats() PoolStats {
+	s := d.pool.Stat()
+	return PoolStats{
+		Total:           s.TotalConns(),
+		Idle:            s.IdleConns(),
+		InUse:           s.AcquiredConns(),
+		MaxConns:        s.MaxConns(),
+		AcquireCount:    s.AcquireCount(),
+		AcquireDuration: s.AcquireDuration(),
+	}
+}
+
+// Actor says who makes a change and in which request, for the audit trail.
+type Actor struct {
+	Name      string // authenticated user, or the client address when anonymous
+	RequestID string
+}
+
+// Errors returned by this package. Callers compare with errors.Is.
+var (
+	ErrRepositoryUnknown = errors.New("repository not known")
+	ErrManifestUnknown   = errors.New("manifest not known")
+	ErrBlobUnknown       = errors.New("blob not known")
+	ErrUploadUnknown     = errors.New("upload session not known")
+	ErrTagUnknown        = errors.New("tag not known")
+	// ErrUploadOffset means an upload chunk did not start where the session
+	// stands, typically because another request appended first.
+	ErrUploadOffset = errors.New("upload chunk does not start at the session's current offset")
+)
+
+// MissingReferenceError reports a manifest that references a blob or child
+// manifest which is not present in the repository.
+type MissingReferenceError struct {
+	Digest   string
+	Manifest bool // a child manifest rather than a blob
+}
+
+func (e *MissingReferenceError) Error() string {
+	if e.Manifest {
+		return fmt.Sprintf("referenced manifest %s is not present in the repository", e.Digest)
+	}
+	return fmt.Sprintf("referenced blob %s is not present in the repository", e.Digest)
+}
+
+// SizeMismatchError reports a descriptor whose size differs from the stored
+// blob's.
+type SizeMismatchError struct {
+	Digest         string
+	Declared, Real int64
+}
+
+func (e *SizeMismatchError) Error() string {
+	return fmt.Sprintf("descriptor of %s declares %d bytes but the blob holds %d", e.Digest, e.Declared, e.Real)
+}
+
+// ReferencedError reports a manifest that cannot be deleted because a live
+// index in the same repository still lists it.
+type ReferencedError struct {
+	Digest     string // the manifest to delete
+	ReferrerOf string // digest of the index that references it
+}
+
+func (e *ReferencedError) Error() string {
+	return fmt.Sprintf("manifest %s is referenced by index %s; delete the index first", e.Digest, e.ReferrerOf)
+}
+
+// maxAttempts bounds the retries of a transaction that PostgreSQL aborted
+// with a deadlock or serialization failure.
+const maxAttempts = 5
+
+// withTx runs fn in a transaction and commits it. fn may run more than once:
+// when PostgreSQL aborts the transaction with a deadlock or serialization
+// failure, the whole transaction is retried with a short backoff.
+//
+// Rollback runs under context.WithoutCancel: a request whose client went
+// away must still end its transaction rather than leave it to the pool.
+func (d *DB) withTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := d.tryTx(ctx, fn)
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) || attempt == maxAttempts {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt*attempt) * 5 * time.Millisecond):
+		}
+	}
+}
+
+func (d *DB) tryTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// retryable reports whether err is a transient PostgreSQL conflict worth
+// retrying the whole transaction for.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "40001", // serialization_failure
+		"40P01": // deadlock_detected
+		return true
+	}
+	return false
+}
+
+// isUniqueViolation reports a unique constraint violation (23505).
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// querier is what both the pool and a transaction offer; read-only helpers
+// take it so they run either alone or inside a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}

@@ -1,0 +1,364 @@
+package db
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Manifest is a stored manifest as served to clients.
+type Manifest struct {
+	Digest    string
+	MediaType string
+	Size      int64
+	Payload   []byte // nil when not requested
+}
+
+// ManifestByTag returns the live manifest that tag points at in repo.
+// Unknown repository, tag and manifest all give ErrManifestUnknown: telling
+// them apart would cost a round trip on the hottest path of the registry.
+func (d *DB) ManifestByTag(ctx context.Context, repo, tag string, withPayload bool) (Manifest, error) {
+	return d.manifestGet(ctx, `
+SELECT m.digest, m.media_type, m.size, CASE WHEN $3 THEN m.payload END
+FROM repositories r
+JOIN tags t ON t.repository_id = r.id
+JOIN manifests m ON m.id = t.manifest_id
+WHERE r.name = $1 AND t.name = $2 AND m.deleted_at IS NULL`, repo, tag, withPayload)
+}
+
+// ManifestByDigest returns the live manifest dgst of repo.
+func (d *DB) ManifestByDigest(ctx context.Context, repo, dgst string, withPayload bool) (Manifest, error) {
+	return d.manifestGet(ctx, `
+SELECT m.digest, m.media_type, m.size, CASE WHEN $3 THEN m.payload END
+FROM repositories r
+JOIN manifests m ON m.repository_id = r.id
+WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL`, repo, dgst, withPayload)
+}
+
+func (d *DB) manifestGet(ctx context.Context, q, repo, ref string, withPayload bool) (Manifest, error) {
+	var m Manifest
+	err := d.pool.QueryRow(ctx, q, repo, ref, withPayload).Scan(&m.Digest, &m.MediaType, &m.Size, &m.Payload)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Manifest{}, ErrManifestUnknown
+	}
+	if err != nil {
+		return Manifest{}, fmt.Errorf("read manifest %s in %s: %w", ref, repo, err)
+	}
+	return m, nil
+}
+
+// BlobRef is a blob a manifest references, with the size its descriptor
+// declares.
+type BlobRef struct {
+	Digest string
+	Size   int64
+}
+
+// ManifestPut is a validated manifest to store.
+type ManifestPut struct {
+	Repository    string
+	Digest        string
+	MediaType     string
+	ArtifactType  string
+	ConfigDigest  string
+	SubjectDigest string
+	Annotations   map[string]string
+	Payload       []byte
+	Blobs         []BlobRef // config and layers that must be present in the repository
+	Children      []string  // digests of child manifests (index, manifest list)
+	Tag           string    // tag to point at the manifest; empty for a push by digest
+}
+
+// ManifestStore stores manifest p (or revives its tombstone) and points
+// p.Tag at it, in one transaction. Every referenced blob must be linked into
+// the repository and every child manifest must be live there, otherwise a
+// *MissingReferenceError names the first one missing.
+//
+// Locks, in the package's order: child manifest rows FOR SHARE (a delete of
+// a child, which takes FOR UPDATE, waits or is waited for, so no index can
+// reference a deleted child); the manifest's own row (through ON CONFLICT);
+// the tag row; the referenced blob rows FOR SHARE, so garbage collection
+// cannot claim them before the references are recorded.
+func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) error {
+	annotations, err := json.Marshal(p.Annotations)
+	if err != nil {
+		return fmt.Errorf("encode annotations: %w", err)
+	}
+	if p.Annotations == nil {
+		annotations = nil
+	}
+	blobs := slices.Clone(p.Blobs)
+	slices.SortFunc(blobs, func(a, b BlobRef) int { return cmpString(a.Digest, b.Digest) })
+	blobs = slices.CompactFunc(blobs, func(a, b BlobRef) bool { return a.Digest == b.Digest })
+	children := slices.Clone(p.Children)
+	slices.Sort(children)
+	children = slices.Compact(children)
+
+	return d.withTx(ctx, func(tx pgx.Tx) error {
+		repoID, err := repositoryEnsure(ctx, tx, p.Repository)
+		if err != nil {
+			return err
+		}
+		childIDs, err := manifestLockChildren(ctx, tx, repoID, children)
+		if err != nil {
+			return err
+		}
+		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
+			return err
+		}
+		id, inserted, err := manifestUpsert(ctx, tx, repoID, p, annotations)
+		if err != nil {
+			return err
+		}
+		if inserted {
+			if err := manifestRecordRefs(ctx, tx, id, blobs, childIDs); err != nil {
+				return err
+			}
+		}
+		if p.Tag != "" {
+			return tagSet(ctx, tx, repoID, p.Tag, id)
+		}
+		return nil
+	})
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// manifestLockChildren locks the live child manifests FOR SHARE, in digest
+// order, and returns their ids.
+func manifestLockChildren(ctx context.Context, tx pgx.Tx, repoID int64, children []string) ([]int64, error) {
+	if len(children) == 0 {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, `
+SELECT id, digest FROM manifests
+WHERE repository_id = $1 AND digest = ANY($2) AND deleted_at IS NULL
+ORDER BY digest
+FOR SHARE`, repoID, children)
+	if err != nil {
+		return nil, fmt.Errorf("lock child manifests: %w", err)
+	}
+	found := make(map[string]int64, len(children))
+	for rows.Next() {
+		var id int64
+		var dgst string
+		if err := rows.Scan(&id, &dgst); err != nil {
+			return nil, fmt.Errorf("lock child manifests: %w", err)
+		}
+		found[dgst] = id
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock child manifests: %w", err)
+	}
+	ids := make([]int64, 0, len(children))
+	for _, c := range children {
+		id, ok := found[c]
+		if !ok {
+			return nil, &MissingReferenceError{Digest: c, Manifest: true}
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// blobLockShared checks that every blob is linked into the repository and
+// ready, with the declared size, and locks the rows FOR SHARE in digest
+// order.
+func blobLockShared(ctx context.Context, tx pgx.Tx, repoID int64, blobs []BlobRef) error {
+	if len(blobs) == 0 {
+		return nil
+	}
+	digests := make([]string, len(blobs))
+	for i, b := range blobs {
+		digests[i] = b.Digest
+	}
+	rows, err := tx.Query(ctx, `
+SELECT b.digest, b.size
+FROM blobs b
+JOIN repository_blobs rb ON rb.digest = b.digest AND rb.repository_id = $1
+WHERE b.digest = ANY($2) AND b.state = 'ready'
+ORDER BY b.digest
+FOR SHARE OF b`, repoID, digests)
+	if err != nil {
+		return fmt.Errorf("lock referenced blobs: %w", err)
+	}
+	sizes := make(map[string]int64, len(blobs))
+	for rows.Next() {
+		var dgst string
+		var size int64
+		if err := rows.Scan(&dgst, &size); err != nil {
+			return fmt.Errorf("lock referenced blobs: %w", err)
+		}
+		sizes[dgst] = size
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("lock referenced blobs: %w", err)
+	}
+	for _, b := range blobs {
+		size, ok := sizes[b.Digest]
+		if !ok {
+			return &MissingReferenceError{Digest: b.Digest}
+		}
+		if size != b.Size {
+			return &SizeMismatchError{Digest: b.Digest, Declared: b.Size, Real: size}
+		}
+	}
+	return nil
+}
+
+// manifestUpsert inserts the manifest row, or clears its tombstone, and
+// returns its id. inserted is true for a new row, whose references the
+// caller must then record; a revived row kept them.
+//
+// Locks the manifest row FOR UPDATE, so that a concurrent delete of the same
+// digest is serialised with this push either way round.
+func manifestUpsert(ctx context.Context, tx pgx.Tx, repoID int64, p ManifestPut, annotations []byte) (id int64, inserted bool, err error) {
+	for range 3 {
+		var tombstoned bool
+		err = tx.QueryRow(ctx, `
+SELECT id, deleted_at IS NOT NULL FROM manifests
+WHERE repository_id = $1 AND digest = $2
+FOR UPDATE`, repoID, p.Digest).Scan(&id, &tombstoned)
+		switch {
+		case err == nil && tombstoned:
+			if _, err := tx.Exec(ctx,
+				`UPDATE manifests SET deleted_at = NULL, deleted_by = NULL WHERE id = $1`, id); err != nil {
+				return 0, false, fmt.Errorf("revive manifest %s: %w", p.Digest, err)
+			}
+			return id, false, nil
+		case err == nil:
+			return id, false, nil
+		case !errors.Is(err, pgx.ErrNoRows):
+			return 0, false, fmt.Errorf("lock manifest %s: %w", p.Digest, err)
+		}
+		err = tx.QueryRow(ctx, `
+INSERT INTO manifests (repository_id, digest, media_type, artifact_type,
+                       config_digest, subject_digest, annotations, size, payload)
+VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''), NULLIF($6, ''), $7, $8, $9)
+ON CONFLICT (repository_id, digest) DO NOTHING
+RETURNING id`,
+			repoID, p.Digest, p.MediaType, p.ArtifactType, p.ConfigDigest, p.SubjectDigest,
+			annotations, int64(len(p.Payload)), p.Payload).Scan(&id)
+		if err == nil {
+			return id, true, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return 0, false, fmt.Errorf("insert manifest %s: %w", p.Digest, err)
+		}
+		// Pushed concurrently by another transaction, which has committed
+		// (ON CONFLICT waited for it): go round and lock that row.
+	}
+	return 0, false, fmt.Errorf("store manifest %s: row not visible after concurrent insert", p.Digest)
+}
+
+func manifestRecordRefs(ctx context.Context, tx pgx.Tx, id int64, blobs []BlobRef, childIDs []int64) error {
+	if len(blobs) > 0 {
+		digests := make([]string, len(blobs))
+		for i, b := range blobs {
+			digests[i] = b.Digest
+		}
+		if _, err := tx.Exec(ctx, `
+INSERT INTO manifest_blobs (manifest_id, digest) SELECT $1, unnest($2::text[])`, id, digests); err != nil {
+			return fmt.Errorf("record manifest blobs: %w", err)
+		}
+	}
+	if len(childIDs) > 0 {
+		if _, err := tx.Exec(ctx, `
+INSERT INTO manifest_children (parent_id, child_id) SELECT $1, unnest($2::bigint[])`, id, childIDs); err != nil {
+			return fmt.Errorf("record child manifests: %w", err)
+		}
+	}
+	return nil
+}
+
+// ManifestDelete soft-deletes live manifest dgst of repo: it writes a
+// tombstone and removes every tag pointing at it, in one transaction. A live
+// index of the same repository that lists the manifest blocks the delete
+// with *ReferencedError.
+//
+// Locks: the manifest row FOR UPDATE (an index push referencing it holds
+// FOR SHARE, so the two serialise and the referrer check below sees any
+// index committed before), then its tag rows.
+func (d *DB) ManifestDelete(ctx context.Context, repo, dgst string, actor Actor) error {
+	return d.withTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		err := tx.QueryRow(ctx, `
+SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
+WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL
+FOR UPDATE OF m`, repo, dgst).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrManifestUnknown
+		}
+		if err != nil {
+			return fmt.Errorf("lock manifest %s: %w", dgst, err)
+		}
+		// A separate statement, so that under READ COMMITTED it sees every
+		// index committed while we waited for the lock.
+		var parent string
+		err = tx.QueryRow(ctx, `
+SELECT p.digest FROM manifest_children c JOIN manifests p ON p.id = c.parent_id
+WHERE c.child_id = $1 AND p.deleted_at IS NULL
+ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
+		if err == nil {
+			return &ReferencedError{Digest: dgst, ReferrerOf: parent}
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("check referrers of %s: %w", dgst, err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE manifest_id = $1`, id); err != nil {
+			return fmt.Errorf("remove tags of %s: %w", dgst, err)
+		}
+		if _, err := tx.Exec(ctx,
+			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
+			id, actor.Name); err != nil {
+			return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
+		}
+		return nil
+	})
+}
+
+// Referrer is a manifest whose subject is a given digest, as the referrers
+// API lists it.
+type Referrer struct {
+	Digest       string
+	MediaType    string
+	ArtifactType string
+	Size         int64
+	Annotations  json.RawMessage
+}
+
+// Referrers lists the live manifests of repo whose subject is dgst, oldest
+// first, optionally only those of artifactType. An unknown repository has no
+// referrers.
+func (d *DB) Referrers(ctx context.Context, repo, dgst, artifactType string) ([]Referrer, error) {
+	rows, err := d.pool.Query(ctx, `
+SELECT m.digest, m.media_type, coalesce(m.artifact_type, ''), m.size, m.annotations
+FROM repositories r JOIN manifests m ON m.repository_id = r.id
+WHERE r.name = $1 AND m.subject_digest = $2 AND m.deleted_at IS NULL
+  AND ($3 = '' OR m.artifact_type = $3)
+ORDER BY m.id`, repo, dgst, artifactType)
+	if err != nil {
+		return nil, fmt.Errorf("list referrers of %s: %w", dgst, err)
+	}
+	refs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Referrer, error) {
+		var r Referrer
+		err := row.Scan(&r.Digest, &r.MediaType, &r.ArtifactType, &r.Size, &r.Annotations)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list referrers of %s: %w", dgst, err)
+	}
+	return refs, nil
+}

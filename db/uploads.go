@@ -1,0 +1,119 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Upload is an upload session as stored.
+type Upload struct {
+	ID         string
+	Repository string
+	Size       int64  // bytes received so far
+	HashState  []byte // marshalled sha256 state of those bytes
+	StoreState []byte // the blob store's own record of where they are
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// UploadCreate opens a session in repository repo, creating the repository
+// on first use.
+func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte, actor Actor) error {
+	return d.withTx(ctx, func(tx pgx.Tx) error {
+		repoID, err := repositoryEnsure(ctx, tx, repo)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx,
+			`INSERT INTO uploads (id, repository_id, hash_state) VALUES ($1, $2, $3)`,
+			id, repoID, hashState)
+		if err != nil {
+			return fmt.Errorf("create upload %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// UploadGet returns session id of repository repo.
+func (d *DB) UploadGet(ctx context.Context, repo, id string) (Upload, error) {
+	u := Upload{ID: id, Repository: repo}
+	err := d.pool.QueryRow(ctx, `
+SELECT u.size, u.hash_state, u.store_state, u.created_at, u.updated_at
+FROM uploads u JOIN repositories r ON r.id = u.repository_id
+WHERE u.id = $1 AND r.name = $2`, id, repo).Scan(
+		&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Upload{}, ErrUploadUnknown
+	}
+	if err != nil {
+		return Upload{}, fmt.Errorf("read upload %s: %w", id, err)
+	}
+	return u, nil
+}
+
+// UploadAdvance records a chunk appended to session id: the session moves
+// from size from to size to, with the new hash and store states. It is a
+// compare-and-set on the size, with no lock held while the chunk streams:
+// if another request appended first, nothing changes and ErrUploadOffset is
+// returned, so the caller discards its chunk and reports the current range.
+func (d *DB) UploadAdvance(ctx context.Context, repo, id string, from, to int64, hashState, storeState []byte) error {
+	tag, err := d.pool.Exec(ctx, `
+UPDATE uploads u SET size = $4, hash_state = $5, store_state = $6, updated_at = now()
+FROM repositories r
+WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2 AND u.size = $3`,
+		id, repo, from, to, hashState, storeState)
+	if err != nil {
+		return fmt.Errorf("advance upload %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 1 {
+		return nil
+	}
+	if _, err := d.UploadGet(ctx, repo, id); err != nil {
+		return err
+	}
+	return ErrUploadOffset
+}
+
+// UploadDelete ends session id without a blob (client cancel) and returns
+// it, so the caller can discard the staged bytes.
+func (d *DB) UploadDelete(ctx context.Context, repo, id string, actor Actor) (Upload, error) {
+	u := Upload{ID: id, Repository: repo}
+	err := d.pool.QueryRow(ctx, `
+DELETE FROM uploads u USING repositories r
+WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2
+RETURNING u.size, u.hash_state, u.store_state, u.created_at, u.updated_at`, id, repo).Scan(
+		&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Upload{}, ErrUploadUnknown
+	}
+	if err != nil {
+		return Upload{}, fmt.Errorf("delete upload %s: %w", id, err)
+	}
+	return u, nil
+}
+
+// uploadClose deletes the session as part of a blob commit, provided it
+// still has the size the committer saw.
+func uploadClose(ctx context.Context, tx pgx.Tx, repoID int64, id string, size int64) error {
+	var current int64
+	err := tx.QueryRow(ctx,
+		`SELECT size FROM uploads WHERE id = $1 AND repository_id = $2 FOR UPDATE`,
+		id, repoID).Scan(&current)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrUploadUnknown
+	}
+	if err != nil {
+		return fmt.Errorf("lock upload %s: %w", id, err)
+	}
+	if current != size {
+		return ErrUploadOffset
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM uploads WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("close upload %s: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,10 @@
+BEGIN;
+DROP TABLE uploads;
+DROP TABLE tags;
+DROP TABLE manifest_children;
+DROP TABLE manifest_blobs;
+DROP TABLE manifests;
+DROP TABLE repository_blobs;
+DROP TABLE blobs;
+DROP TABLE repositories;
+COMMIT;
