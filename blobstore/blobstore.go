@@ -1,0 +1,73 @@
+// Package blobstore keeps the bytes of blobs; the database keeps everything
+// about them. Blobs are content addressed: once published under a digest,
+// the bytes at that address never change, so readers need no coordination
+// and the only writes are "publish" and "delete".
+//
+// Uploads arrive in chunks, possibly on different replicas. A store appends
+// each chunk somewhere private to the upload and returns an opaque state
+// (which parts hold the bytes) that the caller saves with the upload session
+// in the database. The session row, not the store, decides which chunks
+// count: a chunk whose state was never saved is garbage that DeleteUpload
+// removes with the rest of the upload.
+//
+// Layout of the filesystem store under its root:
+//
+//	blobs/<algorithm>/<first two hex>/<hex>   published blobs, read-only
+//	uploads/<upload id>/<part>                chunks of an upload in progress
+//	uploads/<upload id>/assembled             the parts joined, when there are several
+package blobstore
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrNotFound reports a blob or upload part that is not in the store.
+var ErrNotFound = errors.New("not found in blob store")
+
+// Reader serves published blobs.
+type Reader interface {
+	// Stat returns the size of blob dgst, or ErrNotFound.
+	Stat(ctx context.Context, dgst digest.Digest) (int64, error)
+	// Open returns the bytes of blob dgst for reading and seeking, or
+	// ErrNotFound. The filesystem store returns an *os.File, which lets
+	// net/http send it with sendfile.
+	Open(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, error)
+}
+
+// Uploader receives the bytes of uploads and publishes them as blobs.
+type Uploader interface {
+	// AppendChunk stores everything r yields after the bytes that state
+	// describes, and returns the state describing both, with the number of
+	// bytes read from r. state is nil for an upload with no bytes yet. On
+	// error nothing the caller has saved is affected.
+	AppendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) (newState []byte, n int64, err error)
+	// ReadUpload returns the bytes of the upload as state describes them.
+	ReadUpload(ctx context.Context, uploadID string, state []byte) (io.ReadCloser, error)
+	// Publish makes the upload's bytes readable as blob dgst. The caller
+	// has verified the digest. Publish is idempotent and leaves the upload's
+	// own data in place, so it can run again if the bytes must be
+	// re-published; DeleteUpload discards the upload afterwards.
+	Publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error
+	// DeleteUpload removes every byte stored for the upload, including
+	// chunks whose state was never saved. Deleting an unknown upload is not
+	// an error.
+	DeleteUpload(ctx context.Context, uploadID string, state []byte) error
+}
+
+// Deleter removes published blobs. Only garbage collection calls it, with
+// the blob's database row locked.
+type Deleter interface {
+	// Delete removes blob dgst. Deleting a missing blob is not an error.
+	Delete(ctx context.Context, dgst digest.Digest) error
+}
+
+// Store is everything a blob store does.
+type Store interface {
+	Reader
+	Uploader
+	Deleter
+}

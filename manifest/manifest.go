@@ -1,0 +1,229 @@
+// Package manifest validates manifest bodies before Berth stores them and
+// extracts what the database needs to know: the blobs and child manifests a
+// manifest references, its subject and its artifact type.
+//
+// Berth stores and serves the bytes exactly as pushed; this package only
+// reads them. It accepts the four formats clients push today (OCI image
+// manifest and index, Docker schema 2 manifest and manifest list), with the
+// OCI 1.1 artifact fields, and refuses Docker schema 1.
+package manifest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-registry/berth/digests"
+)
+
+// MaxSize is the largest manifest body Berth accepts: 4 MiB, the limit the
+// OCI distribution spec says registries should accept at least, and what
+// the reference registry enforces.
+const MaxSize = 4 << 20
+
+// Media types of the formats Berth accepts.
+const (
+	MediaTypeOCIManifest        = ocispec.MediaTypeImageManifest
+	MediaTypeOCIIndex           = ocispec.MediaTypeImageIndex
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+	mediaTypeDockerSchema1       = "application/vnd.docker.distribution.manifest.v1+json"
+	mediaTypeDockerSchema1Signed = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+)
+
+// ErrInvalid wraps every reason a manifest is refused.
+var ErrInvalid = errors.New("invalid manifest")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Manifest is what Berth records about a valid manifest.
+type Manifest struct {
+	MediaType string
+	// ArtifactType is the manifest's artifactType or, for an image manifest
+	// without one, its config media type: what the referrers API reports.
+	ArtifactType string
+	Config       *ocispec.Descriptor
+	// Blobs are the config and layers that must be present in the
+	// repository. Layers with external URLs (foreign, non-distributable)
+	// are left out: they are never pushed.
+	Blobs []ocispec.Descriptor
+	// Children are the manifests an index or manifest list lists.
+	Children    []ocispec.Descriptor
+	Subject     *ocispec.Descriptor
+	Annotations map[string]string
+}
+
+// wire is the union of the fields of every accepted format.
+type wire struct {
+	SchemaVersion *int                 `json:"schemaVersion"`
+	MediaType     string               `json:"mediaType"`
+	ArtifactType  string               `json:"artifactType"`
+	Config        *ocispec.Descriptor  `json:"config"`
+	Layers        []ocispec.Descriptor `json:"layers"`
+	Manifests     []ocispec.Descriptor `json:"manifests"`
+	Subject       *ocispec.Descriptor  `json:"subject"`
+	Annotations   map[string]string    `json:"annotations"`
+	FSLayers      json.RawMessage      `json:"fsLayers"` // schema 1 only
+}
+
+// Parse validates payload, pushed with the given Content-Type header, and
+// returns what it references. Errors wrap ErrInvalid and say what is wrong.
+func Parse(contentType string, payload []byte) (*Manifest, error) {
+	ct := contentType
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+		ct = mt
+	}
+	if isSchema1(ct) {
+		return nil, schema1Error()
+	}
+	var w wire
+	if err := json.Unmarshal(payload, &w); err != nil {
+		return nil, invalid("body is not valid JSON: %v", err)
+	}
+	if isSchema1(w.MediaType) || (w.SchemaVersion != nil && *w.SchemaVersion == 1) || w.FSLayers != nil {
+		return nil, schema1Error()
+	}
+	if w.SchemaVersion == nil || *w.SchemaVersion != 2 {
+		return nil, invalid("schemaVersion must be 2")
+	}
+	mediaType, err := resolveMediaType(ct, &w)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manifest{MediaType: mediaType, Annotations: w.Annotations}
+	switch mediaType {
+	case MediaTypeOCIManifest, MediaTypeDockerManifest:
+		err = m.image(&w)
+	case MediaTypeOCIIndex, MediaTypeDockerManifestList:
+		err = m.index(&w)
+	default:
+		err = invalid("media type %q is not a manifest type Berth accepts (OCI image manifest or index, Docker manifest or manifest list)", mediaType)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if w.ArtifactType != "" && mediaType != MediaTypeOCIManifest && mediaType != MediaTypeOCIIndex {
+		return nil, invalid("artifactType is only defined for OCI manifests and indexes")
+	}
+	if w.Subject != nil {
+		if mediaType != MediaTypeOCIManifest && mediaType != MediaTypeOCIIndex {
+			return nil, invalid("subject is only defined for OCI manifests and indexes")
+		}
+		if err := checkDescriptor("subject", *w.Subject); err != nil {
+			return nil, err
+		}
+		m.Subject = w.Subject
+	}
+	return m, nil
+}
+
+func isSchema1(mediaType string) bool {
+	return mediaType == mediaTypeDockerSchema1 || mediaType == mediaTypeDockerSchema1Signed
+}
+
+func schema1Error() error {
+	return invalid("Docker schema 1 manifests are not supported (deprecated since 2017); push with a client that writes schema 2 or OCI manifests")
+}
+
+// resolveMediaType reconciles the Content-Type header with the body's
+// mediaType field. OCI manifests may omit the field, so the header (or, for
+// a generic header, the shape of the body) decides.
+func resolveMediaType(ct string, w *wire) (string, error) {
+	generic := ct == "" || ct == "application/json" || ct == "application/octet-stream"
+	switch {
+	case w.MediaType != "" && !generic && ct != w.MediaType:
+		return "", invalid("Content-Type %q does not match the manifest's mediaType %q", ct, w.MediaType)
+	case w.MediaType != "":
+		return w.MediaType, nil
+	case !generic:
+		if ct == MediaTypeDockerManifest || ct == MediaTypeDockerManifestList {
+			return "", invalid("a Docker %s must carry its mediaType field", ct)
+		}
+		return ct, nil
+	case w.Manifests != nil:
+		return MediaTypeOCIIndex, nil
+	case w.Config != nil:
+		return MediaTypeOCIManifest, nil
+	}
+	return "", invalid("cannot tell the manifest type: send a Content-Type header or a mediaType field")
+}
+
+func (m *Manifest) image(w *wire) error {
+	if w.Manifests != nil {
+		return invalid("an image manifest has no manifests field")
+	}
+	if w.Config == nil {
+		return invalid("an image manifest needs a config descriptor")
+	}
+	if err := checkDescriptor("config", *w.Config); err != nil {
+		return err
+	}
+	m.Config = w.Config
+	m.Blobs = append(m.Blobs, *w.Config)
+	for i, l := range w.Layers {
+		if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l); err != nil {
+			return err
+		}
+		if len(l.URLs) == 0 {
+			m.Blobs = append(m.Blobs, l)
+		}
+	}
+	m.ArtifactType = w.ArtifactType
+	if m.ArtifactType == "" {
+		m.ArtifactType = w.Config.MediaType
+	}
+	return nil
+}
+
+func (m *Manifest) index(w *wire) error {
+	if w.Config != nil || w.Layers != nil {
+		return invalid("an index has no config or layers; did you mean an image manifest?")
+	}
+	if w.Manifests == nil {
+		return invalid("an index needs a manifests list")
+	}
+	for i, c := range w.Manifests {
+		if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), c); err != nil {
+			return err
+		}
+	}
+	m.Children = w.Manifests
+	m.ArtifactType = w.ArtifactType
+	return nil
+}
+
+func checkDescriptor(field string, d ocispec.Descriptor) error {
+	if d.MediaType == "" {
+		return invalid("%s: mediaType is required", field)
+	}
+	if _, err := digests.Parse(string(d.Digest)); err != nil {
+		return invalid("%s: %v", field, err)
+	}
+	if d.Size < 0 {
+		return invalid("%s: size must not be negative", field)
+	}
+	if d.Data != nil {
+		if int64(len(d.Data)) != d.Size {
+			return invalid("%s: embedded data holds %d bytes but size says %d", field, len(d.Data), d.Size)
+		}
+		if got := d.Digest.Algorithm().FromBytes(d.Data); got != d.Digest {
+			return invalid("%s: embedded data has digest %s, not %s", field, got, d.Digest)
+		}
+	}
+	return nil
+}
+
+// Digest computes the digest of payload with algorithm alg, so that a
+// manifest pushed by an sha512 reference is checked against an sha512.
+func Digest(payload []byte, alg digest.Algorithm) digest.Digest {
+	h := digests.New(alg)
+	h.Write(payload)
+	return digest.NewDigest(alg, h)
+}
