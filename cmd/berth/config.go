@@ -1,0 +1,195 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is every setting of berth. Each one can come from a flag, an
+// environment variable or the YAML file, in that order of precedence; see
+// settings for names and defaults.
+type Config struct {
+	ConfigFile      string
+	Listen          string
+	DataDir         string
+	DatabaseURL     string
+	DBMaxConns      int
+	AutoMigrate     bool
+	Storage         string
+	StorageDir      string
+	LogLevel        slog.Level
+	LogFormat       string
+	ShutdownTimeout time.Duration
+}
+
+// setting describes one configuration value. The flag is --<name>, the
+// environment variable BERTH_<NAME> (upper case, '-' → '_'), the YAML key
+// <name> with '-' → '_'.
+type setting struct {
+	name  string
+	def   string // default, as text; may refer to other settings (see resolve)
+	usage string
+	set   func(c *Config, v string) error
+}
+
+func (s setting) env() string {
+	return "BERTH_" + strings.ToUpper(strings.ReplaceAll(s.name, "-", "_"))
+}
+
+func (s setting) yamlKey() string { return strings.ReplaceAll(s.name, "-", "_") }
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+// settings lists every setting of `berth serve`. Deployment scripts depend
+// on the environment names; never rename one.
+var settings = []setting{
+	{"config", "", "YAML file with settings (keys as the flag names, '-' written '_')",
+		str(func(c *Config) *string { return &c.ConfigFile })},
+	{"listen", ":5000", "address to serve the registry API on",
+		str(func(c *Config) *string { return &c.Listen })},
+	{"data-dir", "./data", "directory for local state: the embedded PostgreSQL and, by default, blobs",
+		str(func(c *Config) *string { return &c.DataDir })},
+	{"database-url", "", "PostgreSQL URL (postgres://user:pass@host:port/db); empty starts an embedded PostgreSQL in <data-dir>/postgres from the local PostgreSQL binaries",
+		str(func(c *Config) *string { return &c.DatabaseURL })},
+	{"db-max-conns", "0", "maximum database connections of this process (0: pgx default, max(4, CPUs))",
+		func(c *Config, v string) (err error) { c.DBMaxConns, err = strconv.Atoi(v); return err }},
+	{"auto-migrate", "true", "apply pending database migrations at start (false: run `berth migrate up` yourself)",
+		func(c *Config, v string) (err error) { c.AutoMigrate, err = strconv.ParseBool(v); return err }},
+	{"storage", "filesystem", "blob storage driver: filesystem",
+		func(c *Config, v string) error {
+			if v != "filesystem" {
+				return fmt.Errorf("unknown storage %q (supported: filesystem)", v)
+			}
+			c.Storage = v
+			return nil
+		}},
+	{"storage-dir", "", "directory of the filesystem blob store (default <data-dir>/blobs)",
+		str(func(c *Config) *string { return &c.StorageDir })},
+	{"log-level", "info", "log level: debug, info, warn or error (debug logs every request)",
+		func(c *Config, v string) error { return c.LogLevel.UnmarshalText([]byte(v)) }},
+	{"log-format", "text", "log format: text or json",
+		func(c *Config, v string) error {
+			if v != "text" && v != "json" {
+				return fmt.Errorf("log format must be text or json, not %q", v)
+			}
+			c.LogFormat = v
+			return nil
+		}},
+	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
+		func(c *Config, v string) (err error) { c.ShutdownTimeout, err = time.ParseDuration(v); return err }},
+}
+
+// loadConfig resolves the settings from args (flags), env and the YAML file
+// named by --config or BERTH_CONFIG. usage receives the --help text.
+func loadConfig(cmd string, args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("berth "+cmd, flag.ContinueOnError)
+	fs.SetOutput(usage)
+	flagVals := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		help := fmt.Sprintf("%s (env %s", s.usage, s.env())
+		if s.def != "" {
+			help += fmt.Sprintf(", default %q", s.def)
+		}
+		flagVals[s.name] = fs.String(s.name, "", help+")")
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "Usage: berth %s [flags]\n\nEvery setting comes from a flag, else the environment, else the YAML file, else its default.\n\n", cmd)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	setFlags := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { setFlags[f.Name] = true })
+
+	values := make(map[string]string, len(settings))
+	source := make(map[string]string, len(settings))
+	for _, s := range settings {
+		values[s.name], source[s.name] = s.def, "default"
+	}
+	apply := func(name, v, from string) { values[name], source[name] = v, from }
+
+	configFile := getenv("BERTH_CONFIG")
+	if setFlags["config"] {
+		configFile = *flagVals["config"]
+	}
+	if configFile != "" {
+		fileVals, err := readConfigFile(configFile)
+		if err != nil {
+			return Config{}, err
+		}
+		for _, s := range settings {
+			if v, ok := fileVals[s.yamlKey()]; ok {
+				apply(s.name, v, configFile)
+			}
+		}
+	}
+	for _, s := range settings {
+		if v := getenv(s.env()); v != "" {
+			apply(s.name, v, s.env())
+		}
+		if setFlags[s.name] {
+			apply(s.name, *flagVals[s.name], "--"+s.name)
+		}
+	}
+	var c Config
+	for _, s := range settings {
+		if err := s.set(&c, values[s.name]); err != nil {
+			return Config{}, fmt.Errorf("setting %s (from %s): %w", s.name, source[s.name], err)
+		}
+	}
+	c.ConfigFile = configFile
+	if c.StorageDir == "" {
+		c.StorageDir = filepath.Join(c.DataDir, "blobs")
+	}
+	return c, nil
+}
+
+// readConfigFile reads a flat YAML mapping of setting names to scalars.
+func readConfigFile(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config file: %w", err)
+	}
+	var raw map[string]yaml.Node
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	known := map[string]bool{}
+	for _, s := range settings {
+		known[s.yamlKey()] = true
+	}
+	out := make(map[string]string, len(raw))
+	var unknown []string
+	for k, node := range raw {
+		if !known[k] {
+			unknown = append(unknown, k)
+			continue
+		}
+		if node.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("config file %s: %s must be a single value", path, k)
+		}
+		out[k] = node.Value
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, errors.New("config file " + path + ": unknown settings: " + strings.Join(unknown, ", "))
+	}
+	return out, nil
+}

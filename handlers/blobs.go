@@ -1,0 +1,92 @@
+package handlers
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/digests"
+)
+
+// parseDigest validates a digest from a path or query parameter.
+func parseDigest(s string) (digest.Digest, error) {
+	d, err := digests.Parse(s)
+	switch {
+	case errors.Is(err, digests.ErrUnsupported):
+		return "", errorf(CodeUnsupported, "%v", err).withStatus(http.StatusBadRequest)
+	case err != nil:
+		return "", errorf(CodeDigestInvalid, "%v", err)
+	}
+	return d, nil
+}
+
+// getBlob serves GET and HEAD of /v2/<name>/blobs/<digest>. HEAD is
+// answered from the database alone; GET streams the bytes with Range
+// support (http.ServeContent, which hands a file to sendfile).
+func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) error {
+	dgst, err := parseDigest(rt.ref)
+	if err != nil {
+		return err
+	}
+	size, err := h.db.BlobSize(r.Context(), rt.name, dgst.String())
+	if errors.Is(err, db.ErrBlobUnknown) {
+		return errorf(CodeBlobUnknown, "blob %s is not in repository %s", dgst, rt.name).withDetail(map[string]string{"digest": dgst.String()})
+	}
+	if err != nil {
+		return err
+	}
+	hdr := w.Header()
+	hdr.Set("Docker-Content-Digest", dgst.String())
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("ETag", `"`+dgst.String()+`"`)
+	// Content addressed: the bytes at this URL can never change.
+	hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
+	if r.Method == http.MethodHead {
+		hdr.Set("Content-Length", strconv.FormatInt(size, 10))
+		hdr.Set("Accept-Ranges", "bytes")
+		return nil
+	}
+	f, err := h.blobs.Open(r.Context(), dgst)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		// The row said ready but the bytes are gone: garbage collection
+		// removed them after our lookup, or storage lost them. Either way
+		// the client must treat the blob as absent.
+		h.log.WarnContext(r.Context(), "blob row without bytes", "digest", dgst)
+		return errorf(CodeBlobUnknown, "blob %s is not in repository %s", dgst, rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	http.ServeContent(w, r, "", time.Time{}, f)
+	return nil
+}
+
+// deleteBlob unlinks a blob from the repository. Manifests that reference
+// it keep their bytes alive; garbage collection decides when bytes go.
+func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) error {
+	dgst, err := parseDigest(rt.ref)
+	if err != nil {
+		return err
+	}
+	err = h.db.BlobUnlink(r.Context(), rt.name, dgst.String(), actor(r))
+	if errors.Is(err, db.ErrBlobUnknown) {
+		return errorf(CodeBlobUnknown, "blob %s is not in repository %s", dgst, rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+func blobLocation(name string, dgst digest.Digest) string {
+	return fmt.Sprintf("/v2/%s/blobs/%s", name, dgst)
+}

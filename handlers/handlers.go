@@ -1,0 +1,253 @@
+// Package handlers is Berth's HTTP layer: the OCI distribution API routes on
+// a chi router, the translation of every error into the spec's JSON body,
+// and the middleware around them (request ids, logs). It holds no SQL: the
+// metadata comes from package db, the bytes from a blob store.
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
+)
+
+// BlobStore is what the API needs of a blob store: it reads and receives
+// bytes but never deletes published blobs (garbage collection does).
+type BlobStore interface {
+	blobstore.Reader
+	blobstore.Uploader
+}
+
+// Options configure the API.
+type Options struct {
+	DB     *db.DB
+	Blobs  BlobStore
+	Logger *slog.Logger
+}
+
+// Handler serves the OCI distribution API.
+type Handler struct {
+	db     *db.DB
+	blobs  BlobStore
+	log    *slog.Logger
+	router chi.Router
+}
+
+// New returns the API's http.Handler.
+func New(opts Options) *Handler {
+	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	r := chi.NewRouter()
+	r.Use(requestID, h.accessLog, h.recoverer)
+	r.Route("/v2", func(r chi.Router) {
+		r.Use(apiVersion)
+		r.Get("/", h.serve(h.base))
+		r.Head("/", h.serve(h.base))
+		r.Get("/_catalog", h.serve(h.catalog))
+		r.HandleFunc("/*", h.serve(h.dispatch))
+	})
+	// /v2 without the slash is what some clients probe first.
+	r.With(apiVersion).Get("/v2", h.serve(h.base))
+	h.router = r
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.router.ServeHTTP(w, r) }
+
+// base answers the version check: 200 means "this is a v2 registry and you
+// may use it".
+func (h *Handler) base(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", "2")
+	if r.Method != http.MethodHead {
+		w.Write([]byte("{}"))
+	}
+	return nil
+}
+
+// dispatch routes everything under /v2/<name>/ by the end of the path (see
+// parseRoute) and the method. The repository name is validated here, before
+// any handler can reach the database.
+func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
+	rt := parseRoute(chi.URLParam(r, "*"))
+	if rt.kind == routeUnknown {
+		return errorf(CodeUnsupported, "no API route matches %s", r.URL.Path).withStatus(http.StatusNotFound)
+	}
+	if !validName(rt.name) {
+		return errorf(CodeNameInvalid, "invalid repository name %q: lower-case letters and digits in components separated by '/', with '.', '_', '__' or '-' inside components, at most %d characters", rt.name, maxNameLength)
+	}
+	m := r.Method
+	switch rt.kind {
+	case routeManifest:
+		switch m {
+		case http.MethodGet, http.MethodHead:
+			return h.getManifest(w, r, rt)
+		case http.MethodPut:
+			return h.putManifest(w, r, rt)
+		case http.MethodDelete:
+			return h.deleteManifest(w, r, rt)
+		}
+	case routeBlob:
+		switch m {
+		case http.MethodGet, http.MethodHead:
+			return h.getBlob(w, r, rt)
+		case http.MethodDelete:
+			return h.deleteBlob(w, r, rt)
+		}
+	case routeUpload:
+		if rt.ref == "" {
+			if m == http.MethodPost {
+				return h.startUpload(w, r, rt)
+			}
+			break
+		}
+		switch m {
+		case http.MethodGet:
+			return h.uploadStatus(w, r, rt)
+		case http.MethodPatch:
+			return h.patchUpload(w, r, rt)
+		case http.MethodPut:
+			return h.finishUpload(w, r, rt)
+		case http.MethodDelete:
+			return h.cancelUpload(w, r, rt)
+		}
+	case routeTags:
+		switch {
+		case (m == http.MethodGet || m == http.MethodHead) && (rt.ref == "list" || rt.ref == "_list"):
+			return h.listTags(w, r, rt)
+		case m == http.MethodDelete:
+			return h.deleteTag(w, r, rt)
+		}
+	case routeReferrers:
+		if m == http.MethodGet || m == http.MethodHead {
+			return h.referrers(w, r, rt)
+		}
+	}
+	return errorf(CodeUnsupported, "%s is not supported on %s", m, r.URL.Path)
+}
+
+// actor identifies who makes a change, for the audit trail.
+func actor(r *http.Request) db.Actor {
+	name := "anonymous"
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		name = "anonymous@" + host
+	}
+	return db.Actor{Name: name, RequestID: requestIDFrom(r.Context())}
+}
+
+// apiVersion sets the header by which Docker clients recognise a v2
+// registry, on every /v2 response.
+func apiVersion(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		next.ServeHTTP(w, r)
+	})
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = iota
+
+// requestID gives every request an id, returned in X-Request-Id and attached
+// to every log line of the request. A sane id sent by a proxy in front is
+// kept, so one id follows the request through both logs.
+func requestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !saneRequestID(id) {
+			var b [12]byte
+			rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey, id)))
+	})
+}
+
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	return strings.IndexFunc(id, func(c rune) bool {
+		return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
+	}) < 0
+}
+
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// LogHandler wraps a slog.Handler so that records logged with a request's
+// context carry its request id.
+func LogHandler(next slog.Handler) slog.Handler { return requestIDLogHandler{next} }
+
+type requestIDLogHandler struct{ slog.Handler }
+
+func (h requestIDLogHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if id := requestIDFrom(ctx); id != "" {
+		rec.AddAttrs(slog.String("request_id", id))
+	}
+	return h.Handler.Handle(ctx, rec)
+}
+
+func (h requestIDLogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return requestIDLogHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h requestIDLogHandler) WithGroup(name string) slog.Handler {
+	return requestIDLogHandler{h.Handler.WithGroup(name)}
+}
+
+// accessLog logs every request once it is done: reads at debug level (a
+// registry serves them by the thousand), changes at info, server faults at
+// error.
+func (h *Handler) accessLog(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		level := slog.LevelDebug
+		switch {
+		case status >= 500:
+			level = slog.LevelError
+		case r.Method != http.MethodGet && r.Method != http.MethodHead:
+			level = slog.LevelInfo
+		}
+		h.log.Log(r.Context(), level, "request",
+			"method", r.Method, "path", r.URL.Path, "status", status,
+			"bytes_out", ww.BytesWritten(), "duration", time.Since(start), "remote", r.RemoteAddr)
+	})
+}
+
+// recoverer turns a panic into a logged 500 instead of a dropped connection.
+func (h *Handler) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				h.log.ErrorContext(r.Context(), "panic serving request", "panic", p, "path", r.URL.Path)
+				writeError(w, r, &Error{Code: "INTERNAL_ERROR", Status: http.StatusInternalServerError, Message: "internal server error"})
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,163 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-registry/berth/db"
+)
+
+// Page sizes of the listing routes. Without n a client gets defaultPage
+// entries and a Link header to the next page; n above maxPage is cut to
+// maxPage, also with a Link, as the spec allows.
+const (
+	defaultPage = 1000
+	maxPage     = 10000
+)
+
+// page reads the n and last query parameters.
+func page(r *http.Request) (n int, last string, err error) {
+	q := r.URL.Query()
+	n = defaultPage
+	if s := q.Get("n"); s != "" {
+		v, convErr := strconv.Atoi(s)
+		if convErr != nil || v < 0 {
+			return 0, "", errorf(CodeUnsupported, "n must be a non-negative integer, not %q", s).withStatus(http.StatusBadRequest)
+		}
+		n = min(v, maxPage)
+	}
+	return n, q.Get("last"), nil
+}
+
+// setNextLink sets the Link header (RFC 8288) to the page after last,
+// keeping the path the client used.
+func setNextLink(w http.ResponseWriter, r *http.Request, n int, last string) {
+	q := url.Values{}
+	q.Set("n", strconv.Itoa(n))
+	q.Set("last", last)
+	w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return nil
+}
+
+// listTags serves GET /v2/<name>/tags/list and its alias tags/_list. A tag
+// literally named "list" or "_list" exists like any other, but these GET
+// routes always mean the listing.
+func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) error {
+	n, last, err := page(r)
+	if err != nil {
+		return err
+	}
+	tags, more, err := h.db.TagList(r.Context(), rt.name, last, n)
+	if errors.Is(err, db.ErrRepositoryUnknown) {
+		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	if more && n > 0 {
+		setNextLink(w, r, n, tags[len(tags)-1])
+	}
+	return writeJSON(w, r, "application/json", struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{rt.name, tags})
+}
+
+// deleteTag serves DELETE /v2/<name>/tags/<tag>: it removes the tag and
+// leaves the manifest, pullable by digest.
+func (h *Handler) deleteTag(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !validTag(rt.ref) {
+		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
+	}
+	return h.untag(w, r, rt.name, rt.ref)
+}
+
+func (h *Handler) untag(w http.ResponseWriter, r *http.Request, name, tag string) error {
+	_, err := h.db.TagDelete(r.Context(), name, tag, actor(r))
+	if errors.Is(err, db.ErrTagUnknown) {
+		return errorf(CodeManifestUnknown, "tag %s is not in repository %s", tag, name)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// catalog serves GET /v2/_catalog.
+func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) error {
+	n, last, err := page(r)
+	if err != nil {
+		return err
+	}
+	names, more, err := h.db.RepositoryList(r.Context(), last, n)
+	if err != nil {
+		return err
+	}
+	if more && n > 0 {
+		setNextLink(w, r, n, names[len(names)-1])
+	}
+	return writeJSON(w, r, "application/json", struct {
+		Repositories []string `json:"repositories"`
+	}{names})
+}
+
+// referrers serves GET /v2/<name>/referrers/<digest>: an image index of the
+// manifests whose subject is the digest, empty (not 404) when there are
+// none, optionally filtered by artifactType.
+func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) error {
+	dgst, err := parseDigest(rt.ref)
+	if err != nil {
+		return err
+	}
+	artifactType := r.URL.Query().Get("artifactType")
+	refs, err := h.db.Referrers(r.Context(), rt.name, dgst.String(), artifactType)
+	if err != nil {
+		return err
+	}
+	index := ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: make([]ocispec.Descriptor, 0, len(refs)),
+	}
+	for _, ref := range refs {
+		d := ocispec.Descriptor{
+			MediaType:    ref.MediaType,
+			Digest:       digest.Digest(ref.Digest),
+			Size:         ref.Size,
+			ArtifactType: ref.ArtifactType,
+		}
+		if len(ref.Annotations) > 0 {
+			if err := json.Unmarshal(ref.Annotations, &d.Annotations); err != nil {
+				return fmt.Errorf("decode annotations of %s: %w", ref.Digest, err)
+			}
+		}
+		index.Manifests = append(index.Manifests, d)
+	}
+	if artifactType != "" {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	return writeJSON(w, r, ocispec.MediaTypeImageIndex, index)
+}

@@ -1,0 +1,188 @@
+package handlers
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/manifest"
+)
+
+// reference is a manifest reference from a URL: a tag or a digest.
+type reference struct {
+	tag    string
+	digest digest.Digest
+}
+
+func (r reference) String() string {
+	if r.tag != "" {
+		return r.tag
+	}
+	return r.digest.String()
+}
+
+// parseReference tells a digest (it has a colon, which a tag cannot) from a
+// tag and validates either. badTag is the error for a malformed tag, which
+// differs by method: a GET of a tag that cannot exist is simply unknown.
+func parseReference(s string, badTag func(string) error) (reference, error) {
+	if strings.Contains(s, ":") {
+		d, err := parseDigest(s)
+		return reference{digest: d}, err
+	}
+	if !validTag(s) {
+		return reference{}, badTag(s)
+	}
+	return reference{tag: s}, nil
+}
+
+// getManifest serves GET and HEAD of /v2/<name>/manifests/<reference>, in
+// one database round trip. The stored bytes are served exactly as pushed,
+// with the media type they were pushed with.
+func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	ref, err := parseReference(rt.ref, func(tag string) error {
+		return errorf(CodeManifestUnknown, "no manifest %q in repository %s: it is neither a digest nor a valid tag", tag, rt.name)
+	})
+	if err != nil {
+		return err
+	}
+	withPayload := r.Method != http.MethodHead
+	var m db.Manifest
+	if ref.tag != "" {
+		m, err = h.db.ManifestByTag(r.Context(), rt.name, ref.tag, withPayload)
+	} else {
+		m, err = h.db.ManifestByDigest(r.Context(), rt.name, ref.digest.String(), withPayload)
+	}
+	if errors.Is(err, db.ErrManifestUnknown) {
+		return errorf(CodeManifestUnknown, "manifest %s is not in repository %s", ref, rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", m.MediaType)
+	hdr.Set("Docker-Content-Digest", m.Digest)
+	hdr.Set("Content-Length", strconv.FormatInt(m.Size, 10))
+	hdr.Set("ETag", `"`+m.Digest+`"`)
+	w.WriteHeader(http.StatusOK)
+	if withPayload {
+		w.Write(m.Payload)
+	}
+	return nil
+}
+
+// putManifest validates and stores a manifest, and tags it when pushed by
+// tag.
+func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	ref, err := parseReference(rt.ref, func(tag string) error {
+		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", tag, maxTagLength)
+	})
+	if err != nil {
+		return err
+	}
+	if r.ContentLength > manifest.MaxSize {
+		return tooLarge()
+	}
+	payload, err := io.ReadAll(io.LimitReader(r.Body, manifest.MaxSize+1))
+	if err != nil {
+		return errorf(CodeManifestInvalid, "reading the manifest body failed: %v", err)
+	}
+	if len(payload) > manifest.MaxSize {
+		return tooLarge()
+	}
+	alg := digest.SHA256
+	if ref.digest != "" {
+		alg = ref.digest.Algorithm()
+	}
+	dgst := manifest.Digest(payload, alg)
+	if ref.digest != "" && dgst != ref.digest {
+		return digestMismatch(dgst, ref.digest)
+	}
+	m, err := manifest.Parse(r.Header.Get("Content-Type"), payload)
+	if err != nil {
+		return errorf(CodeManifestInvalid, "%v", err)
+	}
+	put := db.ManifestPut{
+		Repository:   rt.name,
+		Digest:       dgst.String(),
+		MediaType:    m.MediaType,
+		ArtifactType: m.ArtifactType,
+		Annotations:  m.Annotations,
+		Payload:      payload,
+		Tag:          ref.tag,
+	}
+	if m.Config != nil {
+		put.ConfigDigest = m.Config.Digest.String()
+	}
+	if m.Subject != nil {
+		put.SubjectDigest = m.Subject.Digest.String()
+	}
+	for _, b := range m.Blobs {
+		put.Blobs = append(put.Blobs, db.BlobRef{Digest: b.Digest.String(), Size: b.Size})
+	}
+	for _, c := range m.Children {
+		put.Children = append(put.Children, c.Digest.String())
+	}
+	err = h.db.ManifestStore(r.Context(), put, actor(r))
+	var missing *db.MissingReferenceError
+	var mismatch *db.SizeMismatchError
+	switch {
+	case errors.As(err, &missing):
+		what := "blob"
+		if missing.Manifest {
+			what = "manifest"
+		}
+		return errorf(CodeManifestBlobUnknown, "%v; push the %s first", err, what).
+			withDetail(map[string]string{"digest": missing.Digest})
+	case errors.As(err, &mismatch):
+		return errorf(CodeManifestInvalid, "%v", err)
+	case err != nil:
+		return err
+	}
+	hdr := w.Header()
+	hdr.Set("Location", "/v2/"+rt.name+"/manifests/"+dgst.String())
+	hdr.Set("Docker-Content-Digest", dgst.String())
+	if m.Subject != nil {
+		hdr.Set("OCI-Subject", m.Subject.Digest.String())
+	}
+	hdr.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func tooLarge() error {
+	return errorf(CodeManifestInvalid, "manifest is larger than the %d MiB limit", manifest.MaxSize>>20).
+		withStatus(http.StatusRequestEntityTooLarge)
+}
+
+// deleteManifest deletes by digest (a soft delete that also removes the
+// manifest's tags) or, by tag, removes only the tag.
+func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	ref, err := parseReference(rt.ref, func(tag string) error {
+		return errorf(CodeManifestUnknown, "no manifest %q in repository %s: it is neither a digest nor a valid tag", tag, rt.name)
+	})
+	if err != nil {
+		return err
+	}
+	if ref.tag != "" {
+		return h.untag(w, r, rt.name, ref.tag)
+	}
+	err = h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), actor(r))
+	var refd *db.ReferencedError
+	switch {
+	case errors.Is(err, db.ErrManifestUnknown):
+		return errorf(CodeManifestUnknown, "manifest %s is not in repository %s", ref.digest, rt.name)
+	case errors.As(err, &refd):
+		return errorf(CodeDenied, "%v", err).withStatus(http.StatusConflict).
+			withDetail(map[string]string{"referrer": refd.ReferrerOf})
+	case err != nil:
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}

@@ -1,0 +1,452 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/digests"
+)
+
+// Blob uploads. A session's state (bytes received, running sha256, where the
+// store keeps the parts) lives in the database, so every request of an
+// upload may land on a different replica. Chunks are appended without any
+// lock held while they stream: the store writes each one somewhere new, and
+// the database accepts it with a compare-and-set on the session's size. Of
+// two requests racing on one session, one wins and the other gets 416 with
+// the current range, exactly as if it had been sent out of order.
+
+// startUpload serves POST /v2/<name>/blobs/uploads/: a cross-repository
+// mount, a monolithic upload (?digest=), or a new session.
+func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	q := r.URL.Query()
+	if q.Has("mount") {
+		done, err := h.mountBlob(w, r, rt, q.Get("mount"), q.Get("from"))
+		if done || err != nil {
+			return err
+		}
+		// The blob is not available to mount: fall back to a session, as
+		// the spec asks, so the client simply uploads.
+	} else if q.Has("digest") {
+		dgst, err := parseDigest(q.Get("digest"))
+		if err != nil {
+			return err
+		}
+		return h.monolithicUpload(w, r, rt, dgst)
+	}
+	id := newUploadID()
+	if err := h.db.UploadCreate(r.Context(), rt.name, id, digests.EmptySha256(), actor(r)); err != nil {
+		return err
+	}
+	uploadHeaders(w, rt.name, id, 0)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// mountBlob links a blob of repository from into rt.name. done is false when
+// the blob cannot be mounted and the caller should open a session instead.
+func (h *Handler) mountBlob(w http.ResponseWriter, r *http.Request, rt route, mount, from string) (done bool, err error) {
+	dgst, err := parseDigest(mount)
+	if err != nil {
+		return false, err
+	}
+	if from == "" {
+		// Without from, mounting would mean searching every repository;
+		// that would reveal what other repositories hold, so Berth opens a
+		// session instead (the spec allows both).
+		return false, nil
+	}
+	if !validName(from) {
+		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", from)
+	}
+	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), actor(r))
+	if errors.Is(err, db.ErrBlobUnknown) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	w.Header().Set("Location", blobLocation(rt.name, dgst))
+	w.Header().Set("Docker-Content-Digest", dgst.String())
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return true, nil
+}
+
+// monolithicUpload takes a whole blob in the body of the POST. There is no
+// session: the bytes are staged under a private id, verified, published.
+func (h *Handler) monolithicUpload(w http.ResponseWriter, r *http.Request, rt route, dgst digest.Digest) error {
+	ctx := r.Context()
+	staging := "m-" + newUploadID()
+	hsh := digests.New(dgst.Algorithm())
+	body := &bodyReader{r: r.Body}
+	state, size, err := h.blobs.AppendChunk(ctx, staging, nil, io.TeeReader(body, hsh))
+	defer h.discardUpload(ctx, staging, state)
+	if err != nil {
+		return body.explain(err)
+	}
+	if got := digest.NewDigest(dgst.Algorithm(), hsh); got != dgst {
+		return digestMismatch(got, dgst)
+	}
+	if err := h.commitBlob(ctx, r, rt.name, dgst, size, staging, state, db.BlobCommit{}); err != nil {
+		return err
+	}
+	blobCreated(w, rt.name, dgst)
+	return nil
+}
+
+// uploadStatus serves GET of a session: how many bytes it holds.
+func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rt route) error {
+	u, err := h.loadUpload(r, rt)
+	if err != nil {
+		return err
+	}
+	uploadHeaders(w, rt.name, u.ID, u.Size)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// patchUpload appends a chunk. With Content-Range the chunk must start where
+// the session stands (416 otherwise, with the current Range); without it
+// the body is streamed on at the end.
+func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	u, err := h.loadUpload(r, rt)
+	if err != nil {
+		return err
+	}
+	body, err := chunkBody(r, u)
+	if err != nil {
+		return err
+	}
+	state, hsh, n, err := h.appendChunk(ctx, u, body)
+	if err != nil {
+		return err
+	}
+	hashState, err := digests.Save(hsh)
+	if err != nil {
+		return err
+	}
+	err = h.db.UploadAdvance(ctx, rt.name, u.ID, u.Size, u.Size+n, hashState, state)
+	if errors.Is(err, db.ErrUploadOffset) {
+		return h.rangeConflict(r, rt, u.ID)
+	}
+	if err != nil {
+		return uploadError(err, u.ID)
+	}
+	uploadHeaders(w, rt.name, u.ID, u.Size+n)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// finishUpload serves PUT ?digest=: an optional last chunk in the body, then
+// verification and commit.
+func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	ctx := r.Context()
+	q := r.URL.Query()
+	if !q.Has("digest") {
+		return errorf(CodeDigestInvalid, "the digest query parameter is required to complete an upload")
+	}
+	dgst, err := parseDigest(q.Get("digest"))
+	if err != nil {
+		return err
+	}
+	u, err := h.loadUpload(r, rt)
+	if err != nil {
+		return err
+	}
+	body, err := chunkBody(r, u)
+	if err != nil {
+		return err
+	}
+	state, hsh, n, err := h.appendChunk(ctx, u, body)
+	if err != nil {
+		return err
+	}
+	got := digest.NewDigest(digest.SHA256, hsh)
+	if dgst.Algorithm() != digest.SHA256 {
+		// The running hash is sha256; any other algorithm needs one more
+		// pass over the stored bytes.
+		if got, err = h.rehash(ctx, u.ID, state, dgst.Algorithm()); err != nil {
+			return err
+		}
+	}
+	if got != dgst {
+		if _, err := h.db.UploadDelete(ctx, rt.name, u.ID, actor(r)); err == nil {
+			h.discardUpload(ctx, u.ID, state)
+		}
+		return digestMismatch(got, dgst)
+	}
+	err = h.commitBlob(ctx, r, rt.name, dgst, u.Size+n, u.ID, state,
+		db.BlobCommit{UploadID: u.ID, UploadSize: u.Size})
+	if errors.Is(err, db.ErrUploadOffset) {
+		return h.rangeConflict(r, rt, u.ID)
+	}
+	if err != nil {
+		return uploadError(err, u.ID)
+	}
+	h.discardUpload(ctx, u.ID, state)
+	blobCreated(w, rt.name, dgst)
+	return nil
+}
+
+// cancelUpload serves DELETE of a session.
+func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !validUploadID(rt.ref) {
+		return uploadError(db.ErrUploadUnknown, rt.ref)
+	}
+	u, err := h.db.UploadDelete(r.Context(), rt.name, rt.ref, actor(r))
+	if err != nil {
+		return uploadError(err, rt.ref)
+	}
+	h.discardUpload(r.Context(), u.ID, u.StoreState)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// commitBlob makes verified staged bytes the blob dgst of repository name.
+// Publishing may copy a lot of data (assembling parts, an S3 copy), so it is
+// done before the transaction when the blob is new; the transaction then
+// only re-checks, under the blob's row lock, that the bytes are still there
+// (see db.BlobCommit for why that closes the race with garbage collection).
+func (h *Handler) commitBlob(ctx context.Context, r *http.Request, name string, dgst digest.Digest, size int64,
+	stagingID string, state []byte, c db.BlobCommit) error {
+	publish := func(ctx context.Context) error { return h.blobs.Publish(ctx, stagingID, state, dgst) }
+	ready, err := h.db.BlobReady(ctx, dgst.String())
+	if err != nil {
+		return err
+	}
+	if !ready {
+		if err := publish(ctx); err != nil {
+			return err
+		}
+	}
+	c.Repository, c.Digest, c.Size = name, dgst.String(), size
+	return h.db.BlobCommit(ctx, c, publish, actor(r))
+}
+
+func (h *Handler) loadUpload(r *http.Request, rt route) (db.Upload, error) {
+	if !validUploadID(rt.ref) {
+		return db.Upload{}, uploadError(db.ErrUploadUnknown, rt.ref)
+	}
+	u, err := h.db.UploadGet(r.Context(), rt.name, rt.ref)
+	if err != nil {
+		return db.Upload{}, uploadError(err, rt.ref)
+	}
+	return u, nil
+}
+
+// appendChunk streams body into the store after the session's bytes,
+// continuing the session's sha256.
+func (h *Handler) appendChunk(ctx context.Context, u db.Upload, body *chunkReader) (state []byte, hsh hash.Hash, n int64, err error) {
+	hsh, err = digests.Resume(u.HashState)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	br := &bodyReader{r: body}
+	state, n, err = h.blobs.AppendChunk(ctx, u.ID, u.StoreState, io.TeeReader(br, hsh))
+	if err != nil {
+		return nil, nil, 0, br.explain(err)
+	}
+	if want := body.want; want >= 0 && n != want {
+		return nil, nil, 0, errorf(CodeSizeInvalid, "the chunk held %d bytes but Content-Range announced %d", n, want)
+	}
+	return state, hsh, n, nil
+}
+
+// rehash digests the stored bytes of an upload with another algorithm.
+func (h *Handler) rehash(ctx context.Context, id string, state []byte, alg digest.Algorithm) (digest.Digest, error) {
+	rc, err := h.blobs.ReadUpload(ctx, id, state)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	hsh := digests.New(alg)
+	if _, err := io.Copy(hsh, rc); err != nil {
+		return "", fmt.Errorf("re-read upload %s: %w", id, err)
+	}
+	return digest.NewDigest(alg, hsh), nil
+}
+
+// discardUpload removes an upload's bytes from the store. A failure only
+// leaves garbage for the sweeper, so it is logged, not returned.
+func (h *Handler) discardUpload(ctx context.Context, id string, state []byte) {
+	if err := h.blobs.DeleteUpload(context.WithoutCancel(ctx), id, state); err != nil {
+		h.log.WarnContext(ctx, "discard upload data", "upload", id, "err", err)
+	}
+}
+
+// rangeConflict answers 416 with the session's current range, so the client
+// can resume from the right offset.
+func (h *Handler) rangeConflict(r *http.Request, rt route, id string) error {
+	u, err := h.db.UploadGet(r.Context(), rt.name, id)
+	if err != nil {
+		return uploadError(err, id)
+	}
+	e := errorf(CodeBlobUploadInvalid, "the chunk does not start at byte %d, where upload %s stands; resume from there", u.Size, id).
+		withStatus(http.StatusRequestedRangeNotSatisfiable)
+	e.Header = http.Header{}
+	e.Header.Set("Location", uploadLocation(rt.name, id))
+	e.Header.Set("Range", uploadRange(u.Size))
+	e.Header.Set("Docker-Upload-UUID", id)
+	return e
+}
+
+// chunkBody checks the optional Content-Range of a PATCH or final PUT
+// against the session and returns the body to read.
+func chunkBody(r *http.Request, u db.Upload) (*chunkReader, error) {
+	cr := &chunkReader{r: r.Body, want: -1}
+	hdr := r.Header.Get("Content-Range")
+	if hdr == "" {
+		return cr, nil
+	}
+	start, end, ok := parseContentRange(hdr)
+	if !ok {
+		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets", hdr)
+	}
+	if start != u.Size {
+		e := errorf(CodeBlobUploadInvalid, "chunk starts at byte %d but upload %s holds %d bytes; resume from byte %d", start, u.ID, u.Size, u.Size).
+			withStatus(http.StatusRequestedRangeNotSatisfiable)
+		e.Header = http.Header{}
+		e.Header.Set("Location", uploadLocation(u.Repository, u.ID))
+		e.Header.Set("Range", uploadRange(u.Size))
+		e.Header.Set("Docker-Upload-UUID", u.ID)
+		return nil, e
+	}
+	cr.want = end - start + 1
+	if r.ContentLength >= 0 && r.ContentLength != cr.want {
+		return nil, errorf(CodeSizeInvalid, "Content-Length %d does not match Content-Range %s", r.ContentLength, hdr)
+	}
+	cr.r = io.LimitReader(r.Body, cr.want)
+	return cr, nil
+}
+
+// chunkReader is a request body with the length Content-Range announced
+// (want < 0 when none did).
+type chunkReader struct {
+	r    io.Reader
+	want int64
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// parseContentRange accepts "<start>-<end>" as the spec writes it, and the
+// "bytes <start>-<end>/<total>" form of RFC 9110 that some clients send.
+func parseContentRange(s string) (start, end int64, ok bool) {
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "bytes "), "bytes=")
+	s, _, _ = strings.Cut(s, "/")
+	a, b, found := strings.Cut(s, "-")
+	if !found {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	end, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
+// bodyReader remembers a failure to read the request body, so that an
+// upload cut short by the client is reported as the client's error and not
+// as a storage fault.
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *bodyReader) explain(err error) error {
+	if b.err == nil {
+		return err
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(b.err, &mbe) {
+		return errorf(CodeSizeInvalid, "request body too large: %v", b.err).withStatus(http.StatusRequestEntityTooLarge)
+	}
+	return errorf(CodeBlobUploadInvalid, "reading the request body failed: %v", b.err)
+}
+
+func digestMismatch(got, want digest.Digest) error {
+	return errorf(CodeDigestInvalid, "the uploaded content has digest %s, not %s", got, want).
+		withDetail(map[string]string{"expected": want.String(), "actual": got.String()})
+}
+
+func uploadError(err error, id string) error {
+	if errors.Is(err, db.ErrUploadUnknown) {
+		return errorf(CodeBlobUploadUnknown, "upload %s is not known in this repository (finished, cancelled or expired)", id)
+	}
+	return err
+}
+
+func blobCreated(w http.ResponseWriter, name string, dgst digest.Digest) {
+	w.Header().Set("Location", blobLocation(name, dgst))
+	w.Header().Set("Docker-Content-Digest", dgst.String())
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+func uploadHeaders(w http.ResponseWriter, name, id string, size int64) {
+	w.Header().Set("Location", uploadLocation(name, id))
+	w.Header().Set("Docker-Upload-UUID", id)
+	w.Header().Set("Range", uploadRange(size))
+	w.Header().Set("Content-Length", "0")
+}
+
+func uploadLocation(name, id string) string { return fmt.Sprintf("/v2/%s/blobs/uploads/%s", name, id) }
+
+// uploadRange is the Range header of a session holding size bytes. An
+// empty session reports "0-0", as the reference registry does; clients
+// read the Range only after sending bytes.
+func uploadRange(size int64) string { return fmt.Sprintf("0-%d", max(size-1, 0)) }
+
+// newUploadID returns a random (version 4) UUID: 122 random bits, so an
+// upload URL cannot be guessed, in the form Docker clients expect.
+func newUploadID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// validUploadID accepts only ids of newUploadID's form, so anything else is
+// refused before it reaches the database or the store.
+func validUploadID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
