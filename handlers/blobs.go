@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -52,6 +53,12 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		hdr.Set("Accept-Ranges", "bytes")
 		return nil
 	}
+	if rng := r.Header.Get("Range"); rng != "" && !satisfiable(rng, size) {
+		e := errorf(CodeSizeInvalid, "range %s is outside the blob's %d bytes", rng, size).
+			withStatus(http.StatusRequestedRangeNotSatisfiable)
+		e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
+		return e
+	}
 	f, err := h.blobs.Open(r.Context(), dgst)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		// The row said ready but the bytes are gone: garbage collection
@@ -85,6 +92,24 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
 	return nil
+}
+
+// satisfiable reports whether a Range header selects any byte of a blob of
+// size bytes. Only the first range of a list is checked: net/http serves
+// the request either way, but an unsatisfiable one gets the OCI error body
+// here instead of net/http's plain text.
+func satisfiable(header string, size int64) bool {
+	spec, ok := strings.CutPrefix(header, "bytes=")
+	if !ok {
+		return true // not a byte range; net/http ignores it
+	}
+	first, _, _ := strings.Cut(spec, ",")
+	startText, _, _ := strings.Cut(strings.TrimSpace(first), "-")
+	if startText == "" {
+		return size > 0 // suffix range "-n": any byte of a non-empty blob
+	}
+	start, err := strconv.ParseInt(startText, 10, 64)
+	return err != nil || start < size
 }
 
 func blobLocation(name string, dgst digest.Digest) string {
