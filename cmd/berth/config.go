@@ -25,6 +25,7 @@ type Config struct {
 	DataDir         string
 	DatabaseURL     string
 	DBMaxConns      int
+	PostgresBinDir  string
 	AutoMigrate     bool
 	Storage         string
 	StorageDir      string
@@ -64,6 +65,8 @@ var settings = []setting{
 		str(func(c *Config) *string { return &c.DataDir })},
 	{"database-url", "", "PostgreSQL URL (postgres://user:pass@host:port/db); empty starts an embedded PostgreSQL in <data-dir>/postgres from the local PostgreSQL binaries",
 		str(func(c *Config) *string { return &c.DatabaseURL })},
+	{"postgres-bin-dir", "", "directory with initdb and postgres for the embedded database (default: found on PATH or under /usr/lib/postgresql/*/bin)",
+		str(func(c *Config) *string { return &c.PostgresBinDir })},
 	{"db-max-conns", "0", "maximum database connections of this process (0: pgx default, max(4, CPUs))",
 		func(c *Config, v string) (err error) { c.DBMaxConns, err = strconv.Atoi(v); return err }},
 	{"auto-migrate", "true", "apply pending database migrations at start (false: run `berth migrate up` yourself)",

@@ -170,7 +170,8 @@ func openDatabase(ctx context.Context, c Config, log *slog.Logger) (*database, e
 		return nil, fmt.Errorf("another berth process is using the embedded database in %s; give each process its own --data-dir, or share an external database with --database-url", c.DataDir)
 	}
 	log.Info("no database URL configured: starting embedded PostgreSQL", "dir", filepath.Join(c.DataDir, "postgres"))
-	srv, err := pgembed.Start(ctx, pgembed.Options{Dir: filepath.Join(c.DataDir, "postgres"), Logger: log})
+	srv, err := pgembed.Start(ctx, pgembed.Options{
+		Dir: filepath.Join(c.DataDir, "postgres"), BinDir: c.PostgresBinDir, Logger: log})
 	if err != nil {
 		lock.Close()
 		return nil, err

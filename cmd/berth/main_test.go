@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/db/dbtest"
+	"github.com/berth-registry/berth/pgembed"
+)
+
+// startMain runs a registry the way `berth serve` does, on the given
+// database URL ("" for the embedded one), and stops it at the end.
+func startMain(t *testing.T, dbURL string, extra ...string) *Main {
+	t.Helper()
+	m, err := launch(t, dataDir(t), dbURL, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// launch is startMain without t.Fatal, for use from several goroutines.
+func launch(t *testing.T, dir, dbURL string, extra ...string) (*Main, error) {
+	m := NewMain()
+	args := append([]string{"--listen", "127.0.0.1:0", "--data-dir", dir, "--database-url", dbURL, "--log-level", "warn"}, extra...)
+	if err := m.ParseFlags(args, envOf(nil), io.Discard); err != nil {
+		return nil, err
+	}
+	if err := m.Run(t.Context()); err != nil {
+		m.Close(context.Background())
+		return nil, err
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := m.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return m, nil
+}
+
+// dataDir is a temporary data directory that the embedded PostgreSQL can
+// use when the test runs as root: the server then runs as the postgres
+// user, which cannot enter t.TempDir()'s private parent.
+func dataDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "berth-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func pushAndPull(t *testing.T, m *Main) {
+	t.Helper()
+	base := "http://" + m.Addr().String()
+	content := []byte("end to end")
+	d := digest.FromBytes(content)
+	resp, err := http.Post(base+"/v2/e2e/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(content))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push blob: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(base + "/v2/e2e/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Equal(got, content) {
+		t.Fatalf("pulled %q", got)
+	}
+}
+
+// Several replicas starting at once on an empty schema must not collide
+// while migrating: the advisory lock lets one migrate, the others wait.
+func TestReplicasMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	url := emptySchemaURL(t)
+	blobs := t.TempDir() // replicas share one blob store, as they must
+	var wg sync.WaitGroup
+	mains := make([]*Main, 4)
+	errs := make([]error, len(mains))
+	for i := range mains {
+		dir := dataDir(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mains[i], errs[i] = launch(t, dir, url, "--storage-dir", blobs)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mains {
+		pushAndPull(t, m)
+	}
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"migrate", "version", "--database-url", url}, envOf(nil), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "schema version ") || strings.Contains(out.String(), "dirty") {
+		t.Fatalf("migrate version printed %q", out.String())
+	}
+}
+
+func TestMigrateUpDown(t *testing.T) {
+	t.Parallel()
+	url := emptySchemaURL(t)
+	migrate := func(action string) string {
+		var out bytes.Buffer
+		if err := run(t.Context(), []string{"migrate", action, "--database-url", url}, envOf(nil), &out, io.Discard); err != nil {
+			t.Fatalf("migrate %s: %v", action, err)
+		}
+		return out.String()
+	}
+	if got := migrate("version"); !strings.HasPrefix(got, "schema version 0 of ") {
+		t.Fatalf("fresh schema: %q", got)
+	}
+	up := migrate("up")
+	latest := strings.TrimSpace(strings.TrimPrefix(up, "schema version "))
+	if v, total, _ := strings.Cut(latest, " of "); v != total {
+		t.Fatalf("after up: %q", up)
+	}
+	migrate("down")
+	if got := migrate("up"); got != up {
+		t.Fatalf("down then up: %q, want %q", got, up)
+	}
+}
+
+// emptySchemaURL is a fresh schema with no migrations applied.
+func emptySchemaURL(t *testing.T) string {
+	t.Helper()
+	url := dbtest.NewURL(t)
+	dbtest.Exec(t, url, "DROP SCHEMA "+schemaOf(url)+" CASCADE")
+	dbtest.Exec(t, dbtest.ServerURL(), "CREATE SCHEMA "+schemaOf(url))
+	return url
+}
+
+func schemaOf(url string) string {
+	_, after, _ := strings.Cut(url, "search_path=")
+	schema, _, _ := strings.Cut(after, "&")
+	return schema
+}
+
+// With no database URL, berth starts its own PostgreSQL and stops it again.
+func TestEmbeddedDatabase(t *testing.T) {
+	if _, err := pgembed.FindBinaries(); err != nil {
+		t.Skip("no PostgreSQL binaries on this machine:", err)
+	}
+	t.Parallel()
+	m := startMain(t, "")
+	if m.database.embedded == nil {
+		t.Fatal("no embedded database started")
+	}
+	pushAndPull(t, m)
+}
+
+func TestEmbeddedDatabaseWithoutBinaries(t *testing.T) {
+	t.Parallel()
+	m := NewMain()
+	err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--postgres-bin-dir", t.TempDir()}, envOf(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Run(t.Context())
+	m.Close(context.Background())
+	if !errors.Is(err, pgembed.ErrNoBinaries) || !strings.Contains(err.Error(), "BERTH_DATABASE_URL") {
+		t.Fatalf("error %v: it must say how to give a database URL", err)
+	}
+}
