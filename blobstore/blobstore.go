@@ -13,8 +13,8 @@
 // Layout of the filesystem store under its root:
 //
 //	blobs/<algorithm>/<first two hex>/<hex>   published blobs, read-only
-//	uploads/<upload id>/<part>                chunks of an upload in progress
-//	uploads/<upload id>/assembled             the parts joined, when there are several
+//	uploads/<upload id>/part-<n>-<random>     chunks of an upload in progress
+//	uploads/<upload id>/assembling-<random>   the parts being joined by Publish, when there are several
 package blobstore
 
 import (

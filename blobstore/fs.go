@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -34,20 +35,27 @@ func NewFS(dir string) (*FS, error) {
 	return &FS{root: dir}, nil
 }
 
-func (s *FS) blobPath(dgst digest.Digest) string {
-	enc := dgst.Encoded()
-	return filepath.Join(s.root, "blobs", string(dgst.Algorithm()), enc[:2], enc)
+// blobPath maps a digest to its file. The digest is checked here, not only
+// by callers, because a malformed one would otherwise panic (Encoded of a
+// string without ':') or name a file outside the root ("sha256:../..").
+func (s *FS) blobPath(dgst digest.Digest) (string, error) {
+	alg, enc, ok := strings.Cut(string(dgst), ":")
+	if !ok || !validName(alg) || len(enc) < 2 || !validName(enc) {
+		return "", fmt.Errorf("blob store: malformed digest %q", dgst)
+	}
+	return filepath.Join(s.root, "blobs", alg, enc[:2], enc), nil
 }
 
 func (s *FS) uploadDir(id string) (string, error) {
-	if !validUploadID(id) {
+	if !validName(id) {
 		return "", fmt.Errorf("invalid upload id %q", id)
 	}
 	return filepath.Join(s.root, "uploads", id), nil
 }
 
-// validUploadID keeps upload ids from naming anything outside uploads/.
-func validUploadID(id string) bool {
+// validName keeps upload ids, part names and the halves of a digest from
+// naming anything outside their directory: no '/', no '.'.
+func validName(id string) bool {
 	if id == "" || len(id) > 128 {
 		return false
 	}
@@ -62,7 +70,11 @@ func validUploadID(id string) bool {
 
 // Stat implements Reader.
 func (s *FS) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
-	fi, err := os.Stat(s.blobPath(dgst))
+	path, err := s.blobPath(dgst)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, ErrNotFound
 	}
@@ -74,7 +86,11 @@ func (s *FS) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 
 // Open implements Reader. The result is an *os.File.
 func (s *FS) Open(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, error) {
-	f, err := os.Open(s.blobPath(dgst))
+	path, err := s.blobPath(dgst)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, ErrNotFound
 	}
@@ -86,7 +102,11 @@ func (s *FS) Open(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, e
 
 // Delete implements Deleter.
 func (s *FS) Delete(ctx context.Context, dgst digest.Digest) error {
-	if err := os.Remove(s.blobPath(dgst)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	path, err := s.blobPath(dgst)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete blob %s: %w", dgst, err)
 	}
 	return nil
@@ -111,7 +131,7 @@ func decodeFSState(state []byte) (fsUploadState, error) {
 		return st, fmt.Errorf("decode upload state: %w", err)
 	}
 	for _, p := range st.Parts {
-		if !validUploadID(p.Name) {
+		if !validName(p.Name) {
 			return st, fmt.Errorf("decode upload state: bad part name %q", p.Name)
 		}
 	}
@@ -139,7 +159,7 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return nil, 0, fmt.Errorf("create upload directory: %w", err)
 	}
 	name := fmt.Sprintf("part-%d-%s", len(st.Parts), randomHex(8))
@@ -156,6 +176,10 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && n > 0 {
+		// The part's name must survive a crash as well as its bytes.
+		err = syncDir(dir)
 	}
 	if err != nil || n == 0 {
 		os.Remove(path)
@@ -216,74 +240,96 @@ func (m multiFile) Close() error {
 	return errors.Join(errs...)
 }
 
-// Publish implements Uploader: it hard-links the upload's single data file
-// to the blob's address. The link, unlike a rename, leaves the upload's own
-// name in place so that Publish can run again.
+// Publish implements Uploader: it hard-links one file holding the upload's
+// bytes to the blob's address. The link, unlike a rename, leaves the
+// upload's own parts in place so that Publish can run again. The file is
+// made read-only first: it is the blob now, and a blob never changes.
 func (s *FS) Publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error {
-	final := s.blobPath(dgst)
-	if _, err := os.Stat(final); err == nil {
-		return nil // published before; content addressed, so identical
-	}
+	// Check the arguments even when the blob exists, so that a bad id or
+	// state is reported the same way every time.
 	st, err := decodeFSState(state)
 	if err != nil {
 		return err
 	}
-	src, err := s.assemble(uploadID, st)
+	dir, err := s.uploadDir(uploadID)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+	final, err := s.blobPath(dgst)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(final); err == nil {
+		return nil // published before; content addressed, so identical
+	}
+	if err := mkdirDurable(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("create blob directory: %w", err)
 	}
+	if len(st.Parts) == 1 {
+		src := filepath.Join(dir, st.Parts[0].Name)
+		if err := os.Chmod(src, 0o444); err != nil {
+			return fmt.Errorf("publish blob %s: %w", dgst, notFound(err))
+		}
+		return link(src, final, dgst)
+	}
+	src, err := assemble(dir, st)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(src) // the blob's own name keeps the bytes
+	return link(src, final, dgst)
+}
+
+// link gives the file src the blob's name and makes the name durable. A
+// blob that appeared meanwhile (another upload of the same bytes) wins.
+func link(src, final string, dgst digest.Digest) error {
 	if err := os.Link(src, final); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("publish blob %s: %w", dgst, err)
+		return fmt.Errorf("publish blob %s: %w", dgst, notFound(err))
 	}
 	return syncDir(filepath.Dir(final))
 }
 
-// assemble returns the path of one file holding all of the upload's bytes:
-// the single part itself, or the parts joined into "assembled".
-func (s *FS) assemble(uploadID string, st fsUploadState) (string, error) {
-	dir, err := s.uploadDir(uploadID)
-	if err != nil {
-		return "", err
-	}
-	if len(st.Parts) == 1 {
-		return filepath.Join(dir, st.Parts[0].Name), nil
-	}
-	var total int64
-	for _, p := range st.Parts {
-		total += p.Size
-	}
-	out := filepath.Join(dir, "assembled")
-	if fi, err := os.Stat(out); err == nil && fi.Size() == total {
-		return out, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// assemble joins the parts into a new file of the upload directory and
+// returns its path. The file gets a fresh name on every call and is never
+// reused: two requests racing to finish one upload can hold different
+// states of the same size, and a shared "assembled" file would let one
+// publish the other's bytes under its digest.
+func assemble(dir string, st fsUploadState) (string, error) {
+	if err := mkdirDurable(dir); err != nil {
 		return "", fmt.Errorf("create upload directory: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, "assembling-*")
 	if err != nil {
 		return "", fmt.Errorf("assemble upload: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
 	for _, p := range st.Parts {
-		if err := appendFile(tmp, filepath.Join(dir, p.Name), p.Size); err != nil {
-			tmp.Close()
-			return "", err
+		if err = appendFile(tmp, filepath.Join(dir, p.Name), p.Size); err != nil {
+			break
 		}
 	}
-	err = tmp.Sync()
+	if err == nil {
+		err = tmp.Chmod(0o444)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
+		os.Remove(tmp.Name())
 		return "", fmt.Errorf("assemble upload: %w", err)
 	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return "", fmt.Errorf("assemble upload: %w", err)
+	return tmp.Name(), nil
+}
+
+// notFound makes a missing file the package's ErrNotFound, keeping the
+// path in the message.
+func notFound(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %v", ErrNotFound, err)
 	}
-	return out, nil
+	return err
 }
 
 // appendFile copies size bytes of file src to dst. *os.File.ReadFrom uses
@@ -291,15 +337,15 @@ func (s *FS) assemble(uploadID string, st fsUploadState) (string, error) {
 func appendFile(dst *os.File, src string, size int64) error {
 	f, err := os.Open(src)
 	if err != nil {
-		return fmt.Errorf("assemble upload: %w", err)
+		return notFound(err)
 	}
 	defer f.Close()
 	n, err := dst.ReadFrom(io.LimitReader(f, size))
 	if err != nil {
-		return fmt.Errorf("assemble upload: %w", err)
+		return err
 	}
 	if n != size {
-		return fmt.Errorf("assemble upload: part %s holds %d bytes, want %d", filepath.Base(src), n, size)
+		return fmt.Errorf("part %s holds %d bytes, want %d", filepath.Base(src), n, size)
 	}
 	return nil
 }
@@ -314,6 +360,25 @@ func (s *FS) DeleteUpload(ctx context.Context, uploadID string, state []byte) er
 		return fmt.Errorf("delete upload %s: %w", uploadID, err)
 	}
 	return nil
+}
+
+// mkdirDurable creates dir and its missing parents, syncing the parent of
+// each new directory: a file whose directory entry can vanish in a crash is
+// not durable however often the file itself is synced.
+func mkdirDurable(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirDurable(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
 }
 
 func syncDir(dir string) error {

@@ -19,13 +19,13 @@ const (
 type routeKind int
 
 const (
-	routeUnknown   routeKind = iota
-	routeManifest            // <name>/manifests/<reference>
-	routeBlob                // <name>/blobs/<digest>
-	routeUpload              // <name>/blobs/uploads/ and <name>/blobs/uploads/<id>
-	routeTags                // <name>/tags/<tag>, including list and _list
-	routeTagHistory          // <name>/tags/<tag>/history
-	routeReferrers           // <name>/referrers/<digest>
+	routeUnknown    routeKind = iota
+	routeManifest             // <name>/manifests/<reference>
+	routeBlob                 // <name>/blobs/<digest>
+	routeUpload               // <name>/blobs/uploads/ and <name>/blobs/uploads/<id>
+	routeTags                 // <name>/tags/<tag>, including list and _list
+	routeTagHistory           // <name>/tags/<tag>/history
+	routeReferrers            // <name>/referrers/<digest>
 )
 
 type route struct {
@@ -53,12 +53,14 @@ func parseRoute(rest string) route {
 		return route{kind: routeUpload, name: name(3), ref: at(1)}
 	case n >= 3 && at(2) == "blobs" && at(1) == "uploads":
 		return route{kind: routeUpload, name: name(2)}
-	case n >= 2 && at(2) == "blobs":
-		return route{kind: routeBlob, name: name(2), ref: at(1)}
 	case n >= 2 && at(2) == "manifests":
 		return route{kind: routeManifest, name: name(2), ref: at(1)}
+	// Before blobs and referrers: in <name>/tags/blobs/history the
+	// alternative reading has "history" as a digest, which it never is.
 	case n >= 4 && at(3) == "tags" && at(1) == "history":
 		return route{kind: routeTagHistory, name: name(3), ref: at(2)}
+	case n >= 2 && at(2) == "blobs":
+		return route{kind: routeBlob, name: name(2), ref: at(1)}
 	case n >= 2 && at(2) == "tags":
 		return route{kind: routeTags, name: name(2), ref: at(1)}
 	case n >= 2 && at(2) == "referrers":

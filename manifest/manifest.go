@@ -87,7 +87,10 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 	if err := json.Unmarshal(payload, &w); err != nil {
 		return nil, invalid("body is not valid JSON: %v", err)
 	}
-	if isSchema1(w.MediaType) || (w.SchemaVersion != nil && *w.SchemaVersion == 1) || w.FSLayers != nil {
+	// json.RawMessage keeps a literal null, so "fsLayers": null is not
+	// taken for the schema 1 field.
+	hasFSLayers := w.FSLayers != nil && string(w.FSLayers) != "null"
+	if isSchema1(w.MediaType) || (w.SchemaVersion != nil && *w.SchemaVersion == 1) || hasFSLayers {
 		return nil, schema1Error()
 	}
 	if w.SchemaVersion == nil || *w.SchemaVersion != 2 {
