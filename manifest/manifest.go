@@ -77,7 +77,8 @@ type wire struct {
 // returns what it references. Errors wrap ErrInvalid and say what is wrong.
 func Parse(contentType string, payload []byte) (*Manifest, error) {
 	ct := contentType
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil {
+	// A malformed parameter (say "; charset") does not hide the type.
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil || errors.Is(err, mime.ErrInvalidMediaParameter) {
 		ct = mt
 	}
 	if isSchema1(ct) {

@@ -606,3 +606,13 @@ func TestDigest(t *testing.T) {
 		}
 	}
 }
+
+// A Content-Type with a malformed parameter still names the media type.
+func TestParseContentTypeWithBadParameter(t *testing.T) {
+	body := []byte(`{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` +
+		strings.Repeat("a", 64) + `","size":2},"layers":[]}`)
+	m, err := manifest.Parse("application/vnd.oci.image.manifest.v1+json; charset", body)
+	if err != nil || m.MediaType != manifest.MediaTypeOCIManifest {
+		t.Fatalf("Parse = %+v, %v", m, err)
+	}
+}
