@@ -77,28 +77,11 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 				return err
 			}
 		}
-		state, found, err := blobLock(ctx, tx, c.Digest)
+		state, inserted, err := blobLockOrInsert(ctx, tx, c.Digest, c.Size)
 		if err != nil {
 			return err
 		}
-		if !found {
-			tag, err := tx.Exec(ctx,
-				`INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING`,
-				c.Digest, c.Size)
-			if err != nil {
-				return fmt.Errorf("insert blob %s: %w", c.Digest, err)
-			}
-			if tag.RowsAffected() == 0 {
-				// Inserted concurrently; lock the row that won.
-				if state, found, err = blobLock(ctx, tx, c.Digest); err != nil {
-					return err
-				}
-				if !found {
-					return fmt.Errorf("blob %s vanished during commit", c.Digest)
-				}
-			}
-		}
-		if !found || state == blobDeleting {
+		if inserted || state == blobDeleting {
 			if err := ensureBytes(ctx); err != nil {
 				return fmt.Errorf("publish blob %s: %w", c.Digest, err)
 			}
@@ -109,11 +92,40 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 				}
 			}
 		}
-		return blobLink(ctx, tx, repoID, c.Digest)
+		if err := blobLink(ctx, tx, repoID, c.Digest); err != nil {
+			return err
+		}
+		detail := map[string]any{"size": c.Size}
+		if c.UploadID != "" {
+			detail["upload"] = c.UploadID
+		}
+		return audit(ctx, tx, actor, event{action: ActionBlobUpload, repository: c.Repository, digest: c.Digest, detail: detail})
 	})
 }
 
 const blobDeleting = "deleting"
+
+// blobLockOrInsert locks the row of blob dgst FOR UPDATE, inserting it
+// first when it does not exist, and returns its state.
+func blobLockOrInsert(ctx context.Context, tx pgx.Tx, dgst string, size int64) (state string, inserted bool, err error) {
+	for range contentionRounds {
+		state, found, err := blobLock(ctx, tx, dgst)
+		if err != nil || found {
+			return state, false, err
+		}
+		tag, err := tx.Exec(ctx,
+			`INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING`, dgst, size)
+		if err != nil {
+			return "", false, fmt.Errorf("insert blob %s: %w", dgst, err)
+		}
+		if tag.RowsAffected() == 1 {
+			return "ready", true, nil
+		}
+		// Inserted concurrently (ON CONFLICT waited for it to commit): go
+		// round and lock that row.
+	}
+	return "", false, fmt.Errorf("commit blob %s: %w", dgst, errContended)
+}
 
 // blobLock locks the row of blob dgst FOR UPDATE and returns its state.
 func blobLock(ctx context.Context, tx pgx.Tx, dgst string) (state string, found bool, err error) {
@@ -162,7 +174,11 @@ FOR SHARE OF b`, from, dgst).Scan(&size)
 		if err != nil {
 			return fmt.Errorf("find blob %s in %s: %w", dgst, from, err)
 		}
-		return blobLink(ctx, tx, toID, dgst)
+		if err := blobLink(ctx, tx, toID, dgst); err != nil {
+			return err
+		}
+		return audit(ctx, tx, actor, event{action: ActionBlobMount, repository: to, digest: dgst,
+			detail: map[string]any{"from": from}})
 	})
 	return size, err
 }
@@ -182,6 +198,6 @@ WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
 		if tag.RowsAffected() == 0 {
 			return ErrBlobUnknown
 		}
-		return nil
+		return audit(ctx, tx, actor, event{action: ActionBlobUnlink, repository: repo, digest: dgst})
 	})
 }

@@ -19,17 +19,43 @@
 // # Locks
 //
 // Every state change is one transaction (see withTx). Row locks are taken in
-// one global order, so that two transactions can never wait on each other in
-// a cycle:
+// one global order, so two transactions never wait on each other in a
+// cycle, and PostgreSQL never has to break a deadlock:
 //
-//  1. repositories (a row is created once, with ON CONFLICT, never locked after)
-//  2. manifests, child manifests before the parent, digests in ascending order
-//  3. tags
-//  4. blobs, digests in ascending order
+//  1. repositories: a row is inserted once (ON CONFLICT) and never locked
+//     afterwards, so it takes no part in any wait;
+//  2. upload sessions;
+//  3. manifests: child manifests before their index, which cannot form a
+//     cycle because an index cannot list itself or an ancestor (digests are
+//     computed over the content); siblings in ascending digest order;
+//  4. tags;
+//  5. blobs, in ascending digest order.
 //
-// Each function documents the locks it takes. On the rare deadlock or
-// serialization failure PostgreSQL still reports, withTx retries the whole
-// transaction, so callers pass functions that are safe to run again.
+// What each operation locks, and why that is enough:
+//
+//	manifest push   children FOR SHARE → the manifest FOR UPDATE → its tag FOR UPDATE → blobs FOR SHARE
+//	tag restore     the manifest FOR SHARE → the tag FOR UPDATE
+//	untag           the tag FOR UPDATE
+//	manifest delete the manifest FOR UPDATE → the tags pointing at it (deleted)
+//	blob commit     the upload session FOR UPDATE → the blob FOR UPDATE
+//	blob mount      the blob FOR SHARE
+//	blob unlink     the repository link (deleted)
+//	upload chunk    nothing: a compare-and-set on the session's size
+//
+// A delete (FOR UPDATE) and any push that would reference or tag the same
+// manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never
+// be left pointing at a deleted manifest, nor an index at a deleted child.
+// Checks that must see concurrent commits run as a separate statement after
+// the lock is granted: under READ COMMITTED each statement takes a new
+// snapshot. Tag and history rows change in the same transaction, so the
+// history always replays to the current state.
+//
+// Where a row may be inserted concurrently (a new tag, repository, manifest
+// or blob), the code locks it if it exists, else inserts with ON CONFLICT DO
+// NOTHING and, on conflict, goes round to lock the winner's row. If
+// PostgreSQL still reports a deadlock or serialization failure, or the
+// round keeps being lost, withTx retries the whole transaction, so
+// functions passed to it must be safe to run again.
 package db
 
 import (
@@ -197,9 +223,21 @@ func (d *DB) tryTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	return nil
 }
 
-// retryable reports whether err is a transient PostgreSQL conflict worth
-// retrying the whole transaction for.
+// errContended is returned by a statement loop that kept losing to
+// concurrent transactions (a row inserted, then deleted, then inserted
+// again by others while we look). withTx retries the whole transaction.
+var errContended = errors.New("row contended by concurrent transactions")
+
+// contentionRounds bounds how often a statement loop goes round before it
+// gives up with errContended.
+const contentionRounds = 10
+
+// retryable reports whether err is a transient conflict worth retrying the
+// whole transaction for.
 func retryable(err error) bool {
+	if errors.Is(err, errContended) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return false

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -71,18 +72,23 @@ type ManifestPut struct {
 	Blobs         []BlobRef // config and layers that must be present in the repository
 	Children      []string  // digests of child manifests (index, manifest list)
 	Tag           string    // tag to point at the manifest; empty for a push by digest
+	// TagCondition, when set, makes the whole push conditional on the
+	// current state of Tag.
+	TagCondition TagCondition
 }
 
 // ManifestStore stores manifest p (or revives its tombstone) and points
 // p.Tag at it, in one transaction. Every referenced blob must be linked into
 // the repository and every child manifest must be live there, otherwise a
-// *MissingReferenceError names the first one missing.
+// *MissingReferenceError names the first one missing. When p.TagCondition
+// does not hold, nothing changes and a *PreconditionError says where the tag
+// points.
 //
 // Locks, in the package's order: child manifest rows FOR SHARE (a delete of
 // a child, which takes FOR UPDATE, waits or is waited for, so no index can
-// reference a deleted child); the manifest's own row (through ON CONFLICT);
-// the tag row; the referenced blob rows FOR SHARE, so garbage collection
-// cannot claim them before the references are recorded.
+// reference a deleted child); the manifest's own row FOR UPDATE; the tag
+// row; the referenced blob rows FOR SHARE, so garbage collection cannot
+// claim them before the references are recorded.
 func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) error {
 	annotations, err := json.Marshal(p.Annotations)
 	if err != nil {
@@ -107,22 +113,30 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) erro
 		if err != nil {
 			return err
 		}
-		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
-			return err
-		}
-		id, inserted, err := manifestUpsert(ctx, tx, repoID, p, annotations)
+		id, change, err := manifestUpsert(ctx, tx, repoID, p, annotations)
 		if err != nil {
 			return err
 		}
-		if inserted {
+		if p.Tag != "" {
+			err := tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: p.Tag, manifestID: id, digest: p.Digest},
+				p.TagCondition, ActionTagMove, actor)
+			if err != nil {
+				return err
+			}
+		}
+		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
+			return err
+		}
+		if change == manifestInserted {
 			if err := manifestRecordRefs(ctx, tx, id, blobs, childIDs); err != nil {
 				return err
 			}
 		}
-		if p.Tag != "" {
-			return tagSet(ctx, tx, repoID, p.Tag, id)
+		if change == manifestUnchanged {
+			return nil
 		}
-		return nil
+		return audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
+			detail: map[string]any{"media_type": p.MediaType, "size": len(p.Payload), "revived": change == manifestRevived}})
 	})
 }
 
@@ -218,14 +232,22 @@ FOR SHARE OF b`, repoID, digests)
 	return nil
 }
 
+// manifestChange says what manifestUpsert did.
+type manifestChange int
+
+const (
+	manifestUnchanged manifestChange = iota // live already
+	manifestInserted                        // new row: the caller records its references
+	manifestRevived                         // tombstone cleared; the row kept its references
+)
+
 // manifestUpsert inserts the manifest row, or clears its tombstone, and
-// returns its id. inserted is true for a new row, whose references the
-// caller must then record; a revived row kept them.
+// returns its id.
 //
 // Locks the manifest row FOR UPDATE, so that a concurrent delete of the same
 // digest is serialised with this push either way round.
-func manifestUpsert(ctx context.Context, tx pgx.Tx, repoID int64, p ManifestPut, annotations []byte) (id int64, inserted bool, err error) {
-	for range 3 {
+func manifestUpsert(ctx context.Context, tx pgx.Tx, repoID int64, p ManifestPut, annotations []byte) (id int64, change manifestChange, err error) {
+	for range contentionRounds {
 		var tombstoned bool
 		err = tx.QueryRow(ctx, `
 SELECT id, deleted_at IS NOT NULL FROM manifests
@@ -235,13 +257,13 @@ FOR UPDATE`, repoID, p.Digest).Scan(&id, &tombstoned)
 		case err == nil && tombstoned:
 			if _, err := tx.Exec(ctx,
 				`UPDATE manifests SET deleted_at = NULL, deleted_by = NULL WHERE id = $1`, id); err != nil {
-				return 0, false, fmt.Errorf("revive manifest %s: %w", p.Digest, err)
+				return 0, 0, fmt.Errorf("revive manifest %s: %w", p.Digest, err)
 			}
-			return id, false, nil
+			return id, manifestRevived, nil
 		case err == nil:
-			return id, false, nil
+			return id, manifestUnchanged, nil
 		case !errors.Is(err, pgx.ErrNoRows):
-			return 0, false, fmt.Errorf("lock manifest %s: %w", p.Digest, err)
+			return 0, 0, fmt.Errorf("lock manifest %s: %w", p.Digest, err)
 		}
 		err = tx.QueryRow(ctx, `
 INSERT INTO manifests (repository_id, digest, media_type, artifact_type,
@@ -252,15 +274,15 @@ RETURNING id`,
 			repoID, p.Digest, p.MediaType, p.ArtifactType, p.ConfigDigest, p.SubjectDigest,
 			annotations, int64(len(p.Payload)), p.Payload).Scan(&id)
 		if err == nil {
-			return id, true, nil
+			return id, manifestInserted, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return 0, false, fmt.Errorf("insert manifest %s: %w", p.Digest, err)
+			return 0, 0, fmt.Errorf("insert manifest %s: %w", p.Digest, err)
 		}
 		// Pushed concurrently by another transaction, which has committed
 		// (ON CONFLICT waited for it): go round and lock that row.
 	}
-	return 0, false, fmt.Errorf("store manifest %s: row not visible after concurrent insert", p.Digest)
+	return 0, 0, fmt.Errorf("store manifest %s: %w", p.Digest, errContended)
 }
 
 func manifestRecordRefs(ctx context.Context, tx pgx.Tx, id int64, blobs []BlobRef, childIDs []int64) error {
@@ -317,15 +339,27 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("check referrers of %s: %w", dgst, err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE manifest_id = $1`, id); err != nil {
+		rows, err := tx.Query(ctx, `DELETE FROM tags WHERE manifest_id = $1 RETURNING name`, id)
+		if err != nil {
 			return fmt.Errorf("remove tags of %s: %w", dgst, err)
+		}
+		tags, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("remove tags of %s: %w", dgst, err)
+		}
+		slices.Sort(tags)
+		for _, tag := range tags {
+			if err := audit(ctx, tx, actor, event{action: ActionTagDelete, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
+				return err
+			}
 		}
 		if _, err := tx.Exec(ctx,
 			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
 			id, actor.Name); err != nil {
 			return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
 		}
-		return nil
+		return audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
+			detail: map[string]any{"tags": tags}})
 	})
 }
 
@@ -361,4 +395,66 @@ ORDER BY m.id`, repo, dgst, artifactType)
 		return nil, fmt.Errorf("list referrers of %s: %w", dgst, err)
 	}
 	return refs, nil
+}
+
+// ManifestInfo describes a live manifest in the digest listing.
+type ManifestInfo struct {
+	Digest       string
+	MediaType    string
+	ArtifactType string
+	Size         int64
+	Tags         []string
+	CreatedAt    time.Time
+}
+
+// ManifestList returns up to n live manifests of repo with digests after
+// last, in digest order, tagged or not, and whether more follow. With
+// untagged, only manifests no tag points at. ErrRepositoryUnknown when repo
+// does not exist.
+func (d *DB) ManifestList(ctx context.Context, repo, last string, n int, untagged bool) ([]ManifestInfo, bool, error) {
+	rows, err := d.pool.Query(ctx, `
+SELECT m.digest, m.media_type, m.artifact_type, m.size, m.created_at, m.tags
+FROM repositories r
+LEFT JOIN LATERAL (
+    SELECT m.digest, m.media_type, coalesce(m.artifact_type, '') AS artifact_type, m.size, m.created_at,
+           ARRAY(SELECT t.name FROM tags t WHERE t.manifest_id = m.id ORDER BY t.name) AS tags
+    FROM manifests m
+    WHERE m.repository_id = r.id AND m.deleted_at IS NULL AND m.digest > $2
+      AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id))
+    ORDER BY m.digest LIMIT $3
+) m ON true
+WHERE r.name = $1`, repo, last, n+1, untagged)
+	if err != nil {
+		return nil, false, fmt.Errorf("list manifests of %s: %w", repo, err)
+	}
+	found := false
+	list := []ManifestInfo{}
+	for rows.Next() {
+		found = true
+		var dgst, mediaType, artifactType *string
+		var size *int64
+		var created *time.Time
+		var tags []string
+		if err := rows.Scan(&dgst, &mediaType, &artifactType, &size, &created, &tags); err != nil {
+			return nil, false, fmt.Errorf("list manifests of %s: %w", repo, err)
+		}
+		if dgst == nil {
+			continue // the repository has no live manifest
+		}
+		if tags == nil {
+			tags = []string{}
+		}
+		list = append(list, ManifestInfo{Digest: *dgst, MediaType: *mediaType, ArtifactType: *artifactType,
+			Size: *size, CreatedAt: *created, Tags: tags})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("list manifests of %s: %w", repo, err)
+	}
+	if !found {
+		return nil, false, ErrRepositoryUnknown
+	}
+	if len(list) > n {
+		return list[:n], true, nil
+	}
+	return list, false, nil
 }

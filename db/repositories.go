@@ -24,7 +24,7 @@ WITH ins AS (
 SELECT id FROM ins
 UNION ALL
 SELECT id FROM repositories WHERE name = $1`
-	for range 3 {
+	for range contentionRounds {
 		var id int64
 		err := tx.QueryRow(ctx, q, name).Scan(&id)
 		if err == nil {
@@ -37,7 +37,7 @@ SELECT id FROM repositories WHERE name = $1`
 		// snapshot was taken; ON CONFLICT waited for it to commit, so the
 		// next statement (new snapshot under READ COMMITTED) sees it.
 	}
-	return 0, fmt.Errorf("ensure repository %s: row not visible after concurrent insert", name)
+	return 0, fmt.Errorf("ensure repository %s: %w", name, errContended)
 }
 
 // repositoryID looks up an existing repository.

@@ -4,47 +4,197 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 )
 
-// tagSet points tag at manifest id, creating the tag if needed. The caller
-// holds a lock on the manifest row, so it cannot be deleted meanwhile.
-//
-// Locks: the tag row (through ON CONFLICT DO UPDATE).
-func tagSet(ctx context.Context, tx pgx.Tx, repoID int64, tag string, manifestID int64) error {
-	_, err := tx.Exec(ctx, `
-INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
-ON CONFLICT (repository_id, name) DO UPDATE
-    SET manifest_id = EXCLUDED.manifest_id, updated_at = now()
-    WHERE tags.manifest_id <> EXCLUDED.manifest_id`, repoID, tag, manifestID)
-	if err != nil {
-		return fmt.Errorf("set tag %s: %w", tag, err)
-	}
-	return nil
+// TagCondition makes a tag change conditional on the state the client has
+// seen, like HTTP's If-Match and If-None-Match. The zero value is no
+// condition.
+type TagCondition struct {
+	// IfMatch lists the digests the tag may point at for the change to
+	// happen. "*" means "the tag exists".
+	IfMatch []string
+	// IfNoneMatch means the tag must not exist: create, never move.
+	IfNoneMatch bool
 }
 
-// TagDelete removes tag from repo and returns the digest it pointed at. The
-// manifest stays, pullable by digest. ErrTagUnknown when there is no such
-// tag.
+func (c TagCondition) holds(current string) bool {
+	if c.IfNoneMatch && current != "" {
+		return false
+	}
+	if c.IfMatch == nil {
+		return true
+	}
+	if current == "" {
+		return false
+	}
+	return slices.Contains(c.IfMatch, "*") || slices.Contains(c.IfMatch, current)
+}
+
+// PreconditionError reports a conditional tag change refused because the
+// tag is not in the expected state. Current is where it points now, empty
+// when it does not exist.
+type PreconditionError struct {
+	Tag     string
+	Current string
+}
+
+func (e *PreconditionError) Error() string {
+	if e.Current == "" {
+		return fmt.Sprintf("tag %s does not exist", e.Tag)
+	}
+	return fmt.Sprintf("tag %s points at %s", e.Tag, e.Current)
+}
+
+// tagLock locks the row of tag FOR UPDATE and returns the manifest it points
+// at. A missing tag locks nothing: creators race on the primary key instead
+// (see tagSet).
+func tagLock(ctx context.Context, tx pgx.Tx, repoID int64, tag string) (manifestID int64, dgst string, found bool, err error) {
+	err = tx.QueryRow(ctx, `
+SELECT t.manifest_id, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id
+WHERE t.repository_id = $1 AND t.name = $2
+FOR UPDATE OF t`, repoID, tag).Scan(&manifestID, &dgst)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, "", false, nil
+	}
+	if err != nil {
+		return 0, "", false, fmt.Errorf("lock tag %s: %w", tag, err)
+	}
+	return manifestID, dgst, true, nil
+}
+
+// tagTarget is the manifest a tag change points the tag at.
+type tagTarget struct {
+	repoID     int64
+	repo       string
+	tag        string
+	manifestID int64
+	digest     string
+}
+
+// tagSet points a tag at a manifest whose row the caller has locked, so it
+// cannot be deleted meanwhile, if cond holds; and records the change in the
+// tag's history. action is tag.move for a push, which records a new tag as
+// tag.create, or tag.restore for an explicit restore.
 //
-// Locks: the tag row (deleted).
-func (d *DB) TagDelete(ctx context.Context, repo, tag string, actor Actor) (string, error) {
+// Locks: the tag row FOR UPDATE. When the tag does not exist there is no
+// row to lock; the INSERT then races on the primary key, and the loser
+// (ON CONFLICT DO NOTHING, after waiting for the winner to commit) goes
+// round again and finds the winner's row.
+func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor) error {
+	for range contentionRounds {
+		_, current, found, err := tagLock(ctx, tx, t.repoID, t.tag)
+		if err != nil {
+			return err
+		}
+		if !cond.holds(current) {
+			return &PreconditionError{Tag: t.tag, Current: current}
+		}
+		if found {
+			if current == t.digest {
+				return nil // already there: no change, no history
+			}
+			if _, err := tx.Exec(ctx, `
+UPDATE tags SET manifest_id = $3, updated_at = now() WHERE repository_id = $1 AND name = $2`,
+				t.repoID, t.tag, t.manifestID); err != nil {
+				return fmt.Errorf("move tag %s: %w", t.tag, err)
+			}
+			return audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest, oldDigest: current})
+		}
+		tag, err := tx.Exec(ctx, `
+INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
+ON CONFLICT (repository_id, name) DO NOTHING`, t.repoID, t.tag, t.manifestID)
+		if err != nil {
+			return fmt.Errorf("create tag %s: %w", t.tag, err)
+		}
+		if tag.RowsAffected() == 1 {
+			if action == ActionTagMove {
+				action = ActionTagCreate
+			}
+			return audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest})
+		}
+		// Created concurrently: go round and lock the winner's row.
+	}
+	return fmt.Errorf("set tag %s: %w", t.tag, errContended)
+}
+
+// TagDelete removes tag from repo, if cond holds, and returns the digest it
+// pointed at. The manifest stays, pullable by digest. ErrTagUnknown when
+// there is no such tag (and no condition was given).
+//
+// Locks: the tag row FOR UPDATE, then deletes it.
+func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition, actor Actor) (string, error) {
 	var dgst string
 	err := d.withTx(ctx, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `
-DELETE FROM tags t USING repositories r, manifests m
-WHERE r.id = t.repository_id AND m.id = t.manifest_id AND r.name = $1 AND t.name = $2
-RETURNING m.digest`, repo, tag).Scan(&dgst)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrTagUnknown
+		repoID, err := repositoryID(ctx, tx, repo)
+		if errors.Is(err, ErrRepositoryUnknown) {
+			return d.tagAbsent(tag, cond)
 		}
 		if err != nil {
+			return err
+		}
+		var found bool
+		if _, dgst, found, err = tagLock(ctx, tx, repoID, tag); err != nil {
+			return err
+		}
+		if !found {
+			return d.tagAbsent(tag, cond)
+		}
+		if !cond.holds(dgst) {
+			return &PreconditionError{Tag: tag, Current: dgst}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
 			return fmt.Errorf("delete tag %s: %w", tag, err)
 		}
-		return nil
+		return audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst})
 	})
 	return dgst, err
+}
+
+// tagAbsent is the error for a change of a tag that does not exist: a
+// failed precondition when the client required a state, else unknown.
+func (d *DB) tagAbsent(tag string, cond TagCondition) error {
+	if cond.IfMatch != nil {
+		return &PreconditionError{Tag: tag}
+	}
+	return ErrTagUnknown
+}
+
+// TagRestore points tag at the live manifest dgst of repo, if cond holds:
+// the explicit request that restores a tag to an earlier digest, without
+// pushing the manifest again. ErrManifestUnknown when dgst is not live.
+//
+// Locks: the manifest row FOR SHARE (a concurrent delete of it, which takes
+// FOR UPDATE, is serialised with this), then the tag row.
+func (d *DB) TagRestore(ctx context.Context, repo, tag, dgst string, cond TagCondition, actor Actor) (previous string, err error) {
+	err = d.withTx(ctx, func(tx pgx.Tx) error {
+		repoID, err := repositoryID(ctx, tx, repo)
+		if errors.Is(err, ErrRepositoryUnknown) {
+			return ErrManifestUnknown
+		}
+		if err != nil {
+			return err
+		}
+		var id int64
+		err = tx.QueryRow(ctx, `
+SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2 AND deleted_at IS NULL
+FOR SHARE`, repoID, dgst).Scan(&id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrManifestUnknown
+		}
+		if err != nil {
+			return fmt.Errorf("lock manifest %s: %w", dgst, err)
+		}
+		_, previous, _, err = tagLock(ctx, tx, repoID, tag)
+		if err != nil {
+			return err
+		}
+		return tagSet(ctx, tx, tagTarget{repoID: repoID, repo: repo, tag: tag, manifestID: id, digest: dgst},
+			cond, ActionTagRestore, actor)
+	})
+	return previous, err
 }
 
 // TagList returns up to n tags of repo after last, in byte order, and

@@ -34,7 +34,7 @@ func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte
 		if err != nil {
 			return fmt.Errorf("create upload %s: %w", id, err)
 		}
-		return nil
+		return audit(ctx, tx, actor, event{action: ActionUploadStart, repository: repo, detail: map[string]any{"upload": id}})
 	})
 }
 
@@ -82,16 +82,23 @@ WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2 AND u.size = $3`,
 // it, so the caller can discard the staged bytes.
 func (d *DB) UploadDelete(ctx context.Context, repo, id string, actor Actor) (Upload, error) {
 	u := Upload{ID: id, Repository: repo}
-	err := d.pool.QueryRow(ctx, `
+	err := d.withTx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
 DELETE FROM uploads u USING repositories r
 WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2
 RETURNING u.size, u.hash_state, u.store_state, u.created_at, u.updated_at`, id, repo).Scan(
-		&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Upload{}, ErrUploadUnknown
-	}
+			&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrUploadUnknown
+		}
+		if err != nil {
+			return fmt.Errorf("delete upload %s: %w", id, err)
+		}
+		return audit(ctx, tx, actor, event{action: ActionUploadCancel, repository: repo,
+			detail: map[string]any{"upload": id, "size": u.Size}})
+	})
 	if err != nil {
-		return Upload{}, fmt.Errorf("delete upload %s: %w", id, err)
+		return Upload{}, err
 	}
 	return u, nil
 }

@@ -93,6 +93,9 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	case routeManifest:
 		switch m {
 		case http.MethodGet, http.MethodHead:
+			if rt.ref == "_list" && m == http.MethodGet {
+				return h.listManifests(w, r, rt)
+			}
 			return h.getManifest(w, r, rt)
 		case http.MethodPut:
 			return h.putManifest(w, r, rt)
@@ -129,6 +132,12 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 			return h.listTags(w, r, rt)
 		case m == http.MethodDelete:
 			return h.deleteTag(w, r, rt)
+		case m == http.MethodPut:
+			return h.restoreTag(w, r, rt)
+		}
+	case routeTagHistory:
+		if m == http.MethodGet || m == http.MethodHead {
+			return h.tagHistory(w, r, rt)
 		}
 	case routeReferrers:
 		if m == http.MethodGet || m == http.MethodHead {

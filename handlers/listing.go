@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 
 	"github.com/opencontainers/go-digest"
@@ -38,22 +37,26 @@ func page(r *http.Request) (n int, last string, err error) {
 }
 
 // setNextLink sets the Link header (RFC 8288) to the page after last,
-// keeping the path the client used.
+// keeping the path and the other parameters the client used.
 func setNextLink(w http.ResponseWriter, r *http.Request, n int, last string) {
-	q := url.Values{}
+	q := r.URL.Query()
 	q.Set("n", strconv.Itoa(n))
 	q.Set("last", last)
 	w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) error {
+	return writeJSONStatus(w, r, http.StatusOK, contentType, v)
+}
+
+func writeJSONStatus(w http.ResponseWriter, r *http.Request, status int, contentType string, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode response: %w", err)
 	}
 	w.Header().Set("Content-Type", contentType)
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		w.Write(body)
 	}
@@ -82,28 +85,6 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) err
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}{rt.name, tags})
-}
-
-// deleteTag serves DELETE /v2/<name>/tags/<tag>: it removes the tag and
-// leaves the manifest, pullable by digest.
-func (h *Handler) deleteTag(w http.ResponseWriter, r *http.Request, rt route) error {
-	if !validTag(rt.ref) {
-		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
-	}
-	return h.untag(w, r, rt.name, rt.ref)
-}
-
-func (h *Handler) untag(w http.ResponseWriter, r *http.Request, name, tag string) error {
-	_, err := h.db.TagDelete(r.Context(), name, tag, actor(r))
-	if errors.Is(err, db.ErrTagUnknown) {
-		return errorf(CodeManifestUnknown, "tag %s is not in repository %s", tag, name)
-	}
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Length", "0")
-	w.WriteHeader(http.StatusAccepted)
-	return nil
 }
 
 // catalog serves GET /v2/_catalog.

@@ -64,15 +64,42 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		return err
 	}
 	hdr := w.Header()
-	hdr.Set("Content-Type", m.MediaType)
 	hdr.Set("Docker-Content-Digest", m.Digest)
-	hdr.Set("Content-Length", strconv.FormatInt(m.Size, 10))
 	hdr.Set("ETag", `"`+m.Digest+`"`)
+	if ref.tag != "" {
+		// A tag can move at any time: caches must ask again each time,
+		// and can do so cheaply with If-None-Match.
+		hdr.Set("Cache-Control", "no-cache")
+	} else {
+		// Content addressed: these bytes never change.
+		hdr.Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	if etagMatches(r.Header.Get("If-None-Match"), m.Digest) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	hdr.Set("Content-Type", m.MediaType)
+	hdr.Set("Content-Length", strconv.FormatInt(m.Size, 10))
 	w.WriteHeader(http.StatusOK)
 	if withPayload {
 		w.Write(m.Payload)
 	}
 	return nil
+}
+
+// etagMatches evaluates an If-None-Match header against a manifest's ETag,
+// with the weak comparison RFC 9110 prescribes for it.
+func etagMatches(header, dgst string) bool {
+	if header == "" {
+		return false
+	}
+	for _, etag := range strings.Split(header, ",") {
+		etag = strings.TrimPrefix(strings.TrimSpace(etag), "W/")
+		if etag == "*" || strings.Trim(etag, `"`) == dgst {
+			return true
+		}
+	}
+	return false
 }
 
 // putManifest validates and stores a manifest, and tags it when pushed by
@@ -83,6 +110,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	})
 	if err != nil {
 		return err
+	}
+	var cond db.TagCondition
+	if ref.tag != "" {
+		if cond, err = tagCondition(r); err != nil {
+			return err
+		}
 	}
 	if r.ContentLength > manifest.MaxSize {
 		return tooLarge()
@@ -114,6 +147,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		Annotations:  m.Annotations,
 		Payload:      payload,
 		Tag:          ref.tag,
+		TagCondition: cond,
 	}
 	if m.Config != nil {
 		put.ConfigDigest = m.Config.Digest.String()
@@ -130,7 +164,10 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	err = h.db.ManifestStore(r.Context(), put, actor(r))
 	var missing *db.MissingReferenceError
 	var mismatch *db.SizeMismatchError
+	var pe *db.PreconditionError
 	switch {
+	case errors.As(err, &pe):
+		return preconditionFailed(rt.name, pe)
 	case errors.As(err, &missing):
 		what := "blob"
 		if missing.Manifest {

@@ -1,0 +1,118 @@
+package db
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Audit actions. Tag actions make up a tag's history.
+const (
+	ActionBlobUpload     = "blob.upload"
+	ActionBlobMount      = "blob.mount"
+	ActionBlobUnlink     = "blob.unlink"
+	ActionUploadStart    = "upload.start"
+	ActionUploadCancel   = "upload.cancel"
+	ActionManifestPush   = "manifest.push"
+	ActionManifestDelete = "manifest.delete"
+	ActionTagCreate      = "tag.create"
+	ActionTagMove        = "tag.move"
+	ActionTagRestore     = "tag.restore"
+	ActionTagUntag       = "tag.untag"
+	ActionTagDelete      = "tag.delete" // removed because its manifest was deleted
+)
+
+// event is one row of the audit log.
+type event struct {
+	action     string
+	repository string
+	tag        string
+	digest     string
+	oldDigest  string
+	detail     map[string]any
+}
+
+// audit appends e to the audit log inside tx, so that the change and its
+// record commit or roll back together.
+func audit(ctx context.Context, tx pgx.Tx, actor Actor, e event) error {
+	var detail []byte
+	if e.detail != nil {
+		var err error
+		if detail, err = json.Marshal(e.detail); err != nil {
+			return fmt.Errorf("encode audit detail: %w", err)
+		}
+	}
+	_, err := tx.Exec(ctx, `
+INSERT INTO audit_log (actor, request_id, action, repository, tag, digest, old_digest, detail)
+VALUES ($1, $2, $3, $4, NULLIF($5, ''), NULLIF($6, ''), NULLIF($7, ''), $8)`,
+		actor.Name, actor.RequestID, e.action, e.repository, e.tag, e.digest, e.oldDigest, detail)
+	if err != nil {
+		return fmt.Errorf("write audit log (%s): %w", e.action, err)
+	}
+	return nil
+}
+
+// TagEvent is one change of a tag.
+type TagEvent struct {
+	ID        int64
+	At        time.Time
+	Action    string // one of the tag.* actions
+	Digest    string // where the tag points after the change; empty when removed
+	OldDigest string // where it pointed before; empty when created
+	Actor     string
+	RequestID string
+}
+
+// TagHistory returns up to n changes of tag in repo, newest first, older
+// than the event with id before (0: from the newest), and whether more
+// follow. ErrRepositoryUnknown when the repository does not exist.
+func (d *DB) TagHistory(ctx context.Context, repo, tag string, before int64, n int) ([]TagEvent, bool, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := d.pool.Query(ctx, `
+SELECT a.id, a.at, a.action, coalesce(a.digest, ''), coalesce(a.old_digest, ''), a.actor, a.request_id
+FROM repositories r
+LEFT JOIN LATERAL (
+    SELECT * FROM audit_log
+    WHERE repository = r.name AND tag = $2 AND action LIKE 'tag.%' AND id < $3
+    ORDER BY id DESC LIMIT $4
+) a ON true
+WHERE r.name = $1`, repo, tag, before, n+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
+	}
+	var events []TagEvent
+	found := false
+	for rows.Next() {
+		found = true
+		var id *int64
+		var at *time.Time
+		var e TagEvent
+		var action, actor, reqID *string
+		if err := rows.Scan(&id, &at, &action, &e.Digest, &e.OldDigest, &actor, &reqID); err != nil {
+			return nil, false, fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
+		}
+		if id == nil {
+			continue // the repository exists but the tag has no history
+		}
+		e.ID, e.At, e.Action, e.Actor, e.RequestID = *id, *at, *action, *actor, *reqID
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
+	}
+	if !found {
+		return nil, false, ErrRepositoryUnknown
+	}
+	if events == nil {
+		events = []TagEvent{}
+	}
+	if len(events) > n {
+		return events[:n], true, nil
+	}
+	return events, false, nil
+}

@@ -1,0 +1,244 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berth-registry/berth/db"
+)
+
+// Tags are rows in PostgreSQL, so Berth can offer what a registry of link
+// files cannot: untag without touching the manifest, conditional tag
+// changes (If-Match / If-None-Match with digests as entity tags), a history
+// of every change, and restoring a tag to an earlier digest.
+
+// tagCondition reads the conditional headers of a tag change. If-Match
+// lists the digests the tag may point at ("*": any, it must exist);
+// If-None-Match: * means the tag must not exist yet.
+func tagCondition(r *http.Request) (db.TagCondition, error) {
+	var cond db.TagCondition
+	if v := r.Header.Get("If-Match"); v != "" {
+		for _, etag := range strings.Split(v, ",") {
+			etag = strings.TrimSpace(etag)
+			if etag == "*" {
+				cond.IfMatch = append(cond.IfMatch, "*")
+				continue
+			}
+			d, err := parseDigest(strings.Trim(etag, `"`))
+			if err != nil || strings.HasPrefix(etag, "W/") {
+				return cond, errorf(CodeDigestInvalid, `If-Match must list quoted manifest digests ("sha256:…") or *, not %s`, etag)
+			}
+			cond.IfMatch = append(cond.IfMatch, d.String())
+		}
+	}
+	if v := r.Header.Get("If-None-Match"); v != "" {
+		if strings.TrimSpace(v) != "*" {
+			return cond, errorf(CodeUnsupported, "a tag change supports only If-None-Match: * (create the tag only if it does not exist)").
+				withStatus(http.StatusBadRequest)
+		}
+		cond.IfNoneMatch = true
+	}
+	return cond, nil
+}
+
+// preconditionFailed reports a conditional tag change refused because the
+// tag moved (or appeared, or vanished) since the client looked.
+func preconditionFailed(name string, pe *db.PreconditionError) error {
+	var current any // JSON null when the tag does not exist
+	if pe.Current != "" {
+		current = pe.Current
+	}
+	msg := "precondition failed: tag " + pe.Tag + " of " + name + " does not exist"
+	if pe.Current != "" {
+		msg = "precondition failed: tag " + pe.Tag + " of " + name + " now points at " + pe.Current
+	}
+	return errorf(CodeDenied, "%s; nothing was changed", msg).
+		withStatus(http.StatusPreconditionFailed).
+		withDetail(map[string]any{"tag": pe.Tag, "current": current})
+}
+
+// tagChangeError maps the errors of a tag change.
+func tagChangeError(err error, name, tag string) error {
+	var pe *db.PreconditionError
+	switch {
+	case errors.As(err, &pe):
+		return preconditionFailed(name, pe)
+	case errors.Is(err, db.ErrTagUnknown):
+		return errorf(CodeManifestUnknown, "tag %s is not in repository %s", tag, name)
+	}
+	return err
+}
+
+// deleteTag serves DELETE /v2/<name>/tags/<tag>: it removes the tag and
+// leaves the manifest, pullable by digest.
+func (h *Handler) deleteTag(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !validTag(rt.ref) {
+		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
+	}
+	return h.untag(w, r, rt.name, rt.ref)
+}
+
+func (h *Handler) untag(w http.ResponseWriter, r *http.Request, name, tag string) error {
+	cond, err := tagCondition(r)
+	if err != nil {
+		return err
+	}
+	if cond.IfNoneMatch {
+		return errorf(CodeUnsupported, "If-None-Match: * does not apply to removing a tag").withStatus(http.StatusBadRequest)
+	}
+	dgst, err := h.db.TagDelete(r.Context(), name, tag, cond, actor(r))
+	if err != nil {
+		return tagChangeError(err, name, tag)
+	}
+	w.Header().Set("Docker-Content-Digest", dgst) // what the tag pointed at
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// maxRestoreBody bounds the JSON body of a tag restore.
+const maxRestoreBody = 4 << 10
+
+// restoreTag serves PUT /v2/<name>/tags/<tag> with the body
+// {"digest": "<digest>"}: it points the tag at a live manifest of the
+// repository without pushing the manifest again, typically an earlier
+// digest from the tag's history. The conditional headers apply.
+func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !validTag(rt.ref) {
+		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", rt.ref, maxTagLength)
+	}
+	cond, err := tagCondition(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Digest string `json:"digest"`
+	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, maxRestoreBody+1))
+	if err != nil {
+		return errorf(CodeManifestInvalid, "reading the request body failed: %v", err)
+	}
+	if len(raw) > maxRestoreBody || json.Unmarshal(raw, &body) != nil || body.Digest == "" {
+		return errorf(CodeManifestInvalid, `the body must be {"digest": "<manifest digest>"}`)
+	}
+	dgst, err := parseDigest(body.Digest)
+	if err != nil {
+		return err
+	}
+	previous, err := h.db.TagRestore(r.Context(), rt.name, rt.ref, dgst.String(), cond, actor(r))
+	if errors.Is(err, db.ErrManifestUnknown) {
+		return errorf(CodeManifestUnknown, "manifest %s is not (or no longer) in repository %s", dgst, rt.name)
+	}
+	if err != nil {
+		return tagChangeError(err, rt.name, rt.ref)
+	}
+	w.Header().Set("Location", "/v2/"+rt.name+"/manifests/"+rt.ref)
+	w.Header().Set("Docker-Content-Digest", dgst.String())
+	status := http.StatusOK
+	if previous == "" {
+		status = http.StatusCreated
+	}
+	return writeJSONStatus(w, r, status, "application/json", map[string]any{
+		"name": rt.name, "tag": rt.ref, "digest": dgst.String(), "previous": nullable(previous),
+	})
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// historyEntry is one change in GET /v2/<name>/tags/<tag>/history.
+type historyEntry struct {
+	ID        int64     `json:"id"`
+	Action    string    `json:"action"`
+	Digest    any       `json:"digest"`
+	Previous  any       `json:"previous"`
+	Time      time.Time `json:"time"`
+	Actor     string    `json:"actor"`
+	RequestID string    `json:"requestId"`
+}
+
+// tagHistory serves GET /v2/<name>/tags/<tag>/history: every change of the
+// tag, newest first. Pages are n long; last is the id of the final entry of
+// the previous page, as the Link header says.
+func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) error {
+	if !validTag(rt.ref) {
+		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
+	}
+	n, last, err := page(r)
+	if err != nil {
+		return err
+	}
+	var before int64
+	if last != "" {
+		if before, err = strconv.ParseInt(last, 10, 64); err != nil || before <= 0 {
+			return errorf(CodeUnsupported, "last must be the id of a history entry, not %q", last).withStatus(http.StatusBadRequest)
+		}
+	}
+	events, more, err := h.db.TagHistory(r.Context(), rt.name, rt.ref, before, n)
+	if errors.Is(err, db.ErrRepositoryUnknown) {
+		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	entries := make([]historyEntry, len(events))
+	for i, e := range events {
+		entries[i] = historyEntry{ID: e.ID, Action: e.Action, Digest: nullable(e.Digest), Previous: nullable(e.OldDigest),
+			Time: e.At.UTC(), Actor: e.Actor, RequestID: e.RequestID}
+	}
+	if more && n > 0 {
+		setNextLink(w, r, n, strconv.FormatInt(events[len(events)-1].ID, 10))
+	}
+	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "tag": rt.ref, "history": entries})
+}
+
+// manifestEntry is one manifest in GET /v2/<name>/manifests/_list.
+type manifestEntry struct {
+	Digest       string    `json:"digest"`
+	MediaType    string    `json:"mediaType"`
+	ArtifactType string    `json:"artifactType,omitempty"`
+	Size         int64     `json:"size"`
+	Tags         []string  `json:"tags"`
+	Created      time.Time `json:"created"`
+}
+
+// listManifests serves GET /v2/<name>/manifests/_list: every live manifest
+// of the repository, tagged or not, in digest order, paginated like the tag
+// list. ?untagged=true keeps only manifests that no tag points at.
+func (h *Handler) listManifests(w http.ResponseWriter, r *http.Request, rt route) error {
+	n, last, err := page(r)
+	if err != nil {
+		return err
+	}
+	untagged := false
+	if v := r.URL.Query().Get("untagged"); v != "" {
+		if untagged, err = strconv.ParseBool(v); err != nil {
+			return errorf(CodeUnsupported, "untagged must be true or false, not %q", v).withStatus(http.StatusBadRequest)
+		}
+	}
+	list, more, err := h.db.ManifestList(r.Context(), rt.name, last, n, untagged)
+	if errors.Is(err, db.ErrRepositoryUnknown) {
+		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
+	}
+	if err != nil {
+		return err
+	}
+	entries := make([]manifestEntry, len(list))
+	for i, m := range list {
+		entries[i] = manifestEntry{Digest: m.Digest, MediaType: m.MediaType, ArtifactType: m.ArtifactType,
+			Size: m.Size, Tags: m.Tags, Created: m.CreatedAt.UTC()}
+	}
+	if more && n > 0 {
+		setNextLink(w, r, n, list[len(list)-1].Digest)
+	}
+	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "manifests": entries})
+}
