@@ -143,9 +143,12 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 	if previous == "" {
 		status = http.StatusCreated
 	}
-	return writeJSONStatus(w, r, status, "application/json", map[string]any{
-		"name": rt.name, "tag": rt.ref, "digest": dgst.String(), "previous": nullable(previous),
-	})
+	return writeJSONStatus(w, r, status, "application/json", struct {
+		Name     string `json:"name"`
+		Tag      string `json:"tag"`
+		Digest   string `json:"digest"`
+		Previous any    `json:"previous"`
+	}{rt.name, rt.ref, dgst.String(), nullable(previous)})
 }
 
 func nullable(s string) any {
@@ -198,7 +201,11 @@ func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) e
 	if more && n > 0 {
 		setNextLink(w, r, n, strconv.FormatInt(events[len(events)-1].ID, 10))
 	}
-	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "tag": rt.ref, "history": entries})
+	return writeJSON(w, r, "application/json", struct {
+		Name    string         `json:"name"`
+		Tag     string         `json:"tag"`
+		History []historyEntry `json:"history"`
+	}{rt.name, rt.ref, entries})
 }
 
 // manifestEntry is one manifest in GET /v2/<name>/manifests/_list.
@@ -240,5 +247,8 @@ func (h *Handler) listManifests(w http.ResponseWriter, r *http.Request, rt route
 	if more && n > 0 {
 		setNextLink(w, r, n, list[len(list)-1].Digest)
 	}
-	return writeJSON(w, r, "application/json", map[string]any{"name": rt.name, "manifests": entries})
+	return writeJSON(w, r, "application/json", struct {
+		Name      string          `json:"name"`
+		Manifests []manifestEntry `json:"manifests"`
+	}{rt.name, entries})
 }

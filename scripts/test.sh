@@ -11,4 +11,6 @@ echo "== unit, integration and race tests (real PostgreSQL)"
 go test -race -count=1 ./...
 echo "== OCI conformance suite against a live berth serve"
 scripts/conformance.sh
+echo "== real clients: crane, skopeo, regctl, oras (and docker with SKIP_DOCKER=0)"
+SKIP_DOCKER=${SKIP_DOCKER:-1} scripts/clients.sh
 echo "== all tests passed"
