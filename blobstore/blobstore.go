@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -65,9 +66,21 @@ type Deleter interface {
 	Delete(ctx context.Context, dgst digest.Digest) error
 }
 
+// Lister enumerates what a store holds, for the garbage collector's sweep
+// of bytes that no database row describes and for `berth check`.
+type Lister interface {
+	// WalkBlobs calls fn for every published blob, in no particular order.
+	// An error from fn stops the walk and is returned.
+	WalkBlobs(ctx context.Context, fn func(dgst digest.Digest, size int64, modTime time.Time) error) error
+	// WalkUploads calls fn for every upload that has data in the store,
+	// with the time its data last changed.
+	WalkUploads(ctx context.Context, fn func(uploadID string, modTime time.Time) error) error
+}
+
 // Store is everything a blob store does.
 type Store interface {
 	Reader
 	Uploader
 	Deleter
+	Lister
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -399,4 +400,87 @@ func randomHex(n int) string {
 		panic(fmt.Sprintf("crypto/rand: %v", err)) // cannot fail on Linux
 	}
 	return hex.EncodeToString(b)
+}
+
+// WalkBlobs implements Lister. Files that are not named like a blob (left
+// by other tools) are skipped.
+func (s *FS) WalkBlobs(ctx context.Context, fn func(dgst digest.Digest, size int64, modTime time.Time) error) error {
+	root := filepath.Join(s.root, "blobs")
+	return filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return nil
+		}
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+		parts := strings.Split(rel, string(filepath.Separator))
+		if len(parts) != 3 || !strings.HasPrefix(parts[2], parts[1]) {
+			return nil
+		}
+		dgst := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[2])
+		if dgst.Validate() != nil {
+			return nil
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // deleted while we walked
+		}
+		if err != nil {
+			return err
+		}
+		return fn(dgst, info.Size(), info.ModTime())
+	})
+}
+
+// WalkUploads implements Lister: the time of an upload is the newest
+// modification among its directory and files.
+func (s *FS) WalkUploads(ctx context.Context, fn func(uploadID string, modTime time.Time) error) error {
+	entries, err := os.ReadDir(filepath.Join(s.root, "uploads"))
+	if err != nil {
+		return fmt.Errorf("list uploads: %w", err)
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !e.IsDir() || !validName(e.Name()) {
+			continue
+		}
+		latest, err := newestModTime(filepath.Join(s.root, "uploads", e.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed while we walked
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(e.Name(), latest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newestModTime(dir string) (time.Time, error) {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return time.Time{}, err
+	}
+	latest := info.ModTime()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && fi.ModTime().After(latest) {
+			latest = fi.ModTime()
+		}
+	}
+	return latest, nil
 }

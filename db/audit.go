@@ -23,6 +23,12 @@ const (
 	ActionTagRestore     = "tag.restore"
 	ActionTagUntag       = "tag.untag"
 	ActionTagDelete      = "tag.delete" // removed because its manifest was deleted
+
+	// Garbage collection and repairs; their actor is "gc".
+	ActionBlobDelete    = "blob.delete"    // bytes and row of an unreferenced blob removed
+	ActionBlobMissing   = "blob.missing"   // bytes found gone by berth check --repair
+	ActionManifestPurge = "manifest.purge" // a tombstone past its retention removed
+	ActionUploadExpire  = "upload.expire"  // an abandoned upload session ended
 )
 
 // event is one row of the audit log.

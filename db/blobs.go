@@ -59,10 +59,11 @@ type BlobCommit struct {
 //
 // ensureBytes must make the blob's bytes readable at its content address in
 // the store (idempotently). It is called with the blob row locked FOR UPDATE
-// whenever the row is new or garbage collection has marked it 'deleting':
-// in both cases GC may have removed bytes the caller published earlier, and
-// GC only ever deletes bytes while holding this same row lock, so bytes
-// present when ensureBytes returns stay present. A crash after ensureBytes
+// whenever the row is new or not 'ready' (garbage collection marked it
+// 'deleting', or a check found its bytes missing): in those cases GC may
+// have removed bytes the caller published earlier, and GC only ever deletes
+// bytes while holding this same row lock, so bytes present when ensureBytes
+// returns stay present. A crash after ensureBytes
 // and before commit leaves at worst bytes without a row, which GC sweeps.
 //
 // Locks: the upload row (deleted), then the blob row FOR UPDATE.
@@ -81,11 +82,11 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 		if err != nil {
 			return err
 		}
-		if inserted || state == blobDeleting {
+		if inserted || state != blobReady {
 			if err := ensureBytes(ctx); err != nil {
 				return fmt.Errorf("publish blob %s: %w", c.Digest, err)
 			}
-			if state == blobDeleting {
+			if !inserted {
 				if _, err := tx.Exec(ctx,
 					`UPDATE blobs SET state = 'ready' WHERE digest = $1`, c.Digest); err != nil {
 					return fmt.Errorf("revive blob %s: %w", c.Digest, err)
@@ -99,11 +100,20 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 		if c.UploadID != "" {
 			detail["upload"] = c.UploadID
 		}
-		return audit(ctx, tx, actor, event{action: ActionBlobUpload, repository: c.Repository, digest: c.Digest, detail: detail})
+		if err := audit(ctx, tx, actor, event{action: ActionBlobUpload, repository: c.Repository, digest: c.Digest, detail: detail}); err != nil {
+			return err
+		}
+		// Until a manifest references it, the new link is all that keeps
+		// the blob: review it once the review delay has passed.
+		return enqueue(ctx, tx, candidateBlob, c.Digest, d.gc.ReviewDelay)
 	})
 }
 
-const blobDeleting = "deleting"
+// Blob states (see migrations).
+const (
+	blobReady    = "ready"
+	blobDeleting = "deleting"
+)
 
 // blobLockOrInsert locks the row of blob dgst FOR UPDATE, inserting it
 // first when it does not exist, and returns its state.
@@ -198,6 +208,9 @@ WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
 		if tag.RowsAffected() == 0 {
 			return ErrBlobUnknown
 		}
-		return audit(ctx, tx, actor, event{action: ActionBlobUnlink, repository: repo, digest: dgst})
+		if err := audit(ctx, tx, actor, event{action: ActionBlobUnlink, repository: repo, digest: dgst}); err != nil {
+			return err
+		}
+		return enqueue(ctx, tx, candidateBlob, dgst, d.gc.ReviewDelay)
 	})
 }

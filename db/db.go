@@ -29,7 +29,10 @@
 //     cycle because an index cannot list itself or an ancestor (digests are
 //     computed over the content); siblings in ascending digest order;
 //  4. tags;
-//  5. blobs, in ascending digest order.
+//  5. blobs, in ascending digest order;
+//  6. garbage collection candidates (gc_queue), always last: a transaction
+//     queues its candidates at the very end, and the collector claims
+//     candidates in a transaction of their own that locks nothing else.
 //
 // What each operation locks, and why that is enough:
 //
@@ -41,6 +44,8 @@
 //	blob mount      the blob FOR SHARE
 //	blob unlink     the repository link (deleted)
 //	upload chunk    nothing: a compare-and-set on the session's size
+//	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
+//	gc of manifest  the manifest FOR UPDATE → candidates
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same
 // manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never
@@ -73,11 +78,14 @@ import (
 // use.
 type DB struct {
 	pool *pgxpool.Pool
+	gc   GCPolicy
 }
 
-// Options tune the connection pool. Zero values take pgx defaults.
+// Options tune the connection pool (zero values take pgx defaults) and
+// give the garbage collection policy that changes queue candidates with.
 type Options struct {
 	MaxConns int32
+	GC       GCPolicy
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -97,7 +105,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	return &DB{pool: pool}, nil
+	return &DB{pool: pool, gc: opts.GC}, nil
 }
 
 // Close releases every connection.

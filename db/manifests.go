@@ -40,6 +40,17 @@ JOIN manifests m ON m.repository_id = r.id
 WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL`, repo, dgst, withPayload)
 }
 
+// ManifestTombstone returns the deleted manifest dgst of repo, payload
+// included, while garbage collection has not purged it: restoring it means
+// pushing these bytes again. ErrManifestUnknown when there is no tombstone.
+func (d *DB) ManifestTombstone(ctx context.Context, repo, dgst string) (Manifest, error) {
+	return d.manifestGet(ctx, `
+SELECT m.digest, m.media_type, m.size, CASE WHEN $3 THEN m.payload END
+FROM repositories r
+JOIN manifests m ON m.repository_id = r.id
+WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NOT NULL`, repo, dgst, true)
+}
+
 func (d *DB) manifestGet(ctx context.Context, q, repo, ref string, withPayload bool) (Manifest, error) {
 	var m Manifest
 	err := d.pool.QueryRow(ctx, q, repo, ref, withPayload).Scan(&m.Digest, &m.MediaType, &m.Size, &m.Payload)
@@ -75,6 +86,8 @@ type ManifestPut struct {
 	// TagCondition, when set, makes the whole push conditional on the
 	// current state of Tag.
 	TagCondition TagCondition
+	// Restore records the tag change as a restore rather than a push.
+	Restore bool
 }
 
 // ManifestStore stores manifest p (or revives its tombstone) and points
@@ -89,10 +102,12 @@ type ManifestPut struct {
 // reference a deleted child); the manifest's own row FOR UPDATE; the tag
 // row; the referenced blob rows FOR SHARE, so garbage collection cannot
 // claim them before the references are recorded.
-func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) error {
+//
+// It returns the digest p.Tag pointed at before, if any.
+func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous string, err error) {
 	annotations, err := json.Marshal(p.Annotations)
 	if err != nil {
-		return fmt.Errorf("encode annotations: %w", err)
+		return "", fmt.Errorf("encode annotations: %w", err)
 	}
 	if p.Annotations == nil {
 		annotations = nil
@@ -104,7 +119,8 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) erro
 	slices.Sort(children)
 	children = slices.Compact(children)
 
-	return d.withTx(ctx, func(tx pgx.Tx) error {
+	err = d.withTx(ctx, func(tx pgx.Tx) error {
+		previous = ""
 		repoID, err := repositoryEnsure(ctx, tx, p.Repository)
 		if err != nil {
 			return err
@@ -117,9 +133,14 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) erro
 		if err != nil {
 			return err
 		}
+		var movedFrom int64
 		if p.Tag != "" {
-			err := tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: p.Tag, manifestID: id, digest: p.Digest},
-				p.TagCondition, ActionTagMove, actor)
+			action := ActionTagMove
+			if p.Restore {
+				action = ActionTagRestore
+			}
+			movedFrom, previous, err = tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: p.Tag, manifestID: id, digest: p.Digest},
+				p.TagCondition, action, actor)
 			if err != nil {
 				return err
 			}
@@ -127,17 +148,30 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) erro
 		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
 			return err
 		}
-		if change == manifestInserted {
+		if change != manifestUnchanged {
+			// A revived row may have lost child rows to the purge of a
+			// child; recording is idempotent, so record in both cases.
 			if err := manifestRecordRefs(ctx, tx, id, blobs, childIDs); err != nil {
 				return err
 			}
+			if err := audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
+				detail: map[string]any{"media_type": p.MediaType, "size": len(p.Payload), "revived": change == manifestRevived}}); err != nil {
+				return err
+			}
 		}
-		if change == manifestUnchanged {
-			return nil
+		// Garbage candidates last: a manifest pushed without a tag, and the
+		// manifest a tag moved away from, may be untagged now.
+		if p.Tag == "" && change != manifestUnchanged {
+			if err := d.enqueueUntagged(ctx, tx, id); err != nil {
+				return err
+			}
 		}
-		return audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
-			detail: map[string]any{"media_type": p.MediaType, "size": len(p.Payload), "revived": change == manifestRevived}})
+		if movedFrom != 0 {
+			return d.enqueueUntagged(ctx, tx, movedFrom)
+		}
+		return nil
 	})
+	return previous, err
 }
 
 func cmpString(a, b string) int {
@@ -292,13 +326,15 @@ func manifestRecordRefs(ctx context.Context, tx pgx.Tx, id int64, blobs []BlobRe
 			digests[i] = b.Digest
 		}
 		if _, err := tx.Exec(ctx, `
-INSERT INTO manifest_blobs (manifest_id, digest) SELECT $1, unnest($2::text[])`, id, digests); err != nil {
+INSERT INTO manifest_blobs (manifest_id, digest) SELECT $1, unnest($2::text[])
+ON CONFLICT DO NOTHING`, id, digests); err != nil {
 			return fmt.Errorf("record manifest blobs: %w", err)
 		}
 	}
 	if len(childIDs) > 0 {
 		if _, err := tx.Exec(ctx, `
-INSERT INTO manifest_children (parent_id, child_id) SELECT $1, unnest($2::bigint[])`, id, childIDs); err != nil {
+INSERT INTO manifest_children (parent_id, child_id) SELECT $1, unnest($2::bigint[])
+ON CONFLICT DO NOTHING`, id, childIDs); err != nil {
 			return fmt.Errorf("record child manifests: %w", err)
 		}
 	}
@@ -358,8 +394,29 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 			id, actor.Name); err != nil {
 			return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
 		}
-		return audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
-			detail: map[string]any{"tags": tags}})
+		if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
+			detail: map[string]any{"tags": tags}}); err != nil {
+			return err
+		}
+		// The tombstone is a candidate once its retention ends; an index's
+		// children may have been kept only by it.
+		if err := enqueue(ctx, tx, candidateManifest, fmt.Sprint(id), d.gc.TombstoneRetention); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `SELECT child_id FROM manifest_children WHERE parent_id = $1 ORDER BY child_id`, id)
+		if err != nil {
+			return fmt.Errorf("read children of %s: %w", dgst, err)
+		}
+		children, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return fmt.Errorf("read children of %s: %w", dgst, err)
+		}
+		for _, child := range children {
+			if err := d.enqueueUntagged(ctx, tx, child); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

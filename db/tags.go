@@ -83,41 +83,46 @@ type tagTarget struct {
 // row to lock; the INSERT then races on the primary key, and the loser
 // (ON CONFLICT DO NOTHING, after waiting for the winner to commit) goes
 // round again and finds the winner's row.
-func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor) error {
+//
+// It returns the digest the tag pointed at before (empty for a new tag)
+// and, if the tag moved away from a manifest, that manifest's id: it may
+// be untagged now, and the caller queues it for garbage collection once it
+// holds its other locks.
+func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor) (movedFrom int64, previous string, err error) {
 	for range contentionRounds {
-		_, current, found, err := tagLock(ctx, tx, t.repoID, t.tag)
+		previousID, current, found, err := tagLock(ctx, tx, t.repoID, t.tag)
 		if err != nil {
-			return err
+			return 0, "", err
 		}
 		if !cond.holds(current) {
-			return &PreconditionError{Tag: t.tag, Current: current}
+			return 0, "", &PreconditionError{Tag: t.tag, Current: current}
 		}
 		if found {
 			if current == t.digest {
-				return nil // already there: no change, no history
+				return 0, current, nil // already there: no change, no history
 			}
 			if _, err := tx.Exec(ctx, `
 UPDATE tags SET manifest_id = $3, updated_at = now() WHERE repository_id = $1 AND name = $2`,
 				t.repoID, t.tag, t.manifestID); err != nil {
-				return fmt.Errorf("move tag %s: %w", t.tag, err)
+				return 0, "", fmt.Errorf("move tag %s: %w", t.tag, err)
 			}
-			return audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest, oldDigest: current})
+			return previousID, current, audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest, oldDigest: current})
 		}
 		tag, err := tx.Exec(ctx, `
 INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
 ON CONFLICT (repository_id, name) DO NOTHING`, t.repoID, t.tag, t.manifestID)
 		if err != nil {
-			return fmt.Errorf("create tag %s: %w", t.tag, err)
+			return 0, "", fmt.Errorf("create tag %s: %w", t.tag, err)
 		}
 		if tag.RowsAffected() == 1 {
 			if action == ActionTagMove {
 				action = ActionTagCreate
 			}
-			return audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest})
+			return 0, "", audit(ctx, tx, actor, event{action: action, repository: t.repo, tag: t.tag, digest: t.digest})
 		}
 		// Created concurrently: go round and lock the winner's row.
 	}
-	return fmt.Errorf("set tag %s: %w", t.tag, errContended)
+	return 0, "", fmt.Errorf("set tag %s: %w", t.tag, errContended)
 }
 
 // TagDelete removes tag from repo, if cond holds, and returns the digest it
@@ -135,20 +140,23 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 		if err != nil {
 			return err
 		}
-		var found bool
-		if _, dgst, found, err = tagLock(ctx, tx, repoID, tag); err != nil {
+		manifestID, current, found, err := tagLock(ctx, tx, repoID, tag)
+		if err != nil {
 			return err
 		}
 		if !found {
 			return d.tagAbsent(tag, cond)
 		}
-		if !cond.holds(dgst) {
+		if dgst = current; !cond.holds(dgst) {
 			return &PreconditionError{Tag: tag, Current: dgst}
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
 			return fmt.Errorf("delete tag %s: %w", tag, err)
 		}
-		return audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst})
+		if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
+			return err
+		}
+		return d.enqueueUntagged(ctx, tx, manifestID)
 	})
 	return dgst, err
 }
@@ -187,12 +195,13 @@ FOR SHARE`, repoID, dgst).Scan(&id)
 		if err != nil {
 			return fmt.Errorf("lock manifest %s: %w", dgst, err)
 		}
-		_, previous, _, err = tagLock(ctx, tx, repoID, tag)
-		if err != nil {
+		var movedFrom int64
+		movedFrom, previous, err = tagSet(ctx, tx, tagTarget{repoID: repoID, repo: repo, tag: tag, manifestID: id, digest: dgst},
+			cond, ActionTagRestore, actor)
+		if err != nil || movedFrom == 0 {
 			return err
 		}
-		return tagSet(ctx, tx, tagTarget{repoID: repoID, repo: repo, tag: tag, manifestID: id, digest: dgst},
-			cond, ActionTagRestore, actor)
+		return d.enqueueUntagged(ctx, tx, movedFrom)
 	})
 	return previous, err
 }

@@ -135,19 +135,41 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if ref.digest != "" && dgst != ref.digest {
 		return digestMismatch(dgst, ref.digest)
 	}
-	m, err := manifest.Parse(r.Header.Get("Content-Type"), payload)
+	m, _, err := h.storeManifest(r, rt.name, ref.tag, cond, r.Header.Get("Content-Type"), payload, dgst, false)
 	if err != nil {
-		return errorf(CodeManifestInvalid, "%v", err)
+		return err
+	}
+	hdr := w.Header()
+	hdr.Set("Location", "/v2/"+rt.name+"/manifests/"+dgst.String())
+	hdr.Set("Docker-Content-Digest", dgst.String())
+	if m.Subject != nil {
+		hdr.Set("OCI-Subject", m.Subject.Digest.String())
+	}
+	hdr.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// storeManifest validates payload and stores it as manifest dgst of
+// repository name, pointing tag at it when tag is set; it returns where
+// the tag pointed before. A restore of a deleted manifest comes here too,
+// with the stored bytes: it is validated and recorded exactly like a push.
+func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCondition, contentType string,
+	payload []byte, dgst digest.Digest, restore bool) (*manifest.Manifest, string, error) {
+	m, err := manifest.Parse(contentType, payload)
+	if err != nil {
+		return nil, "", errorf(CodeManifestInvalid, "%v", err)
 	}
 	put := db.ManifestPut{
-		Repository:   rt.name,
+		Repository:   name,
 		Digest:       dgst.String(),
 		MediaType:    m.MediaType,
 		ArtifactType: m.ArtifactType,
 		Annotations:  m.Annotations,
 		Payload:      payload,
-		Tag:          ref.tag,
+		Tag:          tag,
 		TagCondition: cond,
+		Restore:      restore,
 	}
 	if m.Config != nil {
 		put.ConfigDigest = m.Config.Digest.String()
@@ -161,34 +183,26 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	for _, c := range m.Children {
 		put.Children = append(put.Children, c.Digest.String())
 	}
-	err = h.db.ManifestStore(r.Context(), put, actor(r))
+	previous, err := h.db.ManifestStore(r.Context(), put, actor(r))
 	var missing *db.MissingReferenceError
 	var mismatch *db.SizeMismatchError
 	var pe *db.PreconditionError
 	switch {
 	case errors.As(err, &pe):
-		return preconditionFailed(rt.name, pe)
+		return nil, "", preconditionFailed(name, pe)
 	case errors.As(err, &missing):
 		what := "blob"
 		if missing.Manifest {
 			what = "manifest"
 		}
-		return errorf(CodeManifestBlobUnknown, "%v; push the %s first", err, what).
+		return nil, "", errorf(CodeManifestBlobUnknown, "%v; push the %s first", err, what).
 			withDetail(map[string]string{"digest": missing.Digest})
 	case errors.As(err, &mismatch):
-		return errorf(CodeManifestInvalid, "%v", err)
+		return nil, "", errorf(CodeManifestInvalid, "%v", err)
 	case err != nil:
-		return err
+		return nil, "", err
 	}
-	hdr := w.Header()
-	hdr.Set("Location", "/v2/"+rt.name+"/manifests/"+dgst.String())
-	hdr.Set("Docker-Content-Digest", dgst.String())
-	if m.Subject != nil {
-		hdr.Set("OCI-Subject", m.Subject.Digest.String())
-	}
-	hdr.Set("Content-Length", "0")
-	w.WriteHeader(http.StatusCreated)
-	return nil
+	return m, previous, nil
 }
 
 func tooLarge() error {

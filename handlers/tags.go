@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/berth-registry/berth/db"
 )
 
@@ -132,7 +134,7 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 	}
 	previous, err := h.db.TagRestore(r.Context(), rt.name, rt.ref, dgst.String(), cond, actor(r))
 	if errors.Is(err, db.ErrManifestUnknown) {
-		return errorf(CodeManifestUnknown, "manifest %s is not (or no longer) in repository %s", dgst, rt.name)
+		previous, err = h.undelete(r, rt, dgst, cond)
 	}
 	if err != nil {
 		return tagChangeError(err, rt.name, rt.ref)
@@ -149,6 +151,21 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 		Digest   string `json:"digest"`
 		Previous any    `json:"previous"`
 	}{rt.name, rt.ref, dgst.String(), nullable(previous)})
+}
+
+// undelete restores a tag to a manifest that was deleted but not yet purged
+// by garbage collection: the stored bytes are pushed again, validated like
+// any push (its blobs and children must still be there).
+func (h *Handler) undelete(r *http.Request, rt route, dgst digest.Digest, cond db.TagCondition) (previous string, err error) {
+	m, err := h.db.ManifestTombstone(r.Context(), rt.name, dgst.String())
+	if errors.Is(err, db.ErrManifestUnknown) {
+		return "", errorf(CodeManifestUnknown, "manifest %s is not in repository %s (never pushed, or purged after deletion)", dgst, rt.name)
+	}
+	if err != nil {
+		return "", err
+	}
+	_, previous, err = h.storeManifest(r, rt.name, rt.ref, cond, m.MediaType, m.Payload, dgst, true)
+	return previous, err
 }
 
 func nullable(s string) any {

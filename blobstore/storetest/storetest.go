@@ -26,6 +26,7 @@ import (
 	"sync"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -59,11 +60,69 @@ func Run(t *testing.T, newStore func(t *testing.T) blobstore.Store) {
 		{"SHA512", testSHA512},
 		{"Concurrent", testConcurrent},
 		{"FailingReader", testFailingReader},
+		{"WalkBlobsAndUploads", testWalk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			tc.test(t, newStore(t))
 		})
+	}
+}
+
+// testWalk checks the Lister: every published blob with its size, and
+// every upload with data, are listed; deleted ones are not.
+func testWalk(t *testing.T, s blobstore.Store) {
+	ctx := context.Background()
+	want := map[digest.Digest]int64{}
+	for i := range 5 {
+		content := randomBytes(100 + i)
+		d := digest.FromBytes(content)
+		id := NewUploadID()
+		state := appendChunks(t, s, id, nil, content)
+		if err := s.Publish(ctx, id, state, d); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := s.Delete(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			want[d] = int64(len(content))
+		}
+		if i < 2 {
+			if err := s.DeleteUpload(ctx, id, state); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pending := NewUploadID()
+	appendChunks(t, s, pending, nil, []byte("in progress"))
+
+	got := map[digest.Digest]int64{}
+	before := time.Now().Add(-time.Minute)
+	err := s.WalkBlobs(ctx, func(d digest.Digest, size int64, mod time.Time) error {
+		if mod.Before(before) {
+			t.Errorf("blob %s has modification time %v", d, mod)
+		}
+		got[d] = size
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("WalkBlobs listed %v, want %v", got, want)
+	}
+	uploads := map[string]bool{}
+	if err := s.WalkUploads(ctx, func(id string, _ time.Time) error { uploads[id] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !uploads[pending] || len(uploads) != 4 { // three published but not deleted, one pending
+		t.Errorf("WalkUploads listed %v, want 4 including %s", uploads, pending)
+	}
+	stop := errors.New("stop")
+	if err := s.WalkBlobs(ctx, func(digest.Digest, int64, time.Time) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("WalkBlobs returned %v, want the callback's error", err)
 	}
 }
 

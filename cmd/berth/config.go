@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/berth-registry/berth/db"
 )
 
 // Config is every setting of berth. Each one can come from a flag, an
@@ -32,6 +34,15 @@ type Config struct {
 	LogLevel        slog.Level
 	LogFormat       string
 	ShutdownTimeout time.Duration
+
+	GCDisabled           bool
+	GCReviewDelay        time.Duration
+	GCTombstoneRetention time.Duration
+	GCUploadTimeout      time.Duration
+	GCUntaggedAfter      *time.Duration // nil: keep untagged manifests
+	GCInterval           time.Duration
+	GCSweepInterval      time.Duration
+	GCBatch              int
 }
 
 // setting describes one configuration value. The flag is --<name>, the
@@ -52,6 +63,36 @@ func (s setting) yamlKey() string { return strings.ReplaceAll(s.name, "-", "_") 
 
 func str(p func(*Config) *string) func(*Config, string) error {
 	return func(c *Config, v string) error { *p(c) = v; return nil }
+}
+
+// duration parses a Go duration ("90s", "24h", "0s"); negative ones are
+// refused.
+func duration(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		if d < 0 {
+			return fmt.Errorf("must not be negative: %s", v)
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+func positiveInt(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("must be positive: %s", v)
+		}
+		*p(c) = n
+		return nil
+	}
 }
 
 // settings lists every setting of `berth serve`. Deployment scripts depend
@@ -92,14 +133,56 @@ var settings = []setting{
 			return nil
 		}},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
-		func(c *Config, v string) (err error) { c.ShutdownTimeout, err = time.ParseDuration(v); return err }},
+		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+
+	{"gc-disabled", "false", "do not run online garbage collection in this process (run `berth gc` elsewhere)",
+		func(c *Config, v string) (err error) { c.GCDisabled, err = strconv.ParseBool(v); return err }},
+	{"gc-review-delay", "24h", "an unreferenced blob (or blob link) is collected only once it is this old, so clients can push the manifest that uses it",
+		duration(func(c *Config) *time.Duration { return &c.GCReviewDelay })},
+	{"gc-tombstone-retention", "168h", "deleted manifests stay restorable (and keep their blobs) this long before they are purged",
+		duration(func(c *Config) *time.Duration { return &c.GCTombstoneRetention })},
+	{"gc-upload-timeout", "24h", "upload sessions idle this long are ended and their partial data deleted",
+		duration(func(c *Config) *time.Duration { return &c.GCUploadTimeout })},
+	{"gc-untagged-after", "", "delete manifests untagged for this long that no index or referrer needs (empty: keep untagged manifests)",
+		func(c *Config, v string) error {
+			c.GCUntaggedAfter = nil
+			if v == "" {
+				return nil
+			}
+			var d time.Duration
+			if err := duration(func(*Config) *time.Duration { return &d })(c, v); err != nil {
+				return err
+			}
+			c.GCUntaggedAfter = &d
+			return nil
+		}},
+	{"gc-interval", "1m", "time between garbage collection passes",
+		duration(func(c *Config) *time.Duration { return &c.GCInterval })},
+	{"gc-sweep-interval", "24h", "time between sweeps of the blob store for bytes without database rows (one replica at a time)",
+		duration(func(c *Config) *time.Duration { return &c.GCSweepInterval })},
+	{"gc-batch", "100", "garbage candidates claimed per transaction round",
+		positiveInt(func(c *Config) *int { return &c.GCBatch })},
+}
+
+// gcPolicy is the part of the garbage collection settings that the
+// database layer needs to queue candidates.
+func (c Config) gcPolicy() db.GCPolicy {
+	p := db.GCPolicy{ReviewDelay: c.GCReviewDelay, TombstoneRetention: c.GCTombstoneRetention}
+	if c.GCUntaggedAfter != nil {
+		p.CollectUntagged, p.UntaggedAfter = true, *c.GCUntaggedAfter
+	}
+	return p
 }
 
 // loadConfig resolves the settings from args (flags), env and the YAML file
-// named by --config or BERTH_CONFIG. usage receives the --help text.
-func loadConfig(cmd string, args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+// named by --config or BERTH_CONFIG. usage receives the --help text. extra
+// adds flags of the command itself (not settings: no environment or file).
+func loadConfig(cmd string, args []string, getenv func(string) string, usage io.Writer, extra ...func(*flag.FlagSet)) (Config, error) {
 	fs := flag.NewFlagSet("berth "+cmd, flag.ContinueOnError)
 	fs.SetOutput(usage)
+	for _, add := range extra {
+		add(fs)
+	}
 	flagVals := make(map[string]*string, len(settings))
 	for _, s := range settings {
 		help := fmt.Sprintf("%s (env %s", s.usage, s.env())

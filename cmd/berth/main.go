@@ -1,6 +1,6 @@
 // Command berth is the Berth container registry: one binary that serves
-// the OCI distribution API (berth serve) and manages its database (berth
-// migrate).
+// the OCI distribution API (berth serve), manages its database (berth
+// migrate) and collects garbage (berth gc, berth check).
 package main
 
 import (
@@ -19,6 +19,8 @@ const usageText = `Berth: an OCI container registry with its metadata in Postgre
 Usage:
   berth serve [flags]                 run the registry
   berth migrate up|down|version [flags]  manage the database schema
+  berth gc [--once] [--dry-run] [flags]  garbage collection (continuous, or one pass)
+  berth check [--repair] [flags]      compare the blob store with the database
   berth help <command>                flags of a command
 
 Run "berth serve --help" for every setting.
@@ -59,6 +61,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return m.Close(shutdownCtx)
 	case "migrate":
 		return migrateCommand(ctx, rest, getenv, stdout, stderr)
+	case "gc":
+		return gcCommand(ctx, rest, getenv, stdout, stderr)
+	case "check":
+		return checkCommand(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return run(ctx, []string{rest[0], "--help"}, getenv, stdout, stderr)

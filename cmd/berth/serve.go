@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/berth-registry/berth/gc"
 	"io"
 	"log/slog"
 	"net"
@@ -30,6 +32,8 @@ type Main struct {
 	server   *http.Server
 	listener net.Listener
 	served   chan error
+	stopGC   context.CancelFunc
+	gcDone   chan struct{}
 }
 
 // NewMain returns a Main with default logging, before configuration.
@@ -73,13 +77,22 @@ func (m *Main) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	m.db, err = db.Open(ctx, dbase.url, db.Options{MaxConns: int32(c.DBMaxConns)})
+	m.db, err = db.Open(ctx, dbase.url, db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy()})
 	if err != nil {
 		return err
 	}
 	store, err := blobstore.NewFS(c.StorageDir)
 	if err != nil {
 		return err
+	}
+	if !c.GCDisabled {
+		gcCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		m.stopGC, m.gcDone = cancel, make(chan struct{})
+		collector := newCollector(c, m.db, store, m.Logger)
+		go func() {
+			defer close(m.gcDone)
+			collector.Run(gcCtx)
+		}()
 	}
 	api := handlers.New(handlers.Options{DB: m.db, Blobs: store, Logger: m.Logger})
 	m.listener, err = net.Listen("tcp", c.Listen)
@@ -94,7 +107,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.server.Serve(m.listener) }()
 	m.Logger.Info("berth serving", "addr", m.listener.Addr().String(),
-		"storage", c.Storage, "storage_dir", c.StorageDir, "database", dbase.describe())
+		"storage", c.Storage, "storage_dir", c.StorageDir, "database", dbase.describe(), "gc", !c.GCDisabled)
 	return nil
 }
 
@@ -114,6 +127,10 @@ func (m *Main) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if m.stopGC != nil {
+		m.stopGC()
+		<-m.gcDone
+	}
 	if m.db != nil {
 		m.db.Close()
 	}
@@ -121,6 +138,17 @@ func (m *Main) Close(ctx context.Context) error {
 		errs = append(errs, m.database.close(context.WithoutCancel(ctx)))
 	}
 	return errors.Join(errs...)
+}
+
+func newCollector(c Config, d *db.DB, store gc.Store, log *slog.Logger) *gc.Collector {
+	return gc.New(d, store, gc.Config{
+		Policy:        c.gcPolicy(),
+		UploadTimeout: c.GCUploadTimeout,
+		Interval:      c.GCInterval,
+		SweepInterval: c.GCSweepInterval,
+		Batch:         c.GCBatch,
+		Logger:        log,
+	})
 }
 
 // database is the PostgreSQL that berth uses: the configured URL, or an
@@ -131,9 +159,12 @@ type database struct {
 	lock     *os.File
 }
 
+// describe names the database for the start-up log: the embedded one by
+// its URL, so that `berth gc` or psql can reach it while berth runs; an
+// external one without its URL, which may hold a password.
 func (d *database) describe() string {
 	if d.embedded != nil {
-		return "embedded"
+		return "embedded " + d.url
 	}
 	return "external"
 }

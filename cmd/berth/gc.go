@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/gc"
+)
+
+// openForMaintenance opens what `berth gc` and `berth check` work on: the
+// database (migrated, as serve would) and the blob store, with the
+// configured garbage collection settings.
+func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Collector, func(), error) {
+	dbase, err := openDatabase(ctx, c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	closeAll := func() { dbase.close(context.WithoutCancel(ctx)) }
+	if c.AutoMigrate {
+		if err := db.Migrate(dbase.url); err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+	}
+	d, err := db.Open(ctx, dbase.url, db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy()})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	closeAll = func() { d.Close(); dbase.close(context.WithoutCancel(ctx)) }
+	store, err := blobstore.NewFS(c.StorageDir)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return newCollector(c, d, store, log), closeAll, nil
+}
+
+// gcCommand runs `berth gc`: garbage collection without serving the API.
+// With --once it makes one pass (and one sweep for orphaned bytes) and
+// reports what it collected; --dry-run reports what it would collect.
+// Without either it collects continuously, like serve does, until
+// interrupted: for deployments that run collection in its own process
+// (--gc-disabled on the replicas).
+func gcCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var once, dryRun bool
+	c, err := loadConfig("gc", args, getenv, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&once, "once", false, "run one pass and one sweep, report what was collected, and exit")
+		fs.BoolVar(&dryRun, "dry-run", false, "report what one pass and sweep would collect; change nothing")
+	})
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, stderr)
+	collector, closeAll, err := openForMaintenance(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	if !once && !dryRun {
+		collector.Run(ctx)
+		return nil
+	}
+	rep, err := collector.Pass(ctx, dryRun)
+	if err == nil {
+		var sweep gc.Report
+		sweep, err = collector.Sweep(ctx, c.GCReviewDelay, dryRun)
+		rep.Add(sweep)
+	}
+	printReport(stdout, rep)
+	return err
+}
+
+func printReport(w io.Writer, rep gc.Report) {
+	verb := "collected"
+	if rep.DryRun {
+		verb = "would collect"
+		for i := range rep.Items {
+			rep.Items[i] = "would " + rep.Items[i]
+		}
+	}
+	for _, item := range rep.Items {
+		fmt.Fprintln(w, item)
+	}
+	fmt.Fprintf(w, "%s: %d manifests purged, %d untagged manifests deleted, %d blob links removed, "+
+		"%d blobs deleted, %d uploads ended, %d orphaned blobs and %d orphaned uploads swept; %d bytes freed; %d candidates kept\n",
+		verb, rep.ManifestsPurged, rep.ManifestsUntagged, rep.LinksRemoved, rep.BlobsDeleted, rep.UploadsExpired,
+		rep.OrphanBlobs, rep.OrphanUploads, rep.FreedBytes(), rep.Kept)
+}
+
+// checkCommand runs `berth check`: it compares the blob store with the
+// database and reports blobs whose bytes are gone and bytes no row
+// describes; --repair fixes both (see gc.Collector.Check).
+func checkCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var repair bool
+	c, err := loadConfig("check", args, getenv, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&repair, "repair", false, "mark blobs whose bytes are gone as missing (clients then upload them again) and delete orphaned bytes")
+	})
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, stderr)
+	collector, closeAll, err := openForMaintenance(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	rep, err := collector.Check(ctx, repair)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "checked %d blobs\n", rep.BlobsChecked)
+	for _, d := range rep.MissingBytes {
+		action := "(run with --repair to mark it missing)"
+		if repair {
+			action = "marked missing: it will be served again once a client uploads it"
+		}
+		fmt.Fprintf(stdout, "blob %s: row without bytes %s\n", d, action)
+	}
+	for _, m := range rep.Unpullable {
+		fmt.Fprintf(stdout, "manifest %s cannot be pulled until its missing blob is pushed again\n", m)
+	}
+	for _, item := range rep.Orphans.Items {
+		if !repair {
+			item = "found: " + item
+		}
+		fmt.Fprintln(stdout, item)
+	}
+	fmt.Fprintf(stdout, "%d blobs without bytes, %d orphaned blobs (%d bytes), %d orphaned uploads",
+		len(rep.MissingBytes), rep.Orphans.OrphanBlobs, rep.Orphans.OrphanBytes, rep.Orphans.OrphanUploads)
+	if repair {
+		fmt.Fprintln(stdout, ": repaired")
+	} else {
+		fmt.Fprintln(stdout)
+	}
+	return nil
+}

@@ -1,0 +1,69 @@
+package gc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/blobstore"
+)
+
+// CheckReport is what `berth check` found: database rows whose bytes are
+// gone, and (in Orphans) bytes that no row describes.
+type CheckReport struct {
+	Repair       bool
+	BlobsChecked int
+	// MissingBytes lists ready blobs whose bytes the store does not have.
+	MissingBytes []string
+	// Unpullable lists the manifests (repository@digest) that reference a
+	// blob with missing bytes.
+	Unpullable []string
+	// Orphans is the sweep for bytes without rows (a dry run unless
+	// repairing).
+	Orphans Report
+}
+
+// Check compares the database with the blob store. With repair, rows whose
+// bytes are gone are marked 'missing' (invisible, so clients upload the
+// blob again, and the next upload re-publishes the bytes), and orphaned
+// bytes are deleted.
+func (c *Collector) Check(ctx context.Context, repair bool) (CheckReport, error) {
+	rep := CheckReport{Repair: repair}
+	last := ""
+	for {
+		rows, err := c.db.BlobRows(ctx, last, sweepBatch)
+		if err != nil {
+			return rep, err
+		}
+		for _, b := range rows {
+			last = b.Digest
+			if b.State != "ready" {
+				continue
+			}
+			rep.BlobsChecked++
+			_, err := c.store.Stat(ctx, digest.Digest(b.Digest))
+			if errors.Is(err, blobstore.ErrNotFound) {
+				rep.MissingBytes = append(rep.MissingBytes, b.Digest)
+				if repair {
+					affected, err := c.db.BlobMarkMissing(ctx, b.Digest)
+					if err != nil {
+						return rep, err
+					}
+					rep.Unpullable = append(rep.Unpullable, affected...)
+				}
+				continue
+			}
+			if err != nil {
+				return rep, fmt.Errorf("stat blob %s: %w", b.Digest, err)
+			}
+		}
+		if len(rows) < sweepBatch {
+			break
+		}
+	}
+	orphans, err := c.Sweep(ctx, c.cfg.Policy.ReviewDelay, !repair)
+	rep.Orphans = orphans
+	return rep, err
+}

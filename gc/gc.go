@@ -1,0 +1,481 @@
+// Package gc collects garbage online: while the registry serves pushes and
+// pulls, in every replica, with no read-only window.
+//
+// # What is garbage
+//
+//   - a deleted manifest (tombstone) older than the retention: purged, and
+//     the blobs it referenced become candidates;
+//   - with untagged collection on, a manifest untagged for long enough that
+//     no live index lists, that has no live referrer and is not attached to
+//     a live subject: deleted (a tombstone, restorable until purged);
+//   - a blob link older than the review delay in a repository where no
+//     manifest references the blob: removed;
+//   - a blob that no manifest references (live, or a tombstone within
+//     retention) and no link protects any more: bytes and row removed;
+//   - an upload session idle for longer than the upload timeout, with its
+//     partial bytes;
+//   - bytes in the store that no row describes (left by a crash): swept.
+//
+// Candidates are queued (table gc_queue) by the very transactions that make
+// them candidates — upload, unlink, untag, tag move, delete — each with a
+// review time. Collectors in every replica claim due candidates with
+// SELECT … FOR UPDATE SKIP LOCKED, re-check them inside a transaction and
+// act. Anything that references a candidate again before then (a manifest
+// push, a new link) simply makes the re-check keep it.
+//
+// # Deleting a blob without losing one
+//
+// A blob row and its bytes cannot change together: one is in PostgreSQL,
+// the other in a file system or S3. The order of the two steps, and one
+// row lock that every party takes, make it safe:
+//
+//	collector                          blob row   upload of the same digest
+//	─────────                          ────────   ─────────────────────────
+//	tx1: lock row FOR UPDATE            ready     (publishes bytes, then)
+//	     re-check: no manifest, no
+//	     fresh link references it                  tx: lock row FOR UPDATE
+//	     state := 'deleting'; commit   deleting        ↳ waits for tx1/tx2
+//	                                   (HEAD, GET, mount and manifest pushes
+//	                                    see only 'ready': the blob is gone
+//	                                    for them from here on)
+//	tx2: lock row FOR UPDATE
+//	     state still 'deleting'? ──no──▶ an upload revived it: stop
+//	     delete the bytes
+//	     delete the row; commit        (none)
+//	                                                   ↳ row absent or
+//	                                                     'deleting': publish
+//	                                                     the bytes again under
+//	                                                     the lock, then 'ready'
+//
+// Bytes are deleted only inside tx2, holding the row lock. An upload takes
+// the same lock before it trusts the bytes it published, and re-publishes
+// them when it finds the row absent or not 'ready'. So an upload that
+// succeeded always leaves bytes behind, and a manifest can only reference
+// a 'ready' blob, which tx1 or tx2 cannot be collecting. A crash between
+// deleting the bytes and committing tx2 leaves a 'deleting' row, which no
+// reader serves and the next pass finishes; a crash elsewhere leaves at
+// worst bytes without a row, which the sweep removes (claiming the digest
+// with a 'deleting' row first, so it is just as safe against uploads).
+// Never a 'ready' row without bytes.
+package gc
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
+)
+
+// Store is what the collector needs of a blob store.
+type Store interface {
+	blobstore.Deleter
+	blobstore.Lister
+	Stat(ctx context.Context, dgst digest.Digest) (int64, error)
+	DeleteUpload(ctx context.Context, uploadID string, state []byte) error
+}
+
+// Config tunes the collector. The review delay, retention and untagged
+// policy live in db.GCPolicy, because the transactions that queue
+// candidates need them too.
+type Config struct {
+	Policy        db.GCPolicy
+	UploadTimeout time.Duration // idle upload sessions older than this are ended
+	Interval      time.Duration // time between passes of Run
+	Batch         int           // candidates claimed per transaction round
+	SweepInterval time.Duration // time between sweeps for orphaned bytes in Run
+	// Lease is how long a claimed candidate stays with its collector; a
+	// collector that dies gives it up when the lease ends.
+	Lease  time.Duration
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Interval <= 0 {
+		c.Interval = time.Minute
+	}
+	if c.Batch <= 0 {
+		c.Batch = 100
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = 24 * time.Hour
+	}
+	if c.Lease <= 0 {
+		c.Lease = 5 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Collector runs garbage collection against one database and blob store.
+type Collector struct {
+	db    *db.DB
+	store Store
+	cfg   Config
+	log   *slog.Logger
+	stats Stats
+}
+
+// New returns a collector.
+func New(d *db.DB, store Store, cfg Config) *Collector {
+	cfg.setDefaults()
+	return &Collector{db: d, store: store, cfg: cfg, log: cfg.Logger}
+}
+
+// Report counts what a pass or sweep collected (or, in a dry run, would
+// collect). Items lists each action in words, for `berth gc`.
+type Report struct {
+	DryRun            bool
+	ManifestsPurged   int
+	ManifestsUntagged int
+	LinksRemoved      int
+	BlobsDeleted      int
+	BlobBytes         int64
+	UploadsExpired    int
+	UploadBytes       int64
+	OrphanBlobs       int
+	OrphanBytes       int64
+	OrphanUploads     int
+	Kept              int // candidates examined and kept
+	Items             []string
+}
+
+// Add merges o into r: counts and items.
+func (r *Report) Add(o Report) {
+	r.ManifestsPurged += o.ManifestsPurged
+	r.ManifestsUntagged += o.ManifestsUntagged
+	r.LinksRemoved += o.LinksRemoved
+	r.BlobsDeleted += o.BlobsDeleted
+	r.BlobBytes += o.BlobBytes
+	r.UploadsExpired += o.UploadsExpired
+	r.UploadBytes += o.UploadBytes
+	r.OrphanBlobs += o.OrphanBlobs
+	r.OrphanBytes += o.OrphanBytes
+	r.OrphanUploads += o.OrphanUploads
+	r.Kept += o.Kept
+	r.Items = append(r.Items, o.Items...)
+}
+
+// Collected reports whether anything was (or would be) collected.
+func (r Report) Collected() bool {
+	return r.ManifestsPurged+r.ManifestsUntagged+r.LinksRemoved+r.BlobsDeleted+
+		r.UploadsExpired+r.OrphanBlobs+r.OrphanUploads > 0
+}
+
+// FreedBytes is the storage freed (or that would be freed).
+func (r Report) FreedBytes() int64 { return r.BlobBytes + r.UploadBytes + r.OrphanBytes }
+
+func (r *Report) item(format string, args ...any) {
+	r.Items = append(r.Items, fmt.Sprintf(format, args...))
+}
+
+// LogAttrs summarises the report for a log line.
+func (r Report) LogAttrs() []any {
+	return []any{"dry_run", r.DryRun, "manifests_purged", r.ManifestsPurged, "manifests_untagged", r.ManifestsUntagged,
+		"links_removed", r.LinksRemoved, "blobs_deleted", r.BlobsDeleted, "uploads_expired", r.UploadsExpired,
+		"orphan_blobs", r.OrphanBlobs, "orphan_uploads", r.OrphanUploads, "kept", r.Kept, "bytes_freed", r.FreedBytes()}
+}
+
+// Pass collects everything due now: it ends idle upload sessions, then
+// claims and examines due candidates until none is left. With dryRun it only reports
+// what it would do: candidates are examined in transactions that roll
+// back, and only those due now are seen.
+func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
+	rep := Report{DryRun: dryRun}
+	if err := c.expireUploads(ctx, dryRun, &rep); err != nil {
+		return rep, err
+	}
+	if dryRun {
+		return rep, c.reviewDue(ctx, &rep)
+	}
+	// Claim until nothing is due. Collecting can make other candidates due
+	// at once (a purged manifest frees its blobs); those are taken in the
+	// same pass. Candidates put back for later are due in the future, so
+	// the loop ends; the bound is only a guard.
+	for range maxRounds {
+		cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
+		if err != nil {
+			return rep, err
+		}
+		if len(cands) == 0 {
+			break
+		}
+		for _, cand := range cands {
+			if err := c.review(ctx, cand, false, &rep); err != nil {
+				return rep, err
+			}
+		}
+	}
+	c.stats.record(rep)
+	return rep, nil
+}
+
+// maxRounds bounds the claim rounds of one pass; the next pass continues.
+const maxRounds = 10000
+
+// reviewDue is the dry run of the candidate loop: it pages through the due
+// candidates without claiming them.
+func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
+	var after db.Candidate
+	for {
+		cands, err := c.db.GCDue(ctx, after, c.cfg.Batch)
+		if err != nil {
+			return err
+		}
+		for _, cand := range cands {
+			if err := c.review(ctx, cand, true, rep); err != nil {
+				return err
+			}
+		}
+		if len(cands) < c.cfg.Batch {
+			return nil
+		}
+		after = cands[len(cands)-1]
+	}
+}
+
+func (c *Collector) review(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
+	switch cand.Kind {
+	case "blob":
+		return c.reviewBlob(ctx, cand, dryRun, rep)
+	case "manifest":
+		return c.reviewManifest(ctx, cand, dryRun, rep)
+	}
+	return fmt.Errorf("unknown garbage candidate kind %q", cand.Kind)
+}
+
+func (c *Collector) reviewBlob(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
+	rev, err := c.db.GCReviewBlob(ctx, cand, dryRun)
+	if err != nil {
+		return err
+	}
+	for _, repo := range rev.UnlinkedFrom {
+		rep.LinksRemoved++
+		rep.item("unlink blob %s from %s: no manifest of the repository references it", rev.Digest, repo)
+	}
+	if !rev.Collect {
+		rep.Kept++
+		return nil
+	}
+	if dryRun {
+		rep.BlobsDeleted++
+		rep.BlobBytes += rev.Size
+		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, rev.Size)
+		return nil
+	}
+	dgst := digest.Digest(rev.Digest)
+	deleted, size, err := c.db.GCDeleteBlob(ctx, cand, func(ctx context.Context) error {
+		return c.store.Delete(ctx, dgst)
+	})
+	if err != nil {
+		return err
+	}
+	if deleted {
+		rep.BlobsDeleted++
+		rep.BlobBytes += size
+		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, size)
+	} else {
+		rep.Kept++ // an upload revived it between the two steps
+	}
+	return nil
+}
+
+func (c *Collector) reviewManifest(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
+	rev, err := c.db.GCReviewManifest(ctx, cand, dryRun)
+	if err != nil {
+		return err
+	}
+	switch {
+	case rev.Purged:
+		rep.ManifestsPurged++
+		rep.item("purge manifest %s@%s: deleted longer ago than the retention", rev.Repository, rev.Digest)
+	case rev.Untagged:
+		rep.ManifestsUntagged++
+		rep.item("delete manifest %s@%s: untagged longer than the untagged age, and nothing needs it", rev.Repository, rev.Digest)
+	default:
+		rep.Kept++
+	}
+	return nil
+}
+
+// expireUploads ends idle upload sessions, then discards their bytes.
+func (c *Collector) expireUploads(ctx context.Context, dryRun bool, rep *Report) error {
+	for {
+		expired, err := c.db.GCExpireUploads(ctx, c.cfg.UploadTimeout, c.cfg.Batch, dryRun)
+		if err != nil {
+			return err
+		}
+		for _, u := range expired {
+			rep.UploadsExpired++
+			rep.UploadBytes += u.Size
+			rep.item("end upload %s of %s (%d bytes): idle since %s", u.ID, u.Repository, u.Size, u.UpdatedAt.UTC().Format(time.RFC3339))
+			if dryRun {
+				continue
+			}
+			if err := c.store.DeleteUpload(ctx, u.ID, u.StoreState); err != nil {
+				// The session is gone; its bytes are orphans the sweep removes.
+				c.log.WarnContext(ctx, "gc: discard upload data", "upload", u.ID, "err", err)
+			}
+		}
+		if dryRun || len(expired) < c.cfg.Batch {
+			return nil
+		}
+	}
+}
+
+// sweepBatch is how many digests or upload ids one database lookup checks.
+const sweepBatch = 1000
+
+// Sweep walks the blob store for bytes that no database row describes —
+// blobs and upload data left behind by a crash — and removes those older
+// than minAge (the review delay in Run), so that bytes in the middle of
+// being committed are left alone; the commit protocol keeps even those
+// safe (see the package documentation).
+func (c *Collector) Sweep(ctx context.Context, minAge time.Duration, dryRun bool) (Report, error) {
+	rep := Report{DryRun: dryRun}
+	cutoff := time.Now().Add(-minAge)
+	type found struct {
+		size int64
+	}
+	pending := map[string]found{}
+	flushBlobs := func() error {
+		keys := make([]string, 0, len(pending))
+		for k := range pending {
+			keys = append(keys, k)
+		}
+		known, err := c.db.BlobsKnown(ctx, keys)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if known[k] {
+				continue
+			}
+			deleted := true
+			if !dryRun {
+				dgst := digest.Digest(k)
+				deleted, err = c.db.GCDeleteOrphan(ctx, k, func(ctx context.Context) error { return c.store.Delete(ctx, dgst) })
+				if err != nil {
+					return err
+				}
+			}
+			if deleted {
+				rep.OrphanBlobs++
+				rep.OrphanBytes += pending[k].size
+				rep.item("delete orphaned bytes of %s (%d bytes): no blob row describes them", k, pending[k].size)
+			}
+		}
+		clear(pending)
+		return nil
+	}
+	err := c.store.WalkBlobs(ctx, func(dgst digest.Digest, size int64, modTime time.Time) error {
+		if modTime.After(cutoff) {
+			return nil
+		}
+		pending[dgst.String()] = found{size}
+		if len(pending) >= sweepBatch {
+			return flushBlobs()
+		}
+		return nil
+	})
+	if err == nil && len(pending) > 0 {
+		err = flushBlobs()
+	}
+	if err != nil {
+		return rep, fmt.Errorf("sweep blobs: %w", err)
+	}
+
+	uploadCutoff := time.Now().Add(-c.cfg.UploadTimeout)
+	var ids []string
+	flushUploads := func() error {
+		known, err := c.db.UploadsKnown(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if known[id] {
+				continue
+			}
+			rep.OrphanUploads++
+			rep.item("delete orphaned upload data %s: no upload session", id)
+			if !dryRun {
+				if err := c.store.DeleteUpload(ctx, id, nil); err != nil {
+					return err
+				}
+			}
+		}
+		ids = ids[:0]
+		return nil
+	}
+	err = c.store.WalkUploads(ctx, func(id string, modTime time.Time) error {
+		if modTime.After(uploadCutoff) {
+			return nil
+		}
+		ids = append(ids, id)
+		if len(ids) >= sweepBatch {
+			return flushUploads()
+		}
+		return nil
+	})
+	if err == nil && len(ids) > 0 {
+		err = flushUploads()
+	}
+	if err != nil {
+		return rep, fmt.Errorf("sweep uploads: %w", err)
+	}
+	c.stats.record(rep)
+	return rep, nil
+}
+
+// sweepLockKey is the advisory lock that makes one replica at a time sweep.
+const sweepLockKey = 0x6265727468_5357 // "berth" "SW"
+
+// Run collects until ctx ends: a pass every Interval, and a sweep every
+// SweepInterval by whichever replica gets the sweep lock. It logs a summary
+// of every pass that collected something.
+func (c *Collector) Run(ctx context.Context) {
+	c.log.Info("gc: online garbage collection running", "interval", c.cfg.Interval,
+		"review_delay", c.cfg.Policy.ReviewDelay, "tombstone_retention", c.cfg.Policy.TombstoneRetention,
+		"upload_timeout", c.cfg.UploadTimeout, "collect_untagged", c.cfg.Policy.CollectUntagged)
+	ticker := time.NewTicker(c.cfg.Interval)
+	defer ticker.Stop()
+	nextSweep := time.Now().Add(c.cfg.SweepInterval)
+	for {
+		rep, err := c.Pass(ctx, false)
+		c.logResult(ctx, "gc: pass", rep, err)
+		if time.Now().After(nextSweep) {
+			nextSweep = time.Now().Add(c.cfg.SweepInterval)
+			ran, err := c.db.WithSessionLock(ctx, sweepLockKey, func() error {
+				rep, err := c.Sweep(ctx, c.cfg.Policy.ReviewDelay, false)
+				c.logResult(ctx, "gc: sweep", rep, err)
+				return nil
+			})
+			if err != nil && ctx.Err() == nil {
+				c.log.ErrorContext(ctx, "gc: sweep lock", "err", err)
+			} else if !ran {
+				c.log.DebugContext(ctx, "gc: another replica is sweeping")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+func (c *Collector) logResult(ctx context.Context, msg string, rep Report, err error) {
+	switch {
+	case err != nil && ctx.Err() == nil:
+		c.log.ErrorContext(ctx, msg+" failed", append(rep.LogAttrs(), "err", err)...)
+	case rep.Collected():
+		c.log.InfoContext(ctx, msg, rep.LogAttrs()...)
+	default:
+		c.log.DebugContext(ctx, msg, rep.LogAttrs()...)
+	}
+}
