@@ -163,7 +163,8 @@ ON CONFLICT (repository_id, digest) DO NOTHING`, repoID, dgst)
 // to, and returns its size. ErrBlobUnknown when from does not hold it.
 //
 // Locks: the blob row FOR SHARE, so that garbage collection (which takes it
-// FOR UPDATE) cannot mark it 'deleting' between the check and the new link.
+// FOR UPDATE) cannot remove links or mark it 'deleting' between the checks
+// and the new link.
 func (d *DB) BlobMount(ctx context.Context, from, to, dgst string, actor Actor) (int64, error) {
 	var size int64
 	err := d.withTx(ctx, func(tx pgx.Tx) error {
@@ -171,18 +172,24 @@ func (d *DB) BlobMount(ctx context.Context, from, to, dgst string, actor Actor) 
 		if err != nil {
 			return err
 		}
-		err = tx.QueryRow(ctx, `
-SELECT b.size
-FROM repositories r
-JOIN repository_blobs rb ON rb.repository_id = r.id
-JOIN blobs b ON b.digest = rb.digest
-WHERE r.name = $1 AND rb.digest = $2 AND b.state = 'ready'
-FOR SHARE OF b`, from, dgst).Scan(&size)
+		err = tx.QueryRow(ctx, `SELECT size FROM blobs WHERE digest = $1 AND state = 'ready' FOR SHARE`, dgst).Scan(&size)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrBlobUnknown
 		}
 		if err != nil {
+			return fmt.Errorf("lock blob %s: %w", dgst, err)
+		}
+		// The source link is checked after the lock, in its own statement,
+		// so that it sees a link a collector removed while we waited.
+		var linked bool
+		err = tx.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+               WHERE r.name = $1 AND rb.digest = $2)`, from, dgst).Scan(&linked)
+		if err != nil {
 			return fmt.Errorf("find blob %s in %s: %w", dgst, from, err)
+		}
+		if !linked {
+			return ErrBlobUnknown
 		}
 		if err := blobLink(ctx, tx, toID, dgst); err != nil {
 			return err

@@ -224,6 +224,12 @@ FOR SHARE`, repoID, children)
 // blobLockShared checks that every blob is linked into the repository and
 // ready, with the declared size, and locks the rows FOR SHARE in digest
 // order.
+//
+// The link is checked in a second statement, after the locks are held: a
+// collector may have removed the link while we waited for the lock (it
+// holds the blob FOR UPDATE while it does), and under READ COMMITTED only a
+// statement that starts after the wait sees that. Once the blob is locked
+// FOR SHARE, no collector can change its links until we commit.
 func blobLockShared(ctx context.Context, tx pgx.Tx, repoID int64, blobs []BlobRef) error {
 	if len(blobs) == 0 {
 		return nil
@@ -233,12 +239,10 @@ func blobLockShared(ctx context.Context, tx pgx.Tx, repoID int64, blobs []BlobRe
 		digests[i] = b.Digest
 	}
 	rows, err := tx.Query(ctx, `
-SELECT b.digest, b.size
-FROM blobs b
-JOIN repository_blobs rb ON rb.digest = b.digest AND rb.repository_id = $1
-WHERE b.digest = ANY($2) AND b.state = 'ready'
-ORDER BY b.digest
-FOR SHARE OF b`, repoID, digests)
+SELECT digest, size FROM blobs
+WHERE digest = ANY($1) AND state = 'ready'
+ORDER BY digest
+FOR SHARE`, digests)
 	if err != nil {
 		return fmt.Errorf("lock referenced blobs: %w", err)
 	}
@@ -254,9 +258,22 @@ FOR SHARE OF b`, repoID, digests)
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("lock referenced blobs: %w", err)
 	}
+	rows, err = tx.Query(ctx, `
+SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2)`, repoID, digests)
+	if err != nil {
+		return fmt.Errorf("check blob links: %w", err)
+	}
+	linked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("check blob links: %w", err)
+	}
+	isLinked := make(map[string]bool, len(linked))
+	for _, d := range linked {
+		isLinked[d] = true
+	}
 	for _, b := range blobs {
 		size, ok := sizes[b.Digest]
-		if !ok {
+		if !ok || !isLinked[b.Digest] {
 			return &MissingReferenceError{Digest: b.Digest}
 		}
 		if size != b.Size {

@@ -160,6 +160,11 @@ func (e *env) count(sql string, args ...any) int64 {
 	return dbtest.QueryInt(e.t, e.dbURL, sql, args...)
 }
 
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	dbtest.Exec(e.t, e.dbURL, sql, args...)
+}
+
 func (e *env) pass() gc.Report {
 	e.t.Helper()
 	rep, err := e.collector.Pass(context.Background(), false)

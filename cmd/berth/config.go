@@ -183,13 +183,15 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 	for _, add := range extra {
 		add(fs)
 	}
-	flagVals := make(map[string]*string, len(settings))
+	flagVals := make(map[string]*flagValue, len(settings))
 	for _, s := range settings {
 		help := fmt.Sprintf("%s (env %s", s.usage, s.env())
 		if s.def != "" {
 			help += fmt.Sprintf(", default %q", s.def)
 		}
-		flagVals[s.name] = fs.String(s.name, "", help+")")
+		v := &flagValue{boolean: s.def == "true" || s.def == "false"}
+		flagVals[s.name] = v
+		fs.Var(v, s.name, help+")")
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(usage, "Usage: berth %s [flags]\n\nEvery setting comes from a flag, else the environment, else the YAML file, else its default.\n\n", cmd)
@@ -213,7 +215,7 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 
 	configFile := getenv("BERTH_CONFIG")
 	if setFlags["config"] {
-		configFile = *flagVals["config"]
+		configFile = flagVals["config"].s
 	}
 	if configFile != "" {
 		fileVals, err := readConfigFile(configFile)
@@ -231,7 +233,7 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 			apply(s.name, v, s.env())
 		}
 		if setFlags[s.name] {
-			apply(s.name, *flagVals[s.name], "--"+s.name)
+			apply(s.name, flagVals[s.name].s, "--"+s.name)
 		}
 	}
 	var c Config
@@ -246,6 +248,17 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 	}
 	return c, nil
 }
+
+// flagValue holds a setting's flag as text; boolean settings may be given
+// as a bare --flag, meaning true.
+type flagValue struct {
+	s       string
+	boolean bool
+}
+
+func (v *flagValue) String() string     { return v.s }
+func (v *flagValue) Set(s string) error { v.s = s; return nil }
+func (v *flagValue) IsBoolFlag() bool   { return v.boolean }
 
 // readConfigFile reads a flat YAML mapping of setting names to scalars.
 func readConfigFile(path string) (map[string]string, error) {

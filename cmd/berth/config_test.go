@@ -109,3 +109,26 @@ func TestHelpListsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+func TestBooleanAndDurationSettings(t *testing.T) {
+	c, err := loadConfig("serve", []string{"--gc-disabled", "--auto-migrate=false", "--gc-review-delay", "0s",
+		"--gc-untagged-after", "720h"}, envOf(map[string]string{"BERTH_GC_TOMBSTONE_RETENTION": "1h"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.GCDisabled || c.AutoMigrate {
+		t.Errorf("gc disabled %v, auto-migrate %v: a bare boolean flag means true", c.GCDisabled, c.AutoMigrate)
+	}
+	p := c.gcPolicy()
+	if p.ReviewDelay != 0 || p.TombstoneRetention != time.Hour || !p.CollectUntagged || p.UntaggedAfter != 720*time.Hour {
+		t.Errorf("policy %+v", p)
+	}
+	if c, _ := loadConfig("serve", nil, envOf(nil), &bytes.Buffer{}); c.gcPolicy().CollectUntagged || c.GCReviewDelay != 24*time.Hour {
+		t.Errorf("defaults must keep untagged manifests and review after 24h: %+v", c.gcPolicy())
+	}
+	for _, bad := range [][]string{{"--gc-review-delay", "-1s"}, {"--gc-batch", "0"}, {"--gc-untagged-after", "soon"}} {
+		if _, err := loadConfig("serve", bad, envOf(nil), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -183,5 +184,69 @@ func TestEmbeddedDatabaseWithoutBinaries(t *testing.T) {
 	m.Close(context.Background())
 	if !errors.Is(err, pgembed.ErrNoBinaries) || !strings.Contains(err.Error(), "BERTH_DATABASE_URL") {
 		t.Fatalf("error %v: it must say how to give a database URL", err)
+	}
+}
+
+// berth gc --dry-run reports, berth gc --once collects, berth check finds
+// what is broken and --repair fixes it: all against the state a running
+// registry left.
+func TestGCAndCheckCommands(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewURL(t)
+	blobs := t.TempDir()
+	gcFlags := []string{"--database-url", url, "--storage-dir", blobs, "--gc-review-delay", "0s",
+		"--gc-tombstone-retention", "0s", "--log-level", "error"}
+	m := startMain(t, url, append(gcFlags[2:], "--gc-disabled")...)
+	base := "http://" + m.Addr().String()
+	content := []byte("dangling")
+	d := digest.FromBytes(content)
+	resp, err := http.Post(base+"/v2/cmd/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(content))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	berth := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(t.Context(), append(args, gcFlags...), envOf(nil), &out, io.Discard); err != nil {
+			t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+		return out.String()
+	}
+
+	out := berth("gc", "--dry-run")
+	if !strings.Contains(out, "would delete blob "+d.String()) || !strings.Contains(out, "would collect: ") {
+		t.Fatalf("dry run printed:\n%s", out)
+	}
+	if resp, _ := http.Head(base + "/v2/cmd/blobs/" + d.String()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the dry run collected: HEAD %d", resp.StatusCode)
+	}
+	out = berth("gc", "--once")
+	if !strings.Contains(out, "delete blob "+d.String()) || !strings.Contains(out, "1 blobs deleted") {
+		t.Fatalf("gc --once printed:\n%s", out)
+	}
+	if resp, _ := http.Head(base + "/v2/cmd/blobs/" + d.String()); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("after gc: HEAD %d", resp.StatusCode)
+	}
+
+	// A blob whose file vanished: check reports it, --repair hides it until
+	// it is pushed again.
+	kept := []byte("kept")
+	kd := digest.FromBytes(kept)
+	resp, _ = http.Post(base+"/v2/cmd/blobs/uploads/?digest="+kd.String(), "application/octet-stream", bytes.NewReader(kept))
+	resp.Body.Close()
+	if err := os.Remove(filepath.Join(blobs, "blobs", "sha256", kd.Encoded()[:2], kd.Encoded())); err != nil {
+		t.Fatal(err)
+	}
+	out = berth("check")
+	if !strings.Contains(out, "blob "+kd.String()+": row without bytes") || !strings.Contains(out, "1 blobs without bytes") {
+		t.Fatalf("check printed:\n%s", out)
+	}
+	out = berth("check", "--repair")
+	if !strings.Contains(out, "marked missing") || !strings.Contains(out, "repaired") {
+		t.Fatalf("check --repair printed:\n%s", out)
+	}
+	if resp, _ := http.Head(base + "/v2/cmd/blobs/" + kd.String()); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("a blob without bytes is still served: HEAD %d", resp.StatusCode)
 	}
 }
