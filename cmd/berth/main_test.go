@@ -250,3 +250,29 @@ func TestGCAndCheckCommands(t *testing.T) {
 		t.Fatalf("a blob without bytes is still served: HEAD %d", resp.StatusCode)
 	}
 }
+
+// berth serve collects on its own, continuously: a blob nothing references
+// disappears without anyone running berth gc.
+func TestServeCollectsContinuously(t *testing.T) {
+	t.Parallel()
+	m := startMain(t, dbtest.NewURL(t), "--gc-interval", "50ms", "--gc-review-delay", "0s")
+	base := "http://" + m.Addr().String()
+	content := []byte("collected by serve")
+	d := digest.FromBytes(content)
+	resp, err := http.Post(base+"/v2/serve/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(content))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Head(base + "/v2/serve/blobs/" + d.String())
+		if err == nil && resp.StatusCode == http.StatusNotFound {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the unreferenced blob was not collected: HEAD %v %v", resp, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
