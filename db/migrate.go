@@ -1,6 +1,7 @@
 package db
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -112,4 +113,27 @@ func Migrate(url string) error {
 	}
 	defer mg.Close()
 	return mg.Up()
+}
+
+// SchemaCurrent reports whether the schema is at the latest embedded
+// migration and clean, for readiness probes: a replica must not serve on a
+// schema it does not know, nor on one a newer replica already moved past.
+func (d *DB) SchemaCurrent(ctx context.Context) error {
+	latest, err := Latest()
+	if err != nil {
+		return err
+	}
+	var version int64
+	var dirty bool
+	err = d.pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if dirty {
+		return fmt.Errorf("schema version %d is dirty: a migration failed halfway", version)
+	}
+	if uint(version) != latest {
+		return fmt.Errorf("schema version %d, this binary needs %d", version, latest)
+	}
+	return nil
 }

@@ -124,3 +124,12 @@ func uploadClose(ctx context.Context, tx pgx.Tx, repoID int64, id string, size i
 	}
 	return nil
 }
+
+// UploadCount counts the open upload sessions, for metrics.
+func (d *DB) UploadCount(ctx context.Context) (int64, error) {
+	var n int64
+	if err := d.pool.QueryRow(ctx, `SELECT count(*) FROM uploads`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count uploads: %w", err)
+	}
+	return n, nil
+}

@@ -59,6 +59,15 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
 		return e
 	}
+	if h.redirect != nil {
+		url, err := h.redirect.PresignGet(r.Context(), dgst, redirectExpiry)
+		if err != nil {
+			return err
+		}
+		hdr.Del("Cache-Control") // the presigned URL expires; do not cache the redirect for a year
+		http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+		return nil
+	}
 	f, err := h.blobs.Open(r.Context(), dgst)
 	if errors.Is(err, blobstore.ErrNotFound) {
 		// The row said ready but the bytes are gone: garbage collection

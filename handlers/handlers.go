@@ -16,6 +16,9 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
@@ -28,29 +31,55 @@ type BlobStore interface {
 	blobstore.Uploader
 }
 
+// Presigner is a blob store that can hand out time-limited URLs of its
+// blobs, so that clients download straight from it (S3).
+type Presigner interface {
+	PresignGet(ctx context.Context, dgst digest.Digest, expires time.Duration) (string, error)
+}
+
 // Options configure the API.
 type Options struct {
 	DB     *db.DB
 	Blobs  BlobStore
 	Logger *slog.Logger
+	// Registry receives the request metrics and is served at /metrics;
+	// nil makes a private one.
+	Registry *prometheus.Registry
+	// Ready reports whether this replica can serve (database and blob
+	// store reachable, schema current), for GET /readyz; nil means ready.
+	Ready func(context.Context) error
+	// Redirect, when set, answers blob downloads with a 307 to a presigned
+	// URL of the store instead of streaming the bytes through Berth.
+	Redirect Presigner
 }
 
 // Handler serves the OCI distribution API.
 type Handler struct {
-	db     *db.DB
-	blobs  BlobStore
-	log    *slog.Logger
-	router chi.Router
+	db       *db.DB
+	blobs    BlobStore
+	log      *slog.Logger
+	redirect Presigner
+	router   chi.Router
 }
+
+// redirectExpiry is how long a presigned blob URL stays valid: long enough
+// for a slow client to start a large download, short enough that a leaked
+// URL soon stops working.
+const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger}
+	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger, redirect: opts.Redirect}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	metrics := newHTTPMetrics(reg)
 	r := chi.NewRouter()
-	r.Use(requestID, h.accessLog, h.recoverer)
+	r.Use(requestID, metrics.instrument, h.accessLog, h.recoverer)
 	r.Route("/v2", func(r chi.Router) {
 		r.Use(apiVersion)
 		r.Get("/", h.serve(h.base))
@@ -60,6 +89,23 @@ func New(opts Options) *Handler {
 	})
 	// /v2 without the slash is what some clients probe first.
 	r.With(apiVersion).Get("/v2", h.serve(h.base))
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		setRoute(r.Context(), "healthz")
+		w.Write([]byte("ok\n"))
+	})
+	r.Get("/readyz", h.serve(func(w http.ResponseWriter, r *http.Request) error {
+		setRoute(r.Context(), "readyz")
+		if opts.Ready != nil {
+			if err := opts.Ready(r.Context()); err != nil {
+				h.log.WarnContext(r.Context(), "not ready", "err", err)
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return nil
+			}
+		}
+		w.Write([]byte("ready\n"))
+		return nil
+	}))
+	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	h.router = r
 	return h
 }
@@ -69,6 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.router.S
 // base answers the version check: 200 means "this is a v2 registry and you
 // may use it".
 func (h *Handler) base(w http.ResponseWriter, r *http.Request) error {
+	setRoute(r.Context(), "base")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")
 	if r.Method != http.MethodHead {
@@ -82,6 +129,7 @@ func (h *Handler) base(w http.ResponseWriter, r *http.Request) error {
 // any handler can reach the database.
 func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	rt := parseRoute(chi.URLParam(r, "*"))
+	setRoute(r.Context(), routeNames[rt.kind])
 	if rt.kind == routeUnknown {
 		return errorf(CodeUnsupported, "no API route matches %s", r.URL.Path).withStatus(http.StatusNotFound)
 	}
@@ -226,7 +274,10 @@ func (h requestIDLogHandler) WithGroup(name string) slog.Handler {
 func (h *Handler) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		ww, ok := w.(middleware.WrapResponseWriter)
+		if !ok {
+			ww = middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		}
 		next.ServeHTTP(ww, r)
 		status := ww.Status()
 		if status == 0 {
@@ -234,6 +285,9 @@ func (h *Handler) accessLog(next http.Handler) http.Handler {
 		}
 		level := slog.LevelDebug
 		switch {
+		case r.URL.Path == "/readyz" || r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
+			// Probes and scrapes come every few seconds; /readyz logs its
+			// own reason when it says no.
 		case status >= 500:
 			level = slog.LevelError
 		case r.Method != http.MethodGet && r.Method != http.MethodHead:

@@ -89,6 +89,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) err
 
 // catalog serves GET /v2/_catalog.
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) error {
+	setRoute(r.Context(), "catalog")
 	n, last, err := page(r)
 	if err != nil {
 		return err

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/gc"
 )
@@ -33,7 +32,7 @@ func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Co
 		return nil, nil, err
 	}
 	closeAll = func() { d.Close(); dbase.close(context.WithoutCancel(ctx)) }
-	store, err := blobstore.NewFS(c.StorageDir)
+	store, err := openStore(ctx, c)
 	if err != nil {
 		closeAll()
 		return nil, nil, err

@@ -276,3 +276,64 @@ func TestServeCollectsContinuously(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestHealthReadinessAndMetrics(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewURL(t)
+	m := startMain(t, url)
+	base := "http://" + m.Addr().String()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz %d", code)
+	}
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz %d %s", code, body)
+	}
+	content := []byte("metered")
+	resp, _ := http.Post(base+"/v2/m/blobs/uploads/?digest="+digest.FromBytes(content).String(), "application/octet-stream", bytes.NewReader(content))
+	resp.Body.Close()
+	http.Post(base+"/v2/m/blobs/uploads/", "", nil)
+	code, metricsText := get("/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics %d", code)
+	}
+	for _, want := range []string{
+		`berth_http_requests_total{method="POST",route="upload",status="201"} 1`,
+		`berth_http_request_bytes_total{route="upload"} 7`,
+		`berth_http_request_duration_seconds_bucket{method="POST",route="upload",le=`,
+		`berth_db_pool_connections{state="idle"}`,
+		`berth_upload_sessions 1`,
+		`berth_gc_candidates{state="queued"} 1`,
+		`berth_gc_items_total{kind="blob"} 0`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(metricsText, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// A replica whose schema is older than its code is not ready.
+	old := dbtest.NewURL(t)
+	if err := run(t.Context(), []string{"migrate", "down", "--database-url", old}, envOf(nil), io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	stale := startMain(t, old, "--auto-migrate=false", "--gc-disabled")
+	resp, err := http.Get("http://" + stale.Addr().String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "schema version") {
+		t.Errorf("/readyz on an old schema: %d %s", resp.StatusCode, b)
+	}
+}

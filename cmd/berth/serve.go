@@ -18,6 +18,7 @@ import (
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/handlers"
+	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
 )
 
@@ -81,20 +82,34 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	store, err := blobstore.NewFS(c.StorageDir)
+	store, err := openStore(ctx, c)
 	if err != nil {
 		return err
 	}
+	var collector *gc.Collector
 	if !c.GCDisabled {
 		gcCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		m.stopGC, m.gcDone = cancel, make(chan struct{})
-		collector := newCollector(c, m.db, store, m.Logger)
+		collector = newCollector(c, m.db, store, m.Logger)
 		go func() {
 			defer close(m.gcDone)
 			collector.Run(gcCtx)
 		}()
 	}
-	api := handlers.New(handlers.Options{DB: m.db, Blobs: store, Logger: m.Logger})
+	api := handlers.New(handlers.Options{
+		DB: m.db, Blobs: store, Logger: m.Logger,
+		Registry: metrics.Registry(m.db, collector, m.Logger),
+		Ready: func(ctx context.Context) error {
+			if err := m.db.Ping(ctx); err != nil {
+				return fmt.Errorf("database: %w", err)
+			}
+			if err := m.db.SchemaCurrent(ctx); err != nil {
+				return err
+			}
+			return store.Ping(ctx)
+		},
+		Redirect: redirector(c, store),
+	})
 	m.listener, err = net.Listen("tcp", c.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.Listen, err)
@@ -138,6 +153,23 @@ func (m *Main) Close(ctx context.Context) error {
 		errs = append(errs, m.database.close(context.WithoutCancel(ctx)))
 	}
 	return errors.Join(errs...)
+}
+
+// store is what serve needs of a blob store: everything, and a probe.
+type store interface {
+	blobstore.Store
+	Ping(context.Context) error
+}
+
+// openStore opens the configured blob store.
+func openStore(ctx context.Context, c Config) (store, error) {
+	return blobstore.NewFS(c.StorageDir)
+}
+
+// redirector returns the store as a Presigner when blob downloads should
+// be redirected to it.
+func redirector(c Config, s store) handlers.Presigner {
+	return nil
 }
 
 func newCollector(c Config, d *db.DB, store gc.Store, log *slog.Logger) *gc.Collector {

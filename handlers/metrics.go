@@ -1,0 +1,99 @@
+package handlers
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// httpMetrics are the request metrics of the API, labelled by route (the
+// kind of resource, never the repository name: that would make unbounded
+// label sets), method and status.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	bytesIn  *prometheus.CounterVec
+	bytesOut *prometheus.CounterVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_http_requests_total", Help: "HTTP requests served, by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "berth_http_request_duration_seconds", Help: "Time to serve an HTTP request, by route and method.",
+			// From a manifest HEAD (sub-millisecond) to a large layer push.
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"route", "method"}),
+		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_http_request_bytes_total", Help: "Bytes received in request bodies, by route.",
+		}, []string{"route"}),
+		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_http_response_bytes_total", Help: "Bytes sent in response bodies, by route.",
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut)
+	return m
+}
+
+// routeNames label metrics; the route kind is found only once the handler
+// has parsed the path, so the middleware passes a slot down in the context.
+var routeNames = map[routeKind]string{
+	routeUnknown:    "other",
+	routeManifest:   "manifest",
+	routeBlob:       "blob",
+	routeUpload:     "upload",
+	routeTags:       "tags",
+	routeTagHistory: "tag_history",
+	routeReferrers:  "referrers",
+}
+
+type routeSlotKey struct{}
+
+// setRoute names the route of the request for its metrics.
+func setRoute(ctx context.Context, name string) {
+	if slot, ok := ctx.Value(routeSlotKey{}).(*string); ok {
+		*slot = name
+	}
+}
+
+// instrument counts the request, its duration and its bytes in and out.
+func (m *httpMetrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		route := "other"
+		r = r.WithContext(context.WithValue(r.Context(), routeSlotKey{}, &route))
+		body := &countingReader{ReadCloser: r.Body}
+		r.Body = body
+		ww, ok := w.(middleware.WrapResponseWriter)
+		if !ok {
+			ww = middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		}
+		next.ServeHTTP(ww, r)
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+		m.duration.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+		m.bytesIn.WithLabelValues(route).Add(float64(body.n))
+		m.bytesOut.WithLabelValues(route).Add(float64(ww.BytesWritten()))
+	})
+}
+
+type countingReader struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,98 @@
+// Package metrics exports what a Berth replica knows about itself and the
+// registry to Prometheus: the database pool, open upload sessions and
+// garbage collection. Request metrics are the handlers package's own.
+//
+// Values that live in the database (upload sessions, the garbage queue) are
+// read when Prometheus scrapes, so every replica reports the registry-wide
+// figure; the pool and the collector's totals are this replica's.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/gc"
+)
+
+// Registry returns a registry with the Go runtime and process metrics and
+// Berth's own.
+func Registry(d *db.DB, collector *gc.Collector, log *slog.Logger) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&berth{db: d, gc: collector, log: log})
+	return reg
+}
+
+var (
+	poolConns = prometheus.NewDesc("berth_db_pool_connections",
+		"Database connections of this replica's pool, by state.", []string{"state"}, nil)
+	poolMax = prometheus.NewDesc("berth_db_pool_max_connections",
+		"Size limit of this replica's database pool.", nil, nil)
+	poolAcquires = prometheus.NewDesc("berth_db_pool_acquires_total",
+		"Connections taken from the pool.", nil, nil)
+	poolAcquireSeconds = prometheus.NewDesc("berth_db_pool_acquire_seconds_total",
+		"Time spent waiting for a pool connection.", nil, nil)
+	uploads = prometheus.NewDesc("berth_upload_sessions",
+		"Open upload sessions in the registry.", nil, nil)
+	gcQueue = prometheus.NewDesc("berth_gc_candidates",
+		"Garbage collection candidates queued in the registry, and those due now.", []string{"state"}, nil)
+	gcItems = prometheus.NewDesc("berth_gc_items_total",
+		"Items this replica's collector removed, by kind.", []string{"kind"}, nil)
+	gcBytes = prometheus.NewDesc("berth_gc_freed_bytes_total",
+		"Bytes of storage this replica's collector freed.", nil, nil)
+)
+
+// berth is a prometheus.Collector reading its values at scrape time.
+type berth struct {
+	db  *db.DB
+	gc  *gc.Collector // nil when collection is disabled in this process
+	log *slog.Logger
+}
+
+func (b *berth) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds, uploads, gcQueue, gcItems, gcBytes} {
+		ch <- d
+	}
+}
+
+// scrapeTimeout bounds the database queries of one scrape.
+const scrapeTimeout = 2 * time.Second
+
+func (b *berth) Collect(ch chan<- prometheus.Metric) {
+	s := b.db.Stats()
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Idle), "idle")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.InUse), "in_use")
+	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns))
+	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount))
+	ch <- prometheus.MustNewConstMetric(poolAcquireSeconds, prometheus.CounterValue, s.AcquireDuration.Seconds())
+
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	if n, err := b.db.UploadCount(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(uploads, prometheus.GaugeValue, float64(n))
+	} else {
+		b.log.Warn("metrics: count upload sessions", "err", err)
+	}
+	if queued, due, err := b.db.GCQueueStats(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(queued), "queued")
+		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(due), "due")
+	} else {
+		b.log.Warn("metrics: count garbage candidates", "err", err)
+	}
+	if b.gc == nil {
+		return
+	}
+	t := b.gc.Totals()
+	for kind, n := range map[string]int{
+		"manifest_purged": t.ManifestsPurged, "manifest_untagged": t.ManifestsUntagged, "blob_link": t.LinksRemoved,
+		"blob": t.BlobsDeleted, "upload": t.UploadsExpired, "orphan_blob": t.OrphanBlobs, "orphan_upload": t.OrphanUploads,
+	} {
+		ch <- prometheus.MustNewConstMetric(gcItems, prometheus.CounterValue, float64(n), kind)
+	}
+	ch <- prometheus.MustNewConstMetric(gcBytes, prometheus.CounterValue, float64(t.FreedBytes()))
+}
