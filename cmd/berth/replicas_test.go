@@ -1,0 +1,350 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/db/dbtest"
+)
+
+// The tests in this file run berth as separate processes, the way replicas
+// run in production: several `berth serve` on one database and one blob
+// store, behind a round-robin proxy, so that consecutive requests of one
+// push land on different replicas.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// berthBinary builds cmd/berth once per test run.
+func berthBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "berth-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "berth")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// replica is one `berth serve` process.
+type replica struct {
+	cmd     *exec.Cmd
+	addr    string
+	logMu   sync.Mutex
+	log     bytes.Buffer
+	exited  chan struct{} // closed when the process has exited
+	exitErr error
+}
+
+var servingAddr = regexp.MustCompile(`msg="berth serving" addr=(\S+)`)
+
+// storageFlags are the blob store settings every replica shares: the S3
+// bucket of the test environment when there is one (scripts/test.sh starts
+// versitygw), else one directory.
+func storageFlags(t *testing.T) []string {
+	if ep := os.Getenv("BERTH_TEST_S3_ENDPOINT"); ep != "" {
+		return []string{"--storage", "s3", "--s3-endpoint", ep, "--s3-bucket", os.Getenv("BERTH_TEST_S3_BUCKET"),
+			"--s3-prefix", fmt.Sprintf("replicas-%d/", time.Now().UnixNano()), "--s3-force-path-style"}
+	}
+	return []string{"--storage-dir", t.TempDir()}
+}
+
+func startReplica(t *testing.T, dbURL string, storage []string, extra ...string) *replica {
+	t.Helper()
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL,
+		"--data-dir", t.TempDir(), "--log-level", "info"}, storage...)
+	cmd := exec.Command(berthBinary(t), append(args, extra...)...)
+	cmd.Env = append(os.Environ(),
+		"AWS_ACCESS_KEY_ID="+os.Getenv("BERTH_TEST_S3_ACCESS_KEY"),
+		"AWS_SECRET_ACCESS_KEY="+os.Getenv("BERTH_TEST_S3_SECRET_KEY"))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{cmd: cmd, exited: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			r.logMu.Lock()
+			r.log.WriteString(sc.Text() + "\n")
+			r.logMu.Unlock()
+			if m := servingAddr.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		r.exitErr = cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-r.exited
+		if t.Failed() {
+			t.Logf("replica log:\n%s", r.logText())
+		}
+	})
+	select {
+	case r.addr = <-addr:
+	case <-r.exited:
+		t.Fatalf("replica exited: %v\n%s", r.exitErr, r.logText())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("replica did not start:\n%s", r.logText())
+	}
+	return r
+}
+
+func (r *replica) logText() string {
+	r.logMu.Lock()
+	defer r.logMu.Unlock()
+	return r.log.String()
+}
+
+func (r *replica) url() string { return "http://" + r.addr }
+
+// roundRobin is a reverse proxy that sends each request to the next
+// replica, as a load balancer without sticky sessions does.
+func roundRobin(t *testing.T, replicas []*replica) *httptest.Server {
+	var next atomic.Uint64
+	targets := make([]*url.URL, len(replicas))
+	for i, r := range replicas {
+		targets[i], _ = url.Parse(r.url())
+	}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(targets[next.Add(1)%uint64(len(targets))])
+			pr.Out.Host = pr.In.Host
+		},
+		FlushInterval: -1,
+	}
+	srv := httptest.NewServer(proxy)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestReplicasRoundRobin pushes and pulls through three replicas behind a
+// round-robin proxy: every request of a chunked upload lands on another
+// replica than the one before.
+func TestReplicasRoundRobin(t *testing.T) {
+	t.Parallel()
+	dbURL := dbtest.NewURL(t)
+	storage := storageFlags(t)
+	var replicas []*replica
+	for range 3 {
+		replicas = append(replicas, startReplica(t, dbURL, storage))
+	}
+	lb := roundRobin(t, replicas)
+	host := strings.TrimPrefix(lb.URL, "http://")
+
+	// A chunked upload, one chunk per replica.
+	content := bytes.Repeat([]byte("spread across replicas "), 50000)
+	d := digest.FromBytes(content)
+	resp := mustDo(t, "POST", lb.URL+"/v2/lb/chunked/blobs/uploads/", nil, 202)
+	loc := resp.Header.Get("Location")
+	chunk := len(content) / 4
+	for off := 0; off < len(content); off += chunk {
+		end := min(off+chunk, len(content))
+		resp = mustDo(t, "PATCH", lb.URL+loc, content[off:end], 202, fmt.Sprintf("Content-Range: %d-%d", off, end-1))
+		loc = resp.Header.Get("Location")
+	}
+	mustDo(t, "PUT", lb.URL+loc+"?digest="+d.String(), nil, 201)
+	for range 3 { // each replica serves it
+		if got := mustDo(t, "GET", lb.URL+"/v2/lb/chunked/blobs/"+d.String(), nil, 200); !bytes.Equal(got.body, content) {
+			t.Fatal("blob differs")
+		}
+	}
+
+	// A client library's push and pull.
+	img, err := random.Image(2<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := name.ParseReference(host+"/lb/image:v1", name.Insecure)
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatalf("push through the proxy: %v", err)
+	}
+	pulled, err := remote.Image(ref)
+	if err != nil {
+		t.Fatalf("pull through the proxy: %v", err)
+	}
+	want, _ := img.Digest()
+	if got, _ := pulled.Digest(); got != want {
+		t.Fatalf("pulled %s, pushed %s", got, want)
+	}
+	layers, _ := pulled.Layers()
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatalf("read layer through the proxy: %v", err)
+		}
+		rc.Close()
+	}
+}
+
+// TestKillReplicaMidUpload kills (SIGKILL) the replica that is receiving a
+// chunk. What was acknowledged before survives, and the client finishes
+// the upload through the other replicas.
+func TestKillReplicaMidUpload(t *testing.T) {
+	t.Parallel()
+	dbURL := dbtest.NewURL(t)
+	storage := storageFlags(t)
+	a := startReplica(t, dbURL, storage)
+	b := startReplica(t, dbURL, storage)
+	c := startReplica(t, dbURL, storage)
+
+	content := bytes.Repeat([]byte("survives a killed replica "), 40000)
+	d := digest.FromBytes(content)
+	first := len(content) / 3
+	resp := mustDo(t, "POST", a.url()+"/v2/kill/blobs/uploads/", nil, 202)
+	loc := resp.Header.Get("Location")
+	mustDo(t, "PATCH", a.url()+loc, content[:first], 202, fmt.Sprintf("Content-Range: 0-%d", first-1))
+
+	// The second chunk goes to b, which dies halfway through receiving it.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("PATCH", b.url()+loc, pr)
+	req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", first, len(content)-1))
+	req.ContentLength = int64(len(content) - first)
+	failed := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		failed <- err
+	}()
+	half := first + (len(content)-first)/2
+	if _, err := pw.Write(content[first:half]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let b receive some of it
+	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	pw.CloseWithError(io.ErrUnexpectedEOF)
+	if err := <-failed; err == nil {
+		t.Fatal("the chunk sent to the killed replica succeeded")
+	}
+
+	// Another replica knows exactly what was acknowledged.
+	status := mustDo(t, "GET", c.url()+loc, nil, 204)
+	if got, want := status.Header.Get("Range"), fmt.Sprintf("0-%d", first-1); got != want {
+		t.Fatalf("after the kill the upload stands at %q, want %q", got, want)
+	}
+	mustDo(t, "PATCH", c.url()+loc, content[first:], 202, fmt.Sprintf("Content-Range: %d-%d", first, len(content)-1))
+	mustDo(t, "PUT", a.url()+loc+"?digest="+d.String(), nil, 201)
+	if got := mustDo(t, "GET", c.url()+"/v2/kill/blobs/"+d.String(), nil, 200); !bytes.Equal(got.body, content) {
+		t.Fatal("blob differs after the kill")
+	}
+}
+
+// TestGracefulShutdown sends SIGTERM while a chunk is still arriving: the
+// replica stops accepting new connections but finishes the request.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	r := startReplica(t, dbtest.NewURL(t), storageFlags(t))
+	resp := mustDo(t, "POST", r.url()+"/v2/term/blobs/uploads/", nil, 202)
+	loc := resp.Header.Get("Location")
+	content := bytes.Repeat([]byte("in flight "), 10000)
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("PATCH", r.url()+loc, pr)
+	req.ContentLength = int64(len(content))
+	result := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("in-flight request failed: %v", err)
+			result <- nil
+			return
+		}
+		result <- resp
+	}()
+	pw.Write(content[:len(content)/2])
+	time.Sleep(100 * time.Millisecond)
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	pw.Write(content[len(content)/2:])
+	pw.Close()
+	if resp := <-result; resp == nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("in-flight request after SIGTERM: %v", resp)
+	} else if got := resp.Header.Get("Range"); got != fmt.Sprintf("0-%d", len(content)-1) {
+		t.Fatalf("Range %q", got)
+	}
+	select {
+	case <-r.exited:
+		if r.exitErr != nil {
+			t.Fatalf("berth exited with %v after SIGTERM", r.exitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("berth did not exit after SIGTERM")
+	}
+}
+
+type exchange struct {
+	*http.Response
+	body []byte
+}
+
+func mustDo(t *testing.T, method, u string, body []byte, want int, header ...string) exchange {
+	t.Helper()
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range header {
+		k, v, _ := strings.Cut(h, ": ")
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %d %s, want %d", method, u, resp.StatusCode, b, want)
+	}
+	return exchange{resp, b}
+}
