@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Runs the official OCI distribution-spec conformance suite against a live
-# `berth serve`, with pull, push, content discovery and content management
-# enabled, in both teardown orders (OCI_DELETE_MANIFEST_BEFORE_BLOBS=1 and
-# =0) and with a cross-mount namespace. Fails unless every run reports zero
-# failures.
+# Runs the official OCI distribution-spec conformance suite against live
+# `berth serve` processes, with pull, push, content discovery and content
+# management enabled, in both teardown orders (OCI_DELETE_MANIFEST_BEFORE_BLOBS
+# =1 and =0) and with a cross-mount namespace, in two deployments:
+#
+#   single    one replica, filesystem blob store
+#   replicas  three replicas behind a round-robin proxy, sharing one database
+#             and one S3 bucket (or one directory when no S3 server is given)
+#
+# Fails unless every run reports zero failures.
 #
 # Environment:
 #   BERTH_TEST_DATABASE_URL  PostgreSQL to use (default: the local server's
-#                            "test" database); the run gets its own schema,
-#                            dropped afterwards.
+#                            "test" database); each deployment gets its own
+#                            schema, dropped afterwards.
+#   BERTH_TEST_S3_ENDPOINT, BERTH_TEST_S3_BUCKET, BERTH_TEST_S3_ACCESS_KEY,
+#   BERTH_TEST_S3_SECRET_KEY
+#                            the S3 server for the replicas deployment
+#                            (scripts/versitygw.sh start prints them)
 #   BERTH_CACHE_DIR          where the built suite is kept (default ./.cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +27,7 @@ CONF_VERSION=v0.0.0-20231101194043-f2182352d4cc
 CACHE=${BERTH_CACHE_DIR:-$PWD/.cache}
 DB_URL=${BERTH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
 mkdir -p "$CACHE"
+export PGOPTIONS="-c client_min_messages=warning"
 
 suite=$CACHE/conformance-$CONF_VERSION.test
 if [ ! -x "$suite" ]; then
@@ -34,58 +44,106 @@ if [ ! -x "$suite" ]; then
 fi
 
 go build -o "$CACHE/berth" ./cmd/berth
+go build -o "$CACHE/rrproxy" ./tools/rrproxy
 
-schema=conformance_$$_$(date +%s)
-export PGOPTIONS="-c client_min_messages=warning"
-psql "$DB_URL" -qc "CREATE SCHEMA $schema"
-case "$DB_URL" in *\?*) url="$DB_URL&search_path=$schema" ;; *) url="$DB_URL?search_path=$schema" ;; esac
 run=$(mktemp -d)
-berth_pid=
+pids=()
+schemas=()
 cleanup() {
-	[ -n "$berth_pid" ] && kill "$berth_pid" 2>/dev/null && wait "$berth_pid" 2>/dev/null || true
-	psql "$DB_URL" -qc "DROP SCHEMA $schema CASCADE" || true
+	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	for schema in "${schemas[@]}"; do psql "$DB_URL" -qc "DROP SCHEMA $schema CASCADE" || true; done
 	rm -rf "$run"
 }
 trap cleanup EXIT
 
-"$CACHE/berth" serve --listen 127.0.0.1:0 --database-url "$url" --data-dir "$run/data" \
-	>"$run/berth.log" 2>&1 &
-berth_pid=$!
-addr=
-for _ in $(seq 100); do
-	addr=$(sed -n 's/.*msg="berth serving" addr=\([^ ]*\).*/\1/p' "$run/berth.log")
-	[ -n "$addr" ] && break
-	kill -0 "$berth_pid" 2>/dev/null || { cat "$run/berth.log"; exit 1; }
-	sleep 0.1
-done
-[ -n "$addr" ] || { echo "conformance: berth did not start"; cat "$run/berth.log"; exit 1; }
+# new_schema prints a database URL on a fresh schema.
+new_schema() {
+	local schema=conformance_$$_${#schemas[@]}_$(date +%s)
+	psql "$DB_URL" -qc "CREATE SCHEMA $schema"
+	schemas+=("$schema")
+	case "$DB_URL" in *\?*) echo "$DB_URL&search_path=$schema" ;; *) echo "$DB_URL?search_path=$schema" ;; esac
+}
 
-status=0
-for order in 1 0; do
-	report=$run/report-$order
-	mkdir -p "$report"
-	echo "conformance: OCI_DELETE_MANIFEST_BEFORE_BLOBS=$order against http://$addr"
-	if ! env OCI_ROOT_URL="http://$addr" \
-		OCI_NAMESPACE="conformance/order$order/repo" \
-		OCI_CROSSMOUNT_NAMESPACE="conformance/order$order/mounted" \
-		OCI_TEST_PULL=1 OCI_TEST_PUSH=1 OCI_TEST_CONTENT_DISCOVERY=1 OCI_TEST_CONTENT_MANAGEMENT=1 \
-		OCI_AUTOMATIC_CROSSMOUNT=0 \
-		OCI_DELETE_MANIFEST_BEFORE_BLOBS=$order \
-		OCI_REPORT_DIR="$report" \
-		"$suite" -ginkgo.no-color >"$report/output.txt" 2>&1; then
-		status=1
-	fi
-	# Summary line, then every skipped spec with the reason it cannot run.
-	grep -E '^(Ran |SUCCESS|FAIL)|Passed \|' "$report/output.txt" || true
-	sed -n 's/.*<testcase name="\[It\] OCI Distribution Conformance Tests \([^"]*\)".*status="skipped".*/  skipped (suite branch not applicable): \1/p' "$report/junit.xml"
-	if ! grep -q 'failures="0"' "$report/junit.xml" || ! grep -q 'errors="0"' "$report/junit.xml"; then
-		status=1
-	fi
-	if [ $status -ne 0 ]; then
-		cat "$report/output.txt"
-		echo "--- berth log"
-		tail -50 "$run/berth.log"
-		exit 1
-	fi
+# wait_for <log file> <sed pattern with one group> <pid>: prints the group
+# once it appears in the log.
+wait_for() {
+	local log=$1 pattern=$2 pid=$3 found=
+	for _ in $(seq 300); do
+		found=$(sed -n "s/$pattern/\1/p" "$log" | head -1)
+		[ -n "$found" ] && { echo "$found"; return; }
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "conformance: process did not start:" >&2
+	cat "$log" >&2
+	return 1
+}
+
+# start_berth <log file> <flags...>: starts a replica, prints its address.
+start_berth() {
+	local log=$1
+	shift
+	"$CACHE/berth" serve --listen 127.0.0.1:0 --data-dir "$run/data-$(basename "$log")" "$@" >"$log" 2>&1 &
+	pids+=($!)
+	wait_for "$log" '.*msg="berth serving" addr=\([^ ]*\).*' $!
+}
+
+# run_suite <deployment> <url>: both teardown orders against url.
+run_suite() {
+	local deployment=$1 url=$2 order report status
+	for order in 1 0; do
+		report=$run/report-$deployment-$order
+		mkdir -p "$report"
+		echo "conformance: $deployment, OCI_DELETE_MANIFEST_BEFORE_BLOBS=$order against $url"
+		status=0
+		env OCI_ROOT_URL="$url" \
+			OCI_NAMESPACE="conformance/$deployment$order/repo" \
+			OCI_CROSSMOUNT_NAMESPACE="conformance/$deployment$order/mounted" \
+			OCI_TEST_PULL=1 OCI_TEST_PUSH=1 OCI_TEST_CONTENT_DISCOVERY=1 OCI_TEST_CONTENT_MANAGEMENT=1 \
+			OCI_AUTOMATIC_CROSSMOUNT=0 \
+			OCI_DELETE_MANIFEST_BEFORE_BLOBS=$order \
+			OCI_REPORT_DIR="$report" \
+			"$suite" -ginkgo.no-color >"$report/output.txt" 2>&1 || status=1
+		# Summary line, then every skipped spec with the reason it cannot run.
+		grep -E '^(Ran |SUCCESS|FAIL)|Passed \|' "$report/output.txt" || true
+		sed -n 's/.*<testcase name="\[It\] OCI Distribution Conformance Tests \([^"]*\)".*status="skipped".*/  skipped (suite branch not applicable): \1/p' "$report/junit.xml"
+		if ! grep -q 'failures="0"' "$report/junit.xml" || ! grep -q 'errors="0"' "$report/junit.xml"; then
+			status=1
+		fi
+		if [ $status -ne 0 ]; then
+			cat "$report/output.txt"
+			for log in "$run"/*.log; do
+				echo "--- $log"
+				tail -30 "$log"
+			done
+			exit 1
+		fi
+	done
+}
+
+# One replica on the filesystem.
+addr=$(start_berth "$run/single.log" --database-url "$(new_schema)")
+run_suite single "http://$addr"
+
+# Three replicas on one database and one blob store, round robin.
+url=$(new_schema)
+if [ -n "${BERTH_TEST_S3_ENDPOINT:-}" ]; then
+	storage=(--storage s3 --s3-endpoint "$BERTH_TEST_S3_ENDPOINT" --s3-bucket "$BERTH_TEST_S3_BUCKET"
+		--s3-prefix "conformance-$$/" --s3-force-path-style)
+	export AWS_ACCESS_KEY_ID=$BERTH_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BERTH_TEST_S3_SECRET_KEY
+	echo "conformance: replicas share the S3 bucket $BERTH_TEST_S3_BUCKET at $BERTH_TEST_S3_ENDPOINT"
+else
+	storage=(--storage-dir "$run/shared-blobs")
+	echo "conformance: no S3 server given (BERTH_TEST_S3_ENDPOINT); replicas share a directory"
+fi
+backends=()
+for i in 1 2 3; do
+	backends+=("http://$(start_berth "$run/replica$i.log" --database-url "$url" "${storage[@]}")")
 done
+"$CACHE/rrproxy" -listen 127.0.0.1:0 "${backends[@]}" >"$run/rrproxy.log" 2>&1 &
+pids+=($!)
+lb=$(wait_for "$run/rrproxy.log" 'rrproxy listening on \(.*\)' $!)
+run_suite replicas "http://$lb"
+
 echo "conformance: all runs passed"

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,7 +14,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-registry/berth/db/dbtest"
+	"github.com/berth-registry/berth/internal/roundrobin"
 )
 
 // The tests in this file run berth as separate processes, the way replicas
@@ -142,19 +141,11 @@ func (r *replica) url() string { return "http://" + r.addr }
 // roundRobin is a reverse proxy that sends each request to the next
 // replica, as a load balancer without sticky sessions does.
 func roundRobin(t *testing.T, replicas []*replica) *httptest.Server {
-	var next atomic.Uint64
 	targets := make([]*url.URL, len(replicas))
 	for i, r := range replicas {
 		targets[i], _ = url.Parse(r.url())
 	}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(targets[next.Add(1)%uint64(len(targets))])
-			pr.Out.Host = pr.In.Host
-		},
-		FlushInterval: -1,
-	}
-	srv := httptest.NewServer(proxy)
+	srv := httptest.NewServer(roundrobin.New(targets))
 	t.Cleanup(srv.Close)
 	return srv
 }
