@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite: what README.md calls "run the tests" and what CI
 # runs. Needs Go and a PostgreSQL server (BERTH_TEST_DATABASE_URL, default
-# the local server's "test" database); installs everything else it needs.
+# the local server's "test" database); installs and starts everything else
+# it needs: a local S3 server (versitygw), the conformance suite, the
+# registry clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+s3dir=$(mktemp -d)
+trap 'scripts/versitygw.sh stop "$s3dir" >/dev/null 2>&1 || true; rm -rf "$s3dir"' EXIT
+echo "== S3 server for the tests (versitygw)"
+eval "$(scripts/versitygw.sh start "$s3dir")"
+
 echo "== go vet"
 go vet ./...
-echo "== unit, integration and race tests (real PostgreSQL)"
+echo "== unit, integration and race tests (real PostgreSQL, real S3)"
 go test -race -count=1 ./...
-echo "== OCI conformance suite against a live berth serve"
+echo "== OCI conformance suite: one replica, and three behind a round-robin proxy on S3"
 scripts/conformance.sh
 echo "== real clients: crane, skopeo, regctl, oras (and docker with SKIP_DOCKER=0)"
 SKIP_DOCKER=${SKIP_DOCKER:-1} scripts/clients.sh

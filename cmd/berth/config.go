@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 )
 
@@ -31,6 +32,8 @@ type Config struct {
 	AutoMigrate     bool
 	Storage         string
 	StorageDir      string
+	S3              blobstore.S3Config
+	S3Redirect      bool
 	LogLevel        slog.Level
 	LogFormat       string
 	ShutdownTimeout time.Duration
@@ -112,16 +115,28 @@ var settings = []setting{
 		func(c *Config, v string) (err error) { c.DBMaxConns, err = strconv.Atoi(v); return err }},
 	{"auto-migrate", "true", "apply pending database migrations at start (false: run `berth migrate up` yourself)",
 		func(c *Config, v string) (err error) { c.AutoMigrate, err = strconv.ParseBool(v); return err }},
-	{"storage", "filesystem", "blob storage driver: filesystem",
+	{"storage", "filesystem", "blob storage driver: filesystem or s3",
 		func(c *Config, v string) error {
-			if v != "filesystem" {
-				return fmt.Errorf("unknown storage %q (supported: filesystem)", v)
+			if v != "filesystem" && v != "s3" {
+				return fmt.Errorf("unknown storage %q (supported: filesystem, s3)", v)
 			}
 			c.Storage = v
 			return nil
 		}},
 	{"storage-dir", "", "directory of the filesystem blob store (default <data-dir>/blobs)",
 		str(func(c *Config) *string { return &c.StorageDir })},
+	{"s3-bucket", "", "S3 bucket of the blob store (storage s3)",
+		str(func(c *Config) *string { return &c.S3.Bucket })},
+	{"s3-prefix", "", "key prefix inside the bucket, e.g. registry/ (default: the bucket root)",
+		str(func(c *Config) *string { return &c.S3.Prefix })},
+	{"s3-region", "us-east-1", "S3 region",
+		str(func(c *Config) *string { return &c.S3.Region })},
+	{"s3-endpoint", "", "S3 endpoint URL for S3-compatible stores (MinIO, versitygw, Ceph...); empty for AWS",
+		str(func(c *Config) *string { return &c.S3.Endpoint })},
+	{"s3-force-path-style", "false", "address buckets as <endpoint>/<bucket> rather than <bucket>.<endpoint> (most S3-compatible stores need it)",
+		func(c *Config, v string) (err error) { c.S3.ForcePathStyle, err = strconv.ParseBool(v); return err }},
+	{"s3-redirect", "false", "answer blob downloads with a redirect to a presigned S3 URL instead of streaming them through berth",
+		func(c *Config, v string) (err error) { c.S3Redirect, err = strconv.ParseBool(v); return err }},
 	{"log-level", "info", "log level: debug, info, warn or error (debug logs every request)",
 		func(c *Config, v string) error { return c.LogLevel.UnmarshalText([]byte(v)) }},
 	{"log-format", "text", "log format: text or json",
@@ -246,6 +261,12 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 	if c.StorageDir == "" {
 		c.StorageDir = filepath.Join(c.DataDir, "blobs")
 	}
+	if c.Storage == "s3" && c.S3.Bucket == "" {
+		return Config{}, errors.New("storage s3 needs a bucket: set --s3-bucket or BERTH_S3_BUCKET")
+	}
+	// Credentials come from the SDK's standard chain (AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY, shared config files, instance roles), never
+	// from a berth setting, so that they stay out of config files and logs.
 	return c, nil
 }
 

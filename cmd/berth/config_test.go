@@ -132,3 +132,21 @@ func TestBooleanAndDurationSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestS3Settings(t *testing.T) {
+	env := envOf(map[string]string{"BERTH_STORAGE": "s3", "BERTH_S3_BUCKET": "images", "BERTH_S3_PREFIX": "prod/",
+		"BERTH_S3_REGION": "eu-west-1", "BERTH_S3_ENDPOINT": "http://minio:9000", "BERTH_S3_FORCE_PATH_STYLE": "true",
+		"BERTH_S3_REDIRECT": "true"})
+	c, err := loadConfig("serve", nil, env, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Storage != "s3" || c.S3.Bucket != "images" || c.S3.Prefix != "prod/" || c.S3.Region != "eu-west-1" ||
+		c.S3.Endpoint != "http://minio:9000" || !c.S3.ForcePathStyle || !c.S3Redirect {
+		t.Errorf("S3 settings %+v redirect %v", c.S3, c.S3Redirect)
+	}
+	if _, err := loadConfig("serve", []string{"--storage", "s3"}, envOf(nil), &bytes.Buffer{}); err == nil ||
+		!strings.Contains(err.Error(), "BERTH_S3_BUCKET") {
+		t.Errorf("storage s3 without a bucket: %v", err)
+	}
+}

@@ -21,6 +21,7 @@ Usage:
   berth migrate up|down|version [flags]  manage the database schema
   berth gc [--once] [--dry-run] [flags]  garbage collection (continuous, or one pass)
   berth check [--repair] [flags]      compare the blob store with the database
+  berth healthcheck [--url U]         exit 0 if a running berth is ready (for containers)
   berth help <command>                flags of a command
 
 Run "berth serve --help" for every setting.
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return gcCommand(ctx, rest, getenv, stdout, stderr)
 	case "check":
 		return checkCommand(ctx, rest, getenv, stdout, stderr)
+	case "healthcheck":
+		return healthcheckCommand(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return run(ctx, []string{rest[0], "--help"}, getenv, stdout, stderr)

@@ -337,3 +337,15 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		t.Errorf("/readyz on an old schema: %d %s", resp.StatusCode, b)
 	}
 }
+
+func TestHealthcheckCommand(t *testing.T) {
+	t.Parallel()
+	m := startMain(t, dbtest.NewURL(t))
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"healthcheck", "--url", "http://" + m.Addr().String() + "/readyz"}, envOf(nil), &out, io.Discard); err != nil {
+		t.Fatalf("healthcheck of a ready replica: %v", err)
+	}
+	if err := run(t.Context(), []string{"healthcheck", "--url", "http://" + m.Addr().String() + "/nothing"}, envOf(nil), &out, io.Discard); err == nil {
+		t.Fatal("healthcheck accepted a 404")
+	}
+}

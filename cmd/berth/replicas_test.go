@@ -339,3 +339,30 @@ func mustDo(t *testing.T, method, u string, body []byte, want int, header ...str
 	}
 	return exchange{resp, b}
 }
+
+// With --s3-redirect a blob download is a redirect to a presigned S3 URL,
+// which a client follows to the bytes.
+func TestS3Redirect(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("BERTH_TEST_S3_ENDPOINT") == "" {
+		t.Skip("no S3 server: set BERTH_TEST_S3_ENDPOINT (scripts/test.sh starts versitygw)")
+	}
+	r := startReplica(t, dbtest.NewURL(t), storageFlags(t), "--s3-redirect")
+	content := []byte("served by S3 itself")
+	d := digest.FromBytes(content)
+	mustDo(t, "POST", r.url()+"/v2/redirect/blobs/uploads/?digest="+d.String(), content, 201)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(r.url() + "/v2/redirect/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusTemporaryRedirect ||
+		!strings.HasPrefix(loc, os.Getenv("BERTH_TEST_S3_ENDPOINT")) || !strings.Contains(loc, "X-Amz-Signature=") {
+		t.Fatalf("GET answered %d Location %q, want a 307 to a presigned URL", resp.StatusCode, loc)
+	}
+	if got := mustDo(t, "GET", r.url()+"/v2/redirect/blobs/"+d.String(), nil, 200); !bytes.Equal(got.body, content) {
+		t.Fatalf("following the redirect gave %q", got.body)
+	}
+	mustDo(t, "HEAD", r.url()+"/v2/redirect/blobs/"+d.String(), nil, 200) // HEAD is answered by berth
+}

@@ -121,8 +121,12 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.server.Serve(m.listener) }()
+	where := c.StorageDir
+	if c.Storage == "s3" {
+		where = "s3://" + c.S3.Bucket + "/" + c.S3.Prefix
+	}
 	m.Logger.Info("berth serving", "addr", m.listener.Addr().String(),
-		"storage", c.Storage, "storage_dir", c.StorageDir, "database", dbase.describe(), "gc", !c.GCDisabled)
+		"storage", c.Storage, "blobs", where, "database", dbase.describe(), "gc", !c.GCDisabled)
 	return nil
 }
 
@@ -163,12 +167,18 @@ type store interface {
 
 // openStore opens the configured blob store.
 func openStore(ctx context.Context, c Config) (store, error) {
+	if c.Storage == "s3" {
+		return blobstore.NewS3(ctx, c.S3)
+	}
 	return blobstore.NewFS(c.StorageDir)
 }
 
 // redirector returns the store as a Presigner when blob downloads should
 // be redirected to it.
 func redirector(c Config, s store) handlers.Presigner {
+	if p, ok := s.(handlers.Presigner); ok && c.S3Redirect {
+		return p
+	}
 	return nil
 }
 
