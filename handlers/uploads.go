@@ -120,15 +120,7 @@ func (h *Handler) uploadStatus(w http.ResponseWriter, r *http.Request, rt route)
 // the body is streamed on at the end.
 func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) error {
 	ctx := r.Context()
-	u, err := h.loadUpload(r, rt)
-	if err != nil {
-		return err
-	}
-	body, err := chunkBody(r, u)
-	if err != nil {
-		return err
-	}
-	state, hsh, n, err := h.appendChunk(ctx, u, body)
+	u, state, hsh, n, err := h.receiveChunk(r, rt)
 	if err != nil {
 		return err
 	}
@@ -160,15 +152,7 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 	if err != nil {
 		return err
 	}
-	u, err := h.loadUpload(r, rt)
-	if err != nil {
-		return err
-	}
-	body, err := chunkBody(r, u)
-	if err != nil {
-		return err
-	}
-	state, hsh, n, err := h.appendChunk(ctx, u, body)
+	u, state, hsh, n, err := h.receiveChunk(r, rt)
 	if err != nil {
 		return err
 	}
@@ -244,6 +228,22 @@ func (h *Handler) loadUpload(r *http.Request, rt route) (db.Upload, error) {
 		return db.Upload{}, uploadError(err, rt.ref)
 	}
 	return u, nil
+}
+
+// receiveChunk loads the session of a PATCH or final PUT and appends the
+// request body to it in the store, continuing the session's sha256. The
+// session row is not changed: the caller saves the new state (PATCH) or
+// commits the blob (PUT), both with a compare-and-set on u.Size.
+func (h *Handler) receiveChunk(r *http.Request, rt route) (u db.Upload, state []byte, hsh hash.Hash, n int64, err error) {
+	if u, err = h.loadUpload(r, rt); err != nil {
+		return u, nil, nil, 0, err
+	}
+	body, err := chunkBody(r, u)
+	if err != nil {
+		return u, nil, nil, 0, err
+	}
+	state, hsh, n, err = h.appendChunk(r.Context(), u, body)
+	return u, state, hsh, n, err
 }
 
 // appendChunk streams body into the store after the session's bytes,

@@ -19,6 +19,7 @@
 #                            the S3 server for the replicas deployment
 #                            (scripts/versitygw.sh start prints them)
 #   BERTH_CACHE_DIR          where the built suite is kept (default ./.cache)
+#   BERTH_CONFORMANCE_KEEP=1 keep the replicas' logs and the suite's reports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,25 +54,34 @@ cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	for schema in "${schemas[@]}"; do psql "$DB_URL" -qc "DROP SCHEMA $schema CASCADE" || true; done
-	rm -rf "$run"
+	if [ -n "${BERTH_CONFORMANCE_KEEP:-}" ]; then
+		echo "conformance: logs and reports kept in $run" >&2
+	else
+		rm -rf "$run"
+	fi
 }
 trap cleanup EXIT
 
-# new_schema prints a database URL on a fresh schema.
+# new_schema sets schema_url to a database URL on a fresh schema. (Not a
+# command substitution: the schema must be recorded in this shell, for the
+# cleanup and for the next name.)
 new_schema() {
 	local schema=conformance_$$_${#schemas[@]}_$(date +%s)
-	psql "$DB_URL" -qc "CREATE SCHEMA $schema"
+	psql "$DB_URL" -v ON_ERROR_STOP=1 -qc "CREATE SCHEMA $schema"
 	schemas+=("$schema")
-	case "$DB_URL" in *\?*) echo "$DB_URL&search_path=$schema" ;; *) echo "$DB_URL?search_path=$schema" ;; esac
+	case "$DB_URL" in *\?*) schema_url="$DB_URL&search_path=$schema" ;; *) schema_url="$DB_URL?search_path=$schema" ;; esac
 }
 
-# wait_for <log file> <sed pattern with one group> <pid>: prints the group
-# once it appears in the log.
+# wait_for <log file> <sed pattern with one group> <pid>: sets found to the
+# group once it appears in the log. Like the other helpers it sets a
+# variable rather than printing: a command substitution would run it in a
+# subshell, where what it records (pids, schemas) is lost to the cleanup.
 wait_for() {
-	local log=$1 pattern=$2 pid=$3 found=
+	local log=$1 pattern=$2 pid=$3
+	found=
 	for _ in $(seq 300); do
 		found=$(sed -n "s/$pattern/\1/p" "$log" | head -1)
-		[ -n "$found" ] && { echo "$found"; return; }
+		[ -n "$found" ] && return
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -80,13 +90,15 @@ wait_for() {
 	return 1
 }
 
-# start_berth <log file> <flags...>: starts a replica, prints its address.
+# start_berth <log file> <flags...>: starts a replica and sets addr to its
+# address.
 start_berth() {
 	local log=$1
 	shift
-	"$CACHE/berth" serve --listen 127.0.0.1:0 --data-dir "$run/data-$(basename "$log")" "$@" >"$log" 2>&1 &
+	"$CACHE/berth" serve --listen 127.0.0.1:0 --data-dir "$run/data-$(basename "$log" .log)" "$@" >"$log" 2>&1 &
 	pids+=($!)
 	wait_for "$log" '.*msg="berth serving" addr=\([^ ]*\).*' $!
+	addr=$found
 }
 
 # run_suite <deployment> <url>: both teardown orders against url.
@@ -115,7 +127,7 @@ run_suite() {
 			cat "$report/output.txt"
 			for log in "$run"/*.log; do
 				echo "--- $log"
-				tail -30 "$log"
+				grep -v 'level=DEBUG' "$log" | tail -40 || true
 			done
 			exit 1
 		fi
@@ -123,11 +135,13 @@ run_suite() {
 }
 
 # One replica on the filesystem.
-addr=$(start_berth "$run/single.log" --database-url "$(new_schema)")
+new_schema
+start_berth "$run/single.log" --database-url "$schema_url"
 run_suite single "http://$addr"
 
 # Three replicas on one database and one blob store, round robin.
-url=$(new_schema)
+new_schema
+url=$schema_url
 if [ -n "${BERTH_TEST_S3_ENDPOINT:-}" ]; then
 	storage=(--storage s3 --s3-endpoint "$BERTH_TEST_S3_ENDPOINT" --s3-bucket "$BERTH_TEST_S3_BUCKET"
 		--s3-prefix "conformance-$$/" --s3-force-path-style)
@@ -139,11 +153,12 @@ else
 fi
 backends=()
 for i in 1 2 3; do
-	backends+=("http://$(start_berth "$run/replica$i.log" --database-url "$url" "${storage[@]}")")
+	start_berth "$run/replica$i.log" --database-url "$url" "${storage[@]}"
+	backends+=("http://$addr")
 done
 "$CACHE/rrproxy" -listen 127.0.0.1:0 "${backends[@]}" >"$run/rrproxy.log" 2>&1 &
 pids+=($!)
-lb=$(wait_for "$run/rrproxy.log" 'rrproxy listening on \(.*\)' $!)
-run_suite replicas "http://$lb"
+wait_for "$run/rrproxy.log" 'rrproxy listening on \(.*\)' $!
+run_suite replicas "http://$found"
 
 echo "conformance: all runs passed"

@@ -11,6 +11,18 @@ import (
 	"github.com/berth-registry/berth/gc"
 )
 
+// maintenance parses the flags of a maintenance command (the settings of
+// serve plus the command's own) and opens what it works on.
+func maintenance(ctx context.Context, cmd string, args []string, getenv func(string) string, stderr io.Writer,
+	flags func(*flag.FlagSet)) (Config, *gc.Collector, func(), error) {
+	c, err := loadConfig(cmd, args, getenv, stderr, flags)
+	if err != nil {
+		return c, nil, nil, err
+	}
+	collector, closeAll, err := openForMaintenance(ctx, c, newLogger(c, stderr))
+	return c, collector, closeAll, err
+}
+
 // openForMaintenance opens what `berth gc` and `berth check` work on: the
 // database (migrated, as serve would) and the blob store, with the
 // configured garbage collection settings.
@@ -48,15 +60,10 @@ func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Co
 // (--gc-disabled on the replicas).
 func gcCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var once, dryRun bool
-	c, err := loadConfig("gc", args, getenv, stderr, func(fs *flag.FlagSet) {
+	c, collector, closeAll, err := maintenance(ctx, "gc", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&once, "once", false, "run one pass and one sweep, report what was collected, and exit")
 		fs.BoolVar(&dryRun, "dry-run", false, "report what one pass and sweep would collect; change nothing")
 	})
-	if err != nil {
-		return err
-	}
-	log := newLogger(c, stderr)
-	collector, closeAll, err := openForMaintenance(ctx, c, log)
 	if err != nil {
 		return err
 	}
@@ -97,14 +104,9 @@ func printReport(w io.Writer, rep gc.Report) {
 // describes; --repair fixes both (see gc.Collector.Check).
 func checkCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var repair bool
-	c, err := loadConfig("check", args, getenv, stderr, func(fs *flag.FlagSet) {
+	_, collector, closeAll, err := maintenance(ctx, "check", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&repair, "repair", false, "mark blobs whose bytes are gone as missing (clients then upload them again) and delete orphaned bytes")
 	})
-	if err != nil {
-		return err
-	}
-	log := newLogger(c, stderr)
-	collector, closeAll, err := openForMaintenance(ctx, c, log)
 	if err != nil {
 		return err
 	}
