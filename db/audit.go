@@ -61,6 +61,23 @@ VALUES ($1, $2, $3, $4, NULLIF($5, ''), NULLIF($6, ''), NULLIF($7, ''), $8)`,
 	return nil
 }
 
+// auditTagsRemoved records the removal of tags (which pointed at dgst) with
+// their manifest: one statement, however many tags, because a manifest can
+// carry tens of thousands of them.
+func auditTagsRemoved(ctx context.Context, tx pgx.Tx, actor Actor, repo string, tags []string, dgst string) error {
+	if len(tags) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `
+INSERT INTO audit_log (actor, request_id, action, repository, tag, old_digest)
+SELECT $1, $2, $3, $4, t, $5 FROM unnest($6::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n`,
+		actor.Name, actor.RequestID, ActionTagDelete, repo, dgst, tags)
+	if err != nil {
+		return fmt.Errorf("write audit log (%s): %w", ActionTagDelete, err)
+	}
+	return nil
+}
+
 // TagEvent is one change of a tag.
 type TagEvent struct {
 	ID        int64

@@ -401,10 +401,8 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 			return fmt.Errorf("remove tags of %s: %w", dgst, err)
 		}
 		slices.Sort(tags)
-		for _, tag := range tags {
-			if err := audit(ctx, tx, actor, event{action: ActionTagDelete, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
-				return err
-			}
+		if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx,
 			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
@@ -412,7 +410,7 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 			return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
 		}
 		if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
-			detail: map[string]any{"tags": tags}}); err != nil {
+			detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
 			return err
 		}
 		// The tombstone is a candidate once its retention ends; an index's
