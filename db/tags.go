@@ -51,16 +51,22 @@ func (e *PreconditionError) Error() string {
 // tagLock locks the row of tag FOR UPDATE and returns the manifest it points
 // at. A missing tag locks nothing: creators race on the primary key instead
 // (see tagSet).
+//
+// The digest is read in a second statement, after the lock is granted: a
+// statement that waits for the lock re-reads only the locked row, so a join
+// in it would still see the manifest the tag pointed at before the wait,
+// and miss a tag that a concurrent push had just moved.
 func tagLock(ctx context.Context, tx pgx.Tx, repoID int64, tag string) (manifestID int64, dgst string, found bool, err error) {
 	err = tx.QueryRow(ctx, `
-SELECT t.manifest_id, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id
-WHERE t.repository_id = $1 AND t.name = $2
-FOR UPDATE OF t`, repoID, tag).Scan(&manifestID, &dgst)
+SELECT manifest_id FROM tags WHERE repository_id = $1 AND name = $2 FOR UPDATE`, repoID, tag).Scan(&manifestID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, "", false, nil
 	}
 	if err != nil {
 		return 0, "", false, fmt.Errorf("lock tag %s: %w", tag, err)
+	}
+	if err := tx.QueryRow(ctx, `SELECT digest FROM manifests WHERE id = $1`, manifestID).Scan(&dgst); err != nil {
+		return 0, "", false, fmt.Errorf("read the target of tag %s: %w", tag, err)
 	}
 	return manifestID, dgst, true, nil
 }
