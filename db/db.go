@@ -217,11 +217,17 @@ func (d *DB) withTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 }
 
 func (d *DB) tryTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return d.runTx(ctx, true, fn)
+}
+
+// runTx runs fn in a transaction, then commits it, or with commit false
+// rolls it back whatever fn did (a dry run).
+func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) error {
 	tx, err := d.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(tx); err != nil || !commit {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return err
 	}
@@ -253,6 +259,23 @@ func retryable(err error) bool {
 	switch pgErr.Code {
 	case "40001", // serialization_failure
 		"40P01": // deadlock_detected
+		return true
+	}
+	return false
+}
+
+// IsInvalidInput reports an error PostgreSQL raised because a value cannot
+// be stored as text (a NUL byte, an invalid encoding): the client's input,
+// not a server fault. The API validates input before it gets here; this is
+// the backstop that keeps such input from ever answering 500.
+func IsInvalidInput(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "22021", // character_not_in_repertoire
+		"22P05": // untranslatable_character
 		return true
 	}
 	return false

@@ -427,6 +427,9 @@ func TestBadRequestsNeverFail500(t *testing.T) {
 		"/v2//manifests/x", "/v2/a//b/tags/list", "/v2/repo/blobs/uploads/x/y",
 		"/v2/repo/manifests/sha256:" + strings.Repeat("z", 64), "/v2/repo/blobs/:",
 		"/v2/_catalog?n=99999999999999999999", "/v2/repo/tags/list?last=" + strings.Repeat("x", 5000),
+		"/v2/repo/tags/list?last=%00", "/v2/repo/tags/list?last=%ff", "/v2/_catalog?last=%00",
+		"/v2/repo/manifests/_list?last=%ff", "/v2/repo/referrers/sha256:" + strings.Repeat("a", 64) + "?artifactType=%00",
+		"/v2/repo/tags/t/history?last=%00",
 	}
 	for _, p := range paths {
 		for _, m := range []string{"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"} {
@@ -434,6 +437,18 @@ func TestBadRequestsNeverFail500(t *testing.T) {
 			if resp.StatusCode >= 500 {
 				t.Errorf("%s %s: %d %s", m, p, resp.StatusCode, resp.body)
 			}
+		}
+	}
+	// Manifests with NUL characters where PostgreSQL stores text.
+	cfg := r.pushBlob("repo", []byte("{}"))
+	for name, body := range map[string]string{
+		"annotation":    `{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/x","digest":%q,"size":2},"layers":[],"annotations":{"k":"a\u0000b"}}`,
+		"artifact type": `{"schemaVersion":2,"mediaType":%q,"artifactType":"a\u0000","config":{"mediaType":"application/x","digest":%q,"size":2},"layers":[]}`,
+		"config type":   `{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"app\u0000","digest":%q,"size":2},"layers":[]}`,
+	} {
+		resp := r.do("PUT", "/v2/repo/manifests/nul", []byte(fmt.Sprintf(body, mtManifest, cfg)), "Content-Type: "+mtManifest)
+		if resp.StatusCode != 400 || resp.errorCode() != "MANIFEST_INVALID" {
+			t.Errorf("manifest with a NUL in its %s: %d %s", name, resp.StatusCode, resp.body)
 		}
 	}
 }

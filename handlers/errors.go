@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/berth-registry/berth/db"
 )
 
 // Code is an error code of the OCI distribution spec. Every code the spec
@@ -104,6 +106,9 @@ func (h *Handler) serve(fn handlerFunc) http.HandlerFunc {
 		var oe *Error
 		switch {
 		case errors.As(err, &oe):
+		case db.IsInvalidInput(err):
+			oe = errorf(CodeUnsupported, "the request holds characters that cannot be stored (a NUL byte or invalid UTF-8)").
+				withStatus(http.StatusBadRequest)
 		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 			h.log.DebugContext(r.Context(), "client went away", "err", err)
 			return

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"strconv"
 
@@ -22,8 +23,10 @@ const (
 	maxPage     = 10000
 )
 
-// page reads the n and last query parameters.
-func page(r *http.Request) (n int, last string, err error) {
+// page reads the n and last query parameters. last must be of the form
+// of what the route lists (validLast), so that nothing a client sends
+// reaches the database unchecked.
+func page(r *http.Request, what string, validLast func(string) bool) (n int, last string, err error) {
 	q := r.URL.Query()
 	n = defaultPage
 	if s := q.Get("n"); s != "" {
@@ -33,7 +36,11 @@ func page(r *http.Request) (n int, last string, err error) {
 		}
 		n = min(v, maxPage)
 	}
-	return n, q.Get("last"), nil
+	last = q.Get("last")
+	if last != "" && !validLast(last) {
+		return 0, "", errorf(CodeUnsupported, "last must be a %s, not %q", what, last).withStatus(http.StatusBadRequest)
+	}
+	return n, last, nil
 }
 
 // setNextLink sets the Link header (RFC 8288) to the page after last,
@@ -67,7 +74,7 @@ func writeJSONStatus(w http.ResponseWriter, r *http.Request, status int, content
 // literally named "list" or "_list" exists like any other, but these GET
 // routes always mean the listing.
 func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) error {
-	n, last, err := page(r)
+	n, last, err := page(r, "tag", validTag)
 	if err != nil {
 		return err
 	}
@@ -90,7 +97,7 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) err
 // catalog serves GET /v2/_catalog.
 func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) error {
 	setRoute(r.Context(), "catalog")
-	n, last, err := page(r)
+	n, last, err := page(r, "repository name", validName)
 	if err != nil {
 		return err
 	}
@@ -115,6 +122,11 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 		return err
 	}
 	artifactType := r.URL.Query().Get("artifactType")
+	if artifactType != "" {
+		if _, _, err := mime.ParseMediaType(artifactType); err != nil {
+			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", artifactType).withStatus(http.StatusBadRequest)
+		}
+	}
 	refs, err := h.db.Referrers(r.Context(), rt.name, dgst.String(), artifactType)
 	if err != nil {
 		return err

@@ -193,15 +193,16 @@ func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) e
 	if !validTag(rt.ref) {
 		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
 	}
-	n, last, err := page(r)
+	n, last, err := page(r, "history entry id", func(s string) bool {
+		v, err := strconv.ParseInt(s, 10, 64)
+		return err == nil && v > 0
+	})
 	if err != nil {
 		return err
 	}
 	var before int64
 	if last != "" {
-		if before, err = strconv.ParseInt(last, 10, 64); err != nil || before <= 0 {
-			return errorf(CodeUnsupported, "last must be the id of a history entry, not %q", last).withStatus(http.StatusBadRequest)
-		}
+		before, _ = strconv.ParseInt(last, 10, 64) // checked by page
 	}
 	events, more, err := h.db.TagHistory(r.Context(), rt.name, rt.ref, before, n)
 	if errors.Is(err, db.ErrRepositoryUnknown) {
@@ -239,7 +240,10 @@ type manifestEntry struct {
 // of the repository, tagged or not, in digest order, paginated like the tag
 // list. ?untagged=true keeps only manifests that no tag points at.
 func (h *Handler) listManifests(w http.ResponseWriter, r *http.Request, rt route) error {
-	n, last, err := page(r)
+	n, last, err := page(r, "manifest digest", func(s string) bool {
+		_, err := parseDigest(s)
+		return err == nil
+	})
 	if err != nil {
 		return err
 	}

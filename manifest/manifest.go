@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"mime"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -113,6 +114,9 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkText(&w); err != nil {
+		return nil, err
+	}
 	if w.ArtifactType != "" && mediaType != MediaTypeOCIManifest && mediaType != MediaTypeOCIIndex {
 		return nil, invalid("artifactType is only defined for OCI manifests and indexes")
 	}
@@ -126,6 +130,33 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 		m.Subject = w.Subject
 	}
 	return m, nil
+}
+
+// checkText refuses NUL characters in the strings Berth stores and indexes
+// (media types, artifact type, annotations): JSON allows "\u0000", but
+// PostgreSQL text and jsonb cannot hold it, and no real manifest has one.
+func checkText(w *wire) error {
+	bad := func(s string) bool { return strings.IndexByte(s, 0) >= 0 }
+	descriptors := append(append([]ocispec.Descriptor{}, w.Layers...), w.Manifests...)
+	for _, d := range []*ocispec.Descriptor{w.Config, w.Subject} {
+		if d != nil {
+			descriptors = append(descriptors, *d)
+		}
+	}
+	for _, d := range descriptors {
+		if bad(d.MediaType) || bad(d.ArtifactType) {
+			return invalid("a media type contains a NUL character")
+		}
+	}
+	if bad(w.MediaType) || bad(w.ArtifactType) {
+		return invalid("mediaType or artifactType contains a NUL character")
+	}
+	for k, v := range w.Annotations {
+		if bad(k) || bad(v) {
+			return invalid("annotation %q contains a NUL character", strings.ReplaceAll(k, "\x00", `\0`))
+		}
+	}
+	return nil
 }
 
 func isSchema1(mediaType string) bool {
