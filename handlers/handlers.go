@@ -6,9 +6,10 @@ package handlers
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -224,8 +225,11 @@ func requestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-Id")
 		if !saneRequestID(id) {
+			// Request ids name log lines; they need to be unique, not
+			// secret, so a fast generator will do.
 			var b [12]byte
-			rand.Read(b[:])
+			binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+			binary.LittleEndian.PutUint32(b[8:], rand.Uint32())
 			id = hex.EncodeToString(b[:])
 		}
 		w.Header().Set("X-Request-Id", id)
@@ -292,6 +296,9 @@ func (h *Handler) accessLog(next http.Handler) http.Handler {
 			level = slog.LevelError
 		case r.Method != http.MethodGet && r.Method != http.MethodHead:
 			level = slog.LevelInfo
+		}
+		if !h.log.Enabled(r.Context(), level) {
+			return // pulls at debug level: skip building the record at all
 		}
 		h.log.Log(r.Context(), level, "request",
 			"method", r.Method, "path", r.URL.Path, "status", status,

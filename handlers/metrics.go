@@ -80,11 +80,22 @@ func (m *httpMetrics) instrument(next http.Handler) http.Handler {
 		if status == 0 {
 			status = http.StatusOK
 		}
-		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
-		m.duration.WithLabelValues(route, r.Method).Observe(time.Since(start).Seconds())
+		method := methodLabel(r.Method)
+		m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+		m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 		m.bytesIn.WithLabelValues(route).Add(float64(body.n))
 		m.bytesOut.WithLabelValues(route).Add(float64(ww.BytesWritten()))
 	})
+}
+
+// methodLabel keeps the method label to a known set: any other token a
+// client sends would otherwise create metric series, and memory, forever.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return m
+	}
+	return "other"
 }
 
 type countingReader struct {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/digests"
 )
@@ -172,6 +173,13 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 	}
 	err = h.commitBlob(ctx, r, rt.name, dgst, u.Size+n, u.ID, state,
 		db.BlobCommit{UploadID: u.ID, UploadSize: u.Size})
+	if errors.Is(err, blobstore.ErrNotFound) {
+		// The upload's bytes are gone: another request finished or
+		// cancelled it (and discarded them) while this one was publishing.
+		if _, gerr := h.db.UploadGet(ctx, rt.name, u.ID); gerr != nil {
+			return uploadError(gerr, u.ID)
+		}
+	}
 	if errors.Is(err, db.ErrUploadOffset) {
 		return h.rangeConflict(r, rt, u.ID)
 	}
@@ -293,11 +301,17 @@ func (h *Handler) rangeConflict(r *http.Request, rt route, id string) error {
 	if err != nil {
 		return uploadError(err, id)
 	}
-	e := errorf(CodeBlobUploadInvalid, "the chunk does not start at byte %d, where upload %s stands; resume from there", u.Size, id).
-		withStatus(http.StatusRequestedRangeNotSatisfiable)
+	return outOfOrder(rt.name, id, u.Size,
+		fmt.Sprintf("the chunk does not start at byte %d, where upload %s stands; resume from there", u.Size, id))
+}
+
+// outOfOrder is the 416 of a chunk that does not start where the upload
+// stands, with the headers a client needs to resume.
+func outOfOrder(name, id string, size int64, msg string) *Error {
+	e := errorf(CodeBlobUploadInvalid, "%s", msg).withStatus(http.StatusRequestedRangeNotSatisfiable)
 	e.Header = http.Header{}
-	e.Header.Set("Location", uploadLocation(rt.name, id))
-	e.Header.Set("Range", uploadRange(u.Size))
+	e.Header.Set("Location", uploadLocation(name, id))
+	e.Header.Set("Range", uploadRange(size))
 	e.Header.Set("Docker-Upload-UUID", id)
 	return e
 }
@@ -315,13 +329,8 @@ func chunkBody(r *http.Request, u db.Upload) (*chunkReader, error) {
 		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets", hdr)
 	}
 	if start != u.Size {
-		e := errorf(CodeBlobUploadInvalid, "chunk starts at byte %d but upload %s holds %d bytes; resume from byte %d", start, u.ID, u.Size, u.Size).
-			withStatus(http.StatusRequestedRangeNotSatisfiable)
-		e.Header = http.Header{}
-		e.Header.Set("Location", uploadLocation(u.Repository, u.ID))
-		e.Header.Set("Range", uploadRange(u.Size))
-		e.Header.Set("Docker-Upload-UUID", u.ID)
-		return nil, e
+		return nil, outOfOrder(u.Repository, u.ID, u.Size,
+			fmt.Sprintf("chunk starts at byte %d but upload %s holds %d bytes; resume from byte %d", start, u.ID, u.Size, u.Size))
 	}
 	cr.want = end - start + 1
 	if r.ContentLength >= 0 && r.ContentLength != cr.want {
@@ -376,10 +385,6 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 func (b *bodyReader) explain(err error) error {
 	if b.err == nil {
 		return err
-	}
-	var mbe *http.MaxBytesError
-	if errors.As(b.err, &mbe) {
-		return errorf(CodeSizeInvalid, "request body too large: %v", b.err).withStatus(http.StatusRequestEntityTooLarge)
 	}
 	return errorf(CodeBlobUploadInvalid, "reading the request body failed: %v", b.err)
 }

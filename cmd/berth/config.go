@@ -37,6 +37,7 @@ type Config struct {
 	LogLevel        slog.Level
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	DebugListen     string
 
 	GCDisabled           bool
 	GCReviewDelay        time.Duration
@@ -147,6 +148,8 @@ var settings = []setting{
 			c.LogFormat = v
 			return nil
 		}},
+	{"debug-listen", "", "address for Go's profiling endpoints /debug/pprof/ (empty: off; keep it private, e.g. 127.0.0.1:6060)",
+		str(func(c *Config) *string { return &c.DebugListen })},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 

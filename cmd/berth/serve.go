@@ -5,11 +5,11 @@ import (
 
 	"errors"
 	"fmt"
-	"github.com/berth-registry/berth/gc"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // served only on --debug-listen
 	"os"
 	"path/filepath"
 	"syscall"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/gc"
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
@@ -35,6 +36,7 @@ type Main struct {
 	served   chan error
 	stopGC   context.CancelFunc
 	gcDone   chan struct{}
+	debug    *http.Server // --debug-listen, when set
 }
 
 // NewMain returns a Main with default logging, before configuration.
@@ -117,10 +119,22 @@ func (m *Main) Run(ctx context.Context) error {
 	m.server = &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
+		// Idle keep-alive connections are closed after this; there is no
+		// overall read timeout, since a layer upload may take an hour.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(m.Logger.Handler(), slog.LevelWarn),
 	}
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.server.Serve(m.listener) }()
+	if c.DebugListen != "" {
+		// A separate listener, so profiles are never exposed with the API.
+		ln, err := net.Listen("tcp", c.DebugListen)
+		if err != nil {
+			return fmt.Errorf("listen on %s for --debug-listen: %w", c.DebugListen, err)
+		}
+		m.debug = &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
+		go m.debug.Serve(ln)
+	}
 	where := c.StorageDir
 	if c.Storage == "s3" {
 		where = "s3://" + c.S3.Bucket + "/" + c.S3.Prefix
@@ -145,6 +159,9 @@ func (m *Main) Close(ctx context.Context) error {
 		if err := <-m.served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs = append(errs, err)
 		}
+	}
+	if m.debug != nil {
+		m.debug.Close()
 	}
 	if m.stopGC != nil {
 		m.stopGC()
