@@ -36,9 +36,6 @@ func NewFS(dir string) (*FS, error) {
 	return &FS{root: dir}, nil
 }
 
-// blobPath maps a digest to its file. The digest is checked here, not only
-// by callers, because a malformed one would otherwise panic (Encoded of a
-// string without ':') or name a file outside the root ("sha256:../..").
 // Ping checks that the store's directory is there, for readiness probes.
 func (s *FS) Ping(ctx context.Context) error {
 	if _, err := os.Stat(filepath.Join(s.root, "blobs")); err != nil {
@@ -47,6 +44,9 @@ func (s *FS) Ping(ctx context.Context) error {
 	return nil
 }
 
+// blobPath maps a digest to its file. The digest is checked here, not only
+// by callers, because a malformed one would otherwise panic (Encoded of a
+// string without ':') or name a file outside the root ("sha256:../..").
 func (s *FS) blobPath(dgst digest.Digest) (string, error) {
 	alg, enc, ok := strings.Cut(string(dgst), ":")
 	if !ok || !validName(alg) || len(enc) < 2 || !validName(enc) {

@@ -82,7 +82,7 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 		if err != nil {
 			return err
 		}
-		if inserted || state != blobReady {
+		if inserted || state != BlobReady {
 			if err := ensureBytes(ctx); err != nil {
 				return fmt.Errorf("publish blob %s: %w", c.Digest, err)
 			}
@@ -105,14 +105,15 @@ func (d *DB) BlobCommit(ctx context.Context, c BlobCommit, ensureBytes func(cont
 		}
 		// Until a manifest references it, the new link is all that keeps
 		// the blob: review it once the review delay has passed.
-		return enqueue(ctx, tx, candidateBlob, c.Digest, d.gc.ReviewDelay)
+		return enqueue(ctx, tx, CandidateBlob, c.Digest, d.gc.ReviewDelay)
 	})
 }
 
-// Blob states (see migrations).
+// Blob states (see migrations/0001 and 0003).
 const (
-	blobReady    = "ready"
-	blobDeleting = "deleting"
+	BlobReady    = "ready"    // bytes present, visible in the repositories that link it
+	BlobDeleting = "deleting" // claimed by garbage collection: invisible, bytes may be going
+	BlobMissing  = "missing"  // bytes found gone by a check: invisible until uploaded again
 )
 
 // blobLockOrInsert locks the row of blob dgst FOR UPDATE, inserting it
@@ -129,7 +130,7 @@ func blobLockOrInsert(ctx context.Context, tx pgx.Tx, dgst string, size int64) (
 			return "", false, fmt.Errorf("insert blob %s: %w", dgst, err)
 		}
 		if tag.RowsAffected() == 1 {
-			return "ready", true, nil
+			return BlobReady, true, nil
 		}
 		// Inserted concurrently (ON CONFLICT waited for it to commit): go
 		// round and lock that row.
@@ -149,10 +150,16 @@ func blobLock(ctx context.Context, tx pgx.Tx, dgst string) (state string, found 
 	return state, true, nil
 }
 
+// blobLink links blob dgst into a repository, or refreshes the link's time
+// when it exists: the time starts the review delay that protects a freshly
+// uploaded or mounted blob from garbage collection, and a client that has
+// just been told "201 Created" for it must get that delay in full, even if
+// an old, unreferenced link was there before. The caller holds the blob row
+// lock, as garbage collection does when it removes links.
 func blobLink(ctx context.Context, tx pgx.Tx, repoID int64, dgst string) error {
 	_, err := tx.Exec(ctx, `
 INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, $2)
-ON CONFLICT (repository_id, digest) DO NOTHING`, repoID, dgst)
+ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = now()`, repoID, dgst)
 	if err != nil {
 		return fmt.Errorf("link blob %s: %w", dgst, err)
 	}
@@ -194,8 +201,12 @@ SELECT EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = r
 		if err := blobLink(ctx, tx, toID, dgst); err != nil {
 			return err
 		}
-		return audit(ctx, tx, actor, event{action: ActionBlobMount, repository: to, digest: dgst,
-			detail: map[string]any{"from": from}})
+		if err := audit(ctx, tx, actor, event{action: ActionBlobMount, repository: to, digest: dgst,
+			detail: map[string]any{"from": from}}); err != nil {
+			return err
+		}
+		// Like an upload, the new link is reviewed once the delay has passed.
+		return enqueue(ctx, tx, CandidateBlob, dgst, d.gc.ReviewDelay)
 	})
 	return size, err
 }
@@ -218,6 +229,6 @@ WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
 		if err := audit(ctx, tx, actor, event{action: ActionBlobUnlink, repository: repo, digest: dgst}); err != nil {
 			return err
 		}
-		return enqueue(ctx, tx, candidateBlob, dgst, d.gc.ReviewDelay)
+		return enqueue(ctx, tx, CandidateBlob, dgst, d.gc.ReviewDelay)
 	})
 }

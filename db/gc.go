@@ -12,9 +12,10 @@ import (
 // GCPolicy is what the transactions that create garbage candidates need to
 // know to queue them, and what the collector's checks compare against.
 type GCPolicy struct {
-	// ReviewDelay protects fresh blobs: an uploaded blob, or a blob link,
-	// is not collected before it is this old, so a client has time to push
-	// the manifest that references it.
+	// ReviewDelay protects fresh blobs: a blob link is not removed, nor its
+	// blob collected, until this long after the blob was last uploaded or
+	// mounted into the repository, so a client has time to push the
+	// manifest that references it.
 	ReviewDelay time.Duration
 	// TombstoneRetention keeps deleted manifests (and so their blobs) for
 	// this long, so that a delete can be undone by a push or a restore.
@@ -30,8 +31,8 @@ var gcActor = Actor{Name: "gc"}
 
 // Kinds of garbage candidates in gc_queue.
 const (
-	candidateBlob     = "blob"
-	candidateManifest = "manifest"
+	CandidateBlob     = "blob"     // key: a digest
+	CandidateManifest = "manifest" // key: a manifest id
 )
 
 // enqueue records a garbage candidate, reviewable after delay. It runs in
@@ -59,7 +60,35 @@ func (d *DB) enqueueUntagged(ctx context.Context, tx pgx.Tx, manifestID int64) e
 	if !d.gc.CollectUntagged {
 		return nil
 	}
-	return enqueue(ctx, tx, candidateManifest, fmt.Sprint(manifestID), d.gc.UntaggedAfter)
+	return enqueue(ctx, tx, CandidateManifest, fmt.Sprint(manifestID), d.gc.UntaggedAfter)
+}
+
+// enqueueDependents queues, when untagged manifests are collected, the
+// manifests that a deleted manifest may have been the only reason to keep:
+// its children (if it is an index) and its referrers (if it is a subject).
+func (d *DB) enqueueDependents(ctx context.Context, tx pgx.Tx, id int64) error {
+	if !d.gc.CollectUntagged {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `
+SELECT child_id FROM manifest_children WHERE parent_id = $1
+UNION
+SELECT r.id FROM manifests m JOIN manifests r ON r.repository_id = m.repository_id AND r.subject_digest = m.digest
+WHERE m.id = $1 AND r.deleted_at IS NULL
+ORDER BY 1`, id)
+	if err != nil {
+		return fmt.Errorf("read dependents of manifest %d: %w", id, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("read dependents of manifest %d: %w", id, err)
+	}
+	for _, dep := range ids {
+		if err := d.enqueueUntagged(ctx, tx, dep); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Candidate is a garbage candidate claimed by a collector.
@@ -155,10 +184,10 @@ func (d *DB) GCReviewBlob(ctx context.Context, c Candidate, dryRun bool) (BlobRe
 			return fmt.Errorf("lock blob %s: %w", c.Key, err)
 		}
 		switch state {
-		case blobDeleting:
+		case BlobDeleting:
 			rev.Collect, rev.AlreadyMarked = true, true
 			return nil
-		case blobMissing:
+		case BlobMissing:
 			rev.KeptBecause = "bytes missing; waiting for a re-upload"
 			return candidateDone(ctx, tx, c)
 		}
@@ -206,20 +235,13 @@ SELECT EXISTS (SELECT 1 FROM manifest_blobs WHERE digest = $1),
 	return rev, err
 }
 
-const blobMissing = "missing"
-
 // reviewTx runs fn in a transaction that commits, or with dryRun rolls
 // back: a dry run takes the same decisions and changes nothing.
 func (d *DB) reviewTx(ctx context.Context, dryRun bool, fn func(pgx.Tx) error) error {
-	if !dryRun {
-		return d.withTx(ctx, fn)
+	if dryRun {
+		return d.runTx(ctx, false, fn)
 	}
-	tx, err := d.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	return fn(tx)
+	return d.withTx(ctx, fn)
 }
 
 // GCDeleteBlob finishes collecting a blob that GCReviewBlob marked
@@ -244,7 +266,7 @@ func (d *DB) GCDeleteBlob(ctx context.Context, c Candidate, deleteBytes func(con
 		if err != nil {
 			return fmt.Errorf("lock blob %s: %w", c.Key, err)
 		}
-		if state != blobDeleting {
+		if state != BlobDeleting {
 			return candidateDone(ctx, tx, c) // revived by an upload
 		}
 		if err := deleteBytes(ctx); err != nil {
@@ -343,7 +365,10 @@ SELECT CASE
 		if err := candidateDone(ctx, tx, c); err != nil {
 			return err
 		}
-		return enqueue(ctx, tx, candidateManifest, c.Key, d.gc.TombstoneRetention)
+		if err := enqueue(ctx, tx, CandidateManifest, c.Key, d.gc.TombstoneRetention); err != nil {
+			return err
+		}
+		return d.enqueueDependents(ctx, tx, id)
 	})
 	return rev, err
 }
@@ -371,7 +396,7 @@ func (d *DB) purgeManifest(ctx context.Context, tx pgx.Tx, c Candidate, id int64
 		return err
 	}
 	for _, b := range rev.FreedBlobs {
-		if err := enqueue(ctx, tx, candidateBlob, b, 0); err != nil {
+		if err := enqueue(ctx, tx, CandidateBlob, b, 0); err != nil {
 			return err
 		}
 	}
@@ -492,14 +517,27 @@ func (d *DB) known(ctx context.Context, q string, keys []string) (map[string]boo
 
 // BlobMarkMissing records that a ready blob's bytes are gone: the blob
 // becomes invisible (HEAD and GET answer 404, so clients upload it again)
-// and the next upload of the digest re-publishes the bytes. It returns the
-// manifests that reference the blob, which cannot be pulled until then.
-func (d *DB) BlobMarkMissing(ctx context.Context, dgst string) (affected []string, err error) {
+// and the next upload of the digest re-publishes the bytes. stillMissing
+// checks the store again with the row locked FOR UPDATE: between the
+// caller's first look and the lock, the blob may have been collected and
+// uploaded afresh, bytes included, and must then be left alone. It returns
+// the manifests that reference the blob, which cannot be pulled until a
+// client pushes it again; marked is false when the blob was left alone.
+func (d *DB) BlobMarkMissing(ctx context.Context, dgst string, stillMissing func(context.Context) (bool, error)) (marked bool, affected []string, err error) {
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE blobs SET state = 'missing' WHERE digest = $1 AND state = 'ready'`, dgst)
-		if err != nil || tag.RowsAffected() == 0 {
+		marked, affected = false, nil
+		state, found, err := blobLock(ctx, tx, dgst)
+		if err != nil || !found || state != BlobReady {
 			return err
 		}
+		missing, err := stillMissing(ctx)
+		if err != nil || !missing {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE blobs SET state = 'missing' WHERE digest = $1`, dgst); err != nil {
+			return err
+		}
+		marked = true
 		rows, err := tx.Query(ctx, `
 SELECT r.name || '@' || m.digest FROM manifest_blobs mb
 JOIN manifests m ON m.id = mb.manifest_id JOIN repositories r ON r.id = m.repository_id
@@ -514,9 +552,9 @@ WHERE mb.digest = $1 AND m.deleted_at IS NULL ORDER BY 1`, dgst)
 			detail: map[string]any{"manifests": affected}})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("mark blob %s missing: %w", dgst, err)
+		return false, nil, fmt.Errorf("mark blob %s missing: %w", dgst, err)
 	}
-	return affected, nil
+	return marked, affected, nil
 }
 
 // WithSessionLock runs fn while holding the PostgreSQL advisory lock key,
@@ -538,6 +576,30 @@ func (d *DB) WithSessionLock(ctx context.Context, key int64, fn func() error) (r
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
 	return true, fn()
+}
+
+// GCSweepDue reports whether the last sweep of the blob store, by any
+// replica, finished longer than interval ago (or never happened). Call it
+// holding the sweep's session lock, then GCSweepDone after sweeping.
+func (d *DB) GCSweepDue(ctx context.Context, interval time.Duration) (bool, error) {
+	var due bool
+	err := d.pool.QueryRow(ctx, `
+SELECT coalesce((SELECT at <= now() - $1 * interval '1 microsecond' FROM gc_state WHERE name = 'sweep'), true)`,
+		interval.Microseconds()).Scan(&due)
+	if err != nil {
+		return false, fmt.Errorf("read last sweep: %w", err)
+	}
+	return due, nil
+}
+
+// GCSweepDone records that a sweep finished now.
+func (d *DB) GCSweepDone(ctx context.Context) error {
+	_, err := d.pool.Exec(ctx, `
+INSERT INTO gc_state (name, at) VALUES ('sweep', now()) ON CONFLICT (name) DO UPDATE SET at = now()`)
+	if err != nil {
+		return fmt.Errorf("record sweep: %w", err)
+	}
+	return nil
 }
 
 // GCQueueStats counts the queued candidates, and those due now.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -113,7 +114,7 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 		annotations = nil
 	}
 	blobs := slices.Clone(p.Blobs)
-	slices.SortFunc(blobs, func(a, b BlobRef) int { return cmpString(a.Digest, b.Digest) })
+	slices.SortFunc(blobs, func(a, b BlobRef) int { return strings.Compare(a.Digest, b.Digest) })
 	blobs = slices.CompactFunc(blobs, func(a, b BlobRef) bool { return a.Digest == b.Digest })
 	children := slices.Clone(p.Children)
 	slices.Sort(children)
@@ -127,6 +128,9 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 		}
 		childIDs, err := manifestLockChildren(ctx, tx, repoID, children)
 		if err != nil {
+			return err
+		}
+		if err := manifestLockSubject(ctx, tx, repoID, p.SubjectDigest); err != nil {
 			return err
 		}
 		id, change, err := manifestUpsert(ctx, tx, repoID, p, annotations)
@@ -174,16 +178,6 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 	return previous, err
 }
 
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // manifestLockChildren locks the live child manifests FOR SHARE, in digest
 // order, and returns their ids.
 func manifestLockChildren(ctx context.Context, tx pgx.Tx, repoID int64, children []string) ([]int64, error) {
@@ -219,6 +213,22 @@ FOR SHARE`, repoID, children)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// manifestLockSubject locks the subject of a referrer FOR SHARE, if it is
+// live in the repository (a subject need not exist). Garbage collection
+// deciding whether an untagged subject still has referrers takes it FOR
+// UPDATE, so it either waits for this push or this push waits for it.
+func manifestLockSubject(ctx context.Context, tx pgx.Tx, repoID int64, subject string) error {
+	if subject == "" {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `
+SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 AND deleted_at IS NULL FOR SHARE`, repoID, subject)
+	if err != nil {
+		return fmt.Errorf("lock subject %s: %w", subject, err)
+	}
+	return nil
 }
 
 // blobLockShared checks that every blob is linked into the repository and
@@ -413,25 +423,11 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 			detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
 			return err
 		}
-		// The tombstone is a candidate once its retention ends; an index's
-		// children may have been kept only by it.
-		if err := enqueue(ctx, tx, candidateManifest, fmt.Sprint(id), d.gc.TombstoneRetention); err != nil {
+		// The tombstone is a candidate once its retention ends.
+		if err := enqueue(ctx, tx, CandidateManifest, fmt.Sprint(id), d.gc.TombstoneRetention); err != nil {
 			return err
 		}
-		rows, err = tx.Query(ctx, `SELECT child_id FROM manifest_children WHERE parent_id = $1 ORDER BY child_id`, id)
-		if err != nil {
-			return fmt.Errorf("read children of %s: %w", dgst, err)
-		}
-		children, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return fmt.Errorf("read children of %s: %w", dgst, err)
-		}
-		for _, child := range children {
-			if err := d.enqueueUntagged(ctx, tx, child); err != nil {
-				return err
-			}
-		}
-		return nil
+		return d.enqueueDependents(ctx, tx, id)
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
 )
 
 // CheckReport is what `berth check` found: database rows whose bytes are
@@ -25,6 +26,17 @@ type CheckReport struct {
 	Orphans Report
 }
 
+func (c *Collector) bytesMissing(ctx context.Context, dgst digest.Digest) (bool, error) {
+	_, err := c.store.Stat(ctx, dgst)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat blob %s: %w", dgst, err)
+	}
+	return false, nil
+}
+
 // Check compares the database with the blob store. With repair, rows whose
 // bytes are gone are marked 'missing' (invisible, so clients upload the
 // blob again, and the next upload re-publishes the bytes), and orphaned
@@ -39,24 +51,31 @@ func (c *Collector) Check(ctx context.Context, repair bool) (CheckReport, error)
 		}
 		for _, b := range rows {
 			last = b.Digest
-			if b.State != "ready" {
+			if b.State != db.BlobReady {
 				continue
 			}
 			rep.BlobsChecked++
-			_, err := c.store.Stat(ctx, digest.Digest(b.Digest))
-			if errors.Is(err, blobstore.ErrNotFound) {
-				rep.MissingBytes = append(rep.MissingBytes, b.Digest)
-				if repair {
-					affected, err := c.db.BlobMarkMissing(ctx, b.Digest)
-					if err != nil {
-						return rep, err
-					}
-					rep.Unpullable = append(rep.Unpullable, affected...)
-				}
+			dgst := digest.Digest(b.Digest)
+			missing, err := c.bytesMissing(ctx, dgst)
+			if err != nil {
+				return rep, err
+			}
+			if !missing {
 				continue
 			}
+			if !repair {
+				rep.MissingBytes = append(rep.MissingBytes, b.Digest)
+				continue
+			}
+			marked, affected, err := c.db.BlobMarkMissing(ctx, b.Digest, func(ctx context.Context) (bool, error) {
+				return c.bytesMissing(ctx, dgst)
+			})
 			if err != nil {
-				return rep, fmt.Errorf("stat blob %s: %w", b.Digest, err)
+				return rep, err
+			}
+			if marked {
+				rep.MissingBytes = append(rep.MissingBytes, b.Digest)
+				rep.Unpullable = append(rep.Unpullable, affected...)
 			}
 		}
 		if len(rows) < sweepBatch {

@@ -61,6 +61,7 @@ package gc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -197,23 +198,39 @@ func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
 	// at once (a purged manifest frees its blobs); those are taken in the
 	// same pass. Candidates put back for later are due in the future, so
 	// the loop ends; the bound is only a guard.
+	var failed []error
 	for range maxRounds {
 		cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
 		if err != nil {
-			return rep, err
+			failed = append(failed, err)
+			break
 		}
 		if len(cands) == 0 {
 			break
 		}
 		for _, cand := range cands {
+			// One candidate failing (the store briefly unreachable, say)
+			// must not hold back the others; it stays leased and is
+			// examined again once its lease ends.
 			if err := c.review(ctx, cand, false, &rep); err != nil {
-				return rep, err
+				if ctx.Err() != nil {
+					return rep, err
+				}
+				c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
+				failed = append(failed, err)
 			}
+		}
+		if len(failed) > maxFailures {
+			break
 		}
 	}
 	c.stats.record(rep)
-	return rep, nil
+	return rep, errors.Join(failed...)
 }
+
+// maxFailures ends a pass whose candidates keep failing: something is wrong
+// beyond one candidate, and the next pass will try again.
+const maxFailures = 10
 
 // maxRounds bounds the claim rounds of one pass; the next pass continues.
 const maxRounds = 10000
@@ -241,9 +258,9 @@ func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
 
 func (c *Collector) review(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
 	switch cand.Kind {
-	case "blob":
+	case db.CandidateBlob:
 		return c.reviewBlob(ctx, cand, dryRun, rep)
-	case "manifest":
+	case db.CandidateManifest:
 		return c.reviewManifest(ctx, cand, dryRun, rep)
 	}
 	return fmt.Errorf("unknown garbage candidate kind %q", cand.Kind)
@@ -435,31 +452,20 @@ func (c *Collector) Sweep(ctx context.Context, minAge time.Duration, dryRun bool
 // sweepLockKey is the advisory lock that makes one replica at a time sweep.
 const sweepLockKey = 0x6265727468_5357 // "berth" "SW"
 
-// Run collects until ctx ends: a pass every Interval, and a sweep every
-// SweepInterval by whichever replica gets the sweep lock. It logs a summary
-// of every pass that collected something.
+// Run collects until ctx ends: a pass every Interval, and a sweep whenever
+// the last one, by any replica, is older than SweepInterval. It logs a
+// summary of every pass that collected something.
 func (c *Collector) Run(ctx context.Context) {
 	c.log.Info("gc: online garbage collection running", "interval", c.cfg.Interval,
 		"review_delay", c.cfg.Policy.ReviewDelay, "tombstone_retention", c.cfg.Policy.TombstoneRetention,
 		"upload_timeout", c.cfg.UploadTimeout, "collect_untagged", c.cfg.Policy.CollectUntagged)
 	ticker := time.NewTicker(c.cfg.Interval)
 	defer ticker.Stop()
-	nextSweep := time.Now().Add(c.cfg.SweepInterval)
 	for {
 		rep, err := c.Pass(ctx, false)
 		c.logResult(ctx, "gc: pass", rep, err)
-		if time.Now().After(nextSweep) {
-			nextSweep = time.Now().Add(c.cfg.SweepInterval)
-			ran, err := c.db.WithSessionLock(ctx, sweepLockKey, func() error {
-				rep, err := c.Sweep(ctx, c.cfg.Policy.ReviewDelay, false)
-				c.logResult(ctx, "gc: sweep", rep, err)
-				return nil
-			})
-			if err != nil && ctx.Err() == nil {
-				c.log.ErrorContext(ctx, "gc: sweep lock", "err", err)
-			} else if !ran {
-				c.log.DebugContext(ctx, "gc: another replica is sweeping")
-			}
+		if _, err := c.SweepIfDue(ctx, c.cfg.SweepInterval, false); err != nil && ctx.Err() == nil {
+			c.log.ErrorContext(ctx, "gc: sweep failed", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -467,6 +473,32 @@ func (c *Collector) Run(ctx context.Context) {
 		case <-ticker.C:
 		}
 	}
+}
+
+// SweepIfDue sweeps (see Sweep, with the review delay as minimum age) if
+// no replica has done so for interval (0: sweep now), holding the advisory
+// lock that keeps sweeps of the registry one at a time. ran is false when
+// another process holds the lock or the sweep is not due.
+func (c *Collector) SweepIfDue(ctx context.Context, interval time.Duration, dryRun bool) (rep Report, err error) {
+	ran, lockErr := c.db.WithSessionLock(ctx, sweepLockKey, func() error {
+		due, err := c.db.GCSweepDue(ctx, interval)
+		if err != nil || !due {
+			return err
+		}
+		rep, err = c.Sweep(ctx, c.cfg.Policy.ReviewDelay, dryRun)
+		c.logResult(ctx, "gc: sweep", rep, err)
+		if err != nil || dryRun {
+			return err
+		}
+		return c.db.GCSweepDone(ctx)
+	})
+	if lockErr != nil {
+		return rep, lockErr
+	}
+	if !ran {
+		c.log.DebugContext(ctx, "gc: another process is sweeping")
+	}
+	return rep, nil
 }
 
 func (c *Collector) logResult(ctx context.Context, msg string, rep Report, err error) {

@@ -349,3 +349,78 @@ func TestCheckFindsAndRepairs(t *testing.T) {
 		t.Fatalf("still missing after re-upload: %+v", rep)
 	}
 }
+
+// Uploading (or mounting) a blob again restarts its review delay: a client
+// just told "201 Created" must get the delay in full, even when an old,
+// unreferenced link was there before.
+func TestReuploadRefreshesProtection(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, db.GCPolicy{ReviewDelay: time.Hour}, time.Hour)
+	content := []byte("old link, new upload")
+	d := e.pushBlob("repo", content)
+	e.exec(`UPDATE repository_blobs SET created_at = now() - interval '2 hours'`)
+	e.exec(`UPDATE gc_queue SET review_after = now() - interval '1 hour'`)
+	e.pushBlob("repo", content) // the upload the client relies on
+	e.exec(`UPDATE gc_queue SET review_after = now() - interval '1 hour'`)
+	if rep := e.pass(); rep.Collected() {
+		t.Fatalf("collected a blob uploaded a moment ago: %+v", rep)
+	}
+	e.expect(200, "HEAD", "/v2/repo/blobs/"+d.String(), nil)
+
+	e.pushBlob("source", []byte("mounted"))
+	md := digest.FromBytes([]byte("mounted"))
+	e.exec(`UPDATE repository_blobs SET created_at = now() - interval '2 hours'`)
+	e.expect(201, "POST", "/v2/repo/blobs/uploads/?mount="+md.String()+"&from=source", nil)
+	if n := e.count(`SELECT count(*) FROM gc_queue WHERE key = $1`, md.String()); n != 1 {
+		t.Fatalf("a mount did not queue its blob for review (%d)", n)
+	}
+	e.exec(`UPDATE gc_queue SET review_after = now() - interval '1 hour'`)
+	e.pass()
+	e.expect(200, "HEAD", "/v2/repo/blobs/"+md.String(), nil)
+	e.expect(404, "HEAD", "/v2/source/blobs/"+md.String(), nil) // the old link was stale
+}
+
+// When an index or a subject goes, the manifests it kept become candidates
+// again: children of a deleted index, referrers of a deleted subject.
+func TestDeletedManifestsReleaseDependents(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, db.GCPolicy{CollectUntagged: true, TombstoneRetention: time.Hour}, time.Hour)
+	child := e.pushImage("repo", "", "child of a deleted index")
+	idx := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` +
+		`{"mediaType":"` + mtManifest + `","digest":"` + child.manifest.String() + `","size":1}]}`)
+	e.expect(201, "PUT", "/v2/repo/manifests/"+digest.FromBytes(idx).String(), idx, "Content-Type: application/vnd.oci.image.index.v1+json")
+	subject := e.pushImage("repo", "", "a subject")
+	sbom := e.pushImage("repo", "", "sbom of a deleted subject", subject.manifest)
+	// The index is untagged: the collector deletes it, then its child; the
+	// client deletes the subject, then the collector deletes its referrer.
+	e.expect(202, "DELETE", "/v2/repo/manifests/"+subject.manifest.String(), nil)
+	for range 3 {
+		e.pass()
+	}
+	for _, gone := range []digest.Digest{digest.FromBytes(idx), child.manifest, sbom.manifest} {
+		e.expect(404, "GET", "/v2/repo/manifests/"+gone.String(), nil)
+	}
+}
+
+func TestSweepOncePerInterval(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, collectAll, time.Hour)
+	ctx := context.Background()
+	e.store.AppendChunk(ctx, "m-orphan", nil, bytes.NewReader([]byte("x")))
+	if rep, err := e.collector.SweepIfDue(ctx, time.Hour, false); err != nil || rep.OrphanUploads != 0 {
+		t.Fatalf("the first sweep: %+v %v (the upload is younger than the timeout)", rep, err)
+	}
+	if n := e.count(`SELECT count(*) FROM gc_state WHERE name = 'sweep'`); n != 1 {
+		t.Fatal("the sweep was not recorded")
+	}
+	// Another replica, or a restart, within the interval does not sweep.
+	e.exec(`UPDATE gc_state SET at = now() - interval '30 minutes'`)
+	other := e.attach(collectAll, 0)
+	if rep, err := other.collector.SweepIfDue(ctx, time.Hour, false); err != nil || rep.OrphanUploads != 0 {
+		t.Fatalf("swept again within the interval: %+v %v", rep, err)
+	}
+	e.exec(`UPDATE gc_state SET at = now() - interval '2 hours'`)
+	if rep, err := other.collector.SweepIfDue(ctx, time.Hour, false); err != nil || rep.OrphanUploads != 1 {
+		t.Fatalf("a sweep due after the interval: %+v %v", rep, err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/gc"
 )
 
@@ -209,7 +210,7 @@ func TestGCRace(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, b := range rows {
-		if b.State != "ready" {
+		if b.State != db.BlobReady {
 			t.Errorf("blob %s left in state %s", b.Digest, b.State)
 			continue
 		}

@@ -14,13 +14,12 @@ import (
 // maintenance parses the flags of a maintenance command (the settings of
 // serve plus the command's own) and opens what it works on.
 func maintenance(ctx context.Context, cmd string, args []string, getenv func(string) string, stderr io.Writer,
-	flags func(*flag.FlagSet)) (Config, *gc.Collector, func(), error) {
+	flags func(*flag.FlagSet)) (*gc.Collector, func(), error) {
 	c, err := loadConfig(cmd, args, getenv, stderr, flags)
 	if err != nil {
-		return c, nil, nil, err
+		return nil, nil, err
 	}
-	collector, closeAll, err := openForMaintenance(ctx, c, newLogger(c, stderr))
-	return c, collector, closeAll, err
+	return openForMaintenance(ctx, c, newLogger(c, stderr))
 }
 
 // openForMaintenance opens what `berth gc` and `berth check` work on: the
@@ -60,7 +59,7 @@ func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Co
 // (--gc-disabled on the replicas).
 func gcCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var once, dryRun bool
-	c, collector, closeAll, err := maintenance(ctx, "gc", args, getenv, stderr, func(fs *flag.FlagSet) {
+	collector, closeAll, err := maintenance(ctx, "gc", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&once, "once", false, "run one pass and one sweep, report what was collected, and exit")
 		fs.BoolVar(&dryRun, "dry-run", false, "report what one pass and sweep would collect; change nothing")
 	})
@@ -75,7 +74,7 @@ func gcCommand(ctx context.Context, args []string, getenv func(string) string, s
 	rep, err := collector.Pass(ctx, dryRun)
 	if err == nil {
 		var sweep gc.Report
-		sweep, err = collector.Sweep(ctx, c.GCReviewDelay, dryRun)
+		sweep, err = collector.SweepIfDue(ctx, 0, dryRun)
 		rep.Add(sweep)
 	}
 	printReport(stdout, rep)
@@ -104,7 +103,7 @@ func printReport(w io.Writer, rep gc.Report) {
 // describes; --repair fixes both (see gc.Collector.Check).
 func checkCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var repair bool
-	_, collector, closeAll, err := maintenance(ctx, "check", args, getenv, stderr, func(fs *flag.FlagSet) {
+	collector, closeAll, err := maintenance(ctx, "check", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&repair, "repair", false, "mark blobs whose bytes are gone as missing (clients then upload them again) and delete orphaned bytes")
 	})
 	if err != nil {
