@@ -178,7 +178,7 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 		return nil, 0, fmt.Errorf("create upload part: %w", err)
 	}
 	buf := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(onlyWriter{f}, r, *buf)
+	n, err := io.CopyBuffer(&writeback{f: f}, r, *buf)
 	copyBufs.Put(buf)
 	if err == nil {
 		err = f.Sync()
@@ -205,9 +205,30 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	return out, n, nil
 }
 
-// onlyWriter hides *os.File's ReadFrom so io.CopyBuffer uses our buffer
-// instead of falling back to a small one for a non-file source.
-type onlyWriter struct{ io.Writer }
+// writeback writes to a file and asks the kernel to start writing each
+// completed stretch to disk while the rest still arrives, so that the fsync
+// at the end of the chunk waits for the last stretch only, not for the
+// whole chunk. (Being a plain Writer, it also keeps io.CopyBuffer on our
+// buffer rather than *os.File's ReadFrom with a small one.)
+type writeback struct {
+	f       *os.File
+	written int64 // bytes written
+	started int64 // bytes whose writeback has been started
+}
+
+// writebackStretch is how much is written between two writeback starts:
+// large enough to make few calls, small enough to keep the disk busy.
+const writebackStretch = 8 << 20
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.written-w.started >= writebackStretch {
+		startWriteback(w.f, w.started, w.written-w.started)
+		w.started = w.written
+	}
+	return n, err
+}
 
 // ReadUpload implements Uploader.
 func (s *FS) ReadUpload(ctx context.Context, uploadID string, state []byte) (io.ReadCloser, error) {
