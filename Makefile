@@ -15,3 +15,12 @@ clients:
 
 build:
 	go build -o berth ./cmd/berth
+
+# Berth against CNCF Distribution on this machine; writes bench/results.md.
+.PHONY: bench bench-quick
+
+bench:
+	scripts/bench.sh
+
+bench-quick:
+	scripts/bench.sh --quick
