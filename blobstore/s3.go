@@ -86,6 +86,9 @@ type S3 struct {
 	// collection, so an upload briefly takes two parts of memory (which
 	// storetest's heap budget catches, with 8 MiB parts under -race).
 	bufs chan []byte
+	// inFlight bounds the part buffers in use at once, so that many
+	// concurrent uploads wait for memory rather than exhaust it.
+	inFlight chan struct{}
 }
 
 var _ Store = (*S3)(nil)
@@ -141,6 +144,11 @@ var s3MaxCopyObject int64 = 5 << 30
 // for a few uploads at once to allocate nothing, while an idle store holds
 // 32 MiB at the default part size.
 const s3IdleBuffers = 4
+
+// s3MaxInFlightParts is how many AppendChunks may hold a part buffer at
+// once: 32 parts of 8 MiB, 256 MiB at most, whatever the number of uploads.
+// The others wait (their clients see a slower upload, not an error).
+const s3MaxInFlightParts = 32
 
 // s3CopyConcurrency is how many UploadPartCopy requests Publish runs at
 // once: enough to copy a large blob many times faster than one request
@@ -206,6 +214,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		partSize:      partSize,
 		maxCopyObject: s3MaxCopyObject,
 		bufs:          make(chan []byte, s3IdleBuffers),
+		inFlight:      make(chan struct{}, s3MaxInFlightParts),
 	}
 	if err := s.Ping(ctx); err != nil {
 		where := cfg.Endpoint
@@ -532,6 +541,12 @@ func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	}
 	if st.PartSize == 0 {
 		st.PartSize = s.partSize
+	}
+	select {
+	case s.inFlight <- struct{}{}:
+		defer func() { <-s.inFlight }()
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
 	}
 	buf := s.getBuf(st.PartSize)
 	defer s.putBuf(buf)

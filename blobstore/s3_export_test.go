@@ -25,3 +25,6 @@ func (s *S3) StartPublishForTest(ctx context.Context, id string, dgst digest.Dig
 	mpuID, _, err = s.startMultipart(ctx, up, key)
 	return key, mpuID, err
 }
+
+// SetMaxInFlightPartsForTest replaces the bound on part buffers in use.
+func (s *S3) SetMaxInFlightPartsForTest(n int) { s.inFlight = make(chan struct{}, n) }

@@ -679,3 +679,29 @@ func TestNewS3Errors(t *testing.T) {
 		}
 	}
 }
+
+// Part buffers in use are bounded: with room for one, a second upload waits
+// (here until its context ends) while the first holds its buffer.
+func TestS3BoundsPartBuffers(t *testing.T) {
+	f := newS3(t, 0)
+	f.store.SetMaxInFlightPartsForTest(1)
+	pr, pw := io.Pipe()
+	first := make(chan error, 1)
+	go func() {
+		_, _, err := f.store.AppendChunk(t.Context(), storetest.NewUploadID(), nil, pr)
+		first <- err
+	}()
+	pw.Write([]byte("the first upload holds the only buffer"))
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if _, _, err := f.store.AppendChunk(ctx, storetest.NewUploadID(), nil, bytes.NewReader([]byte("second"))); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second upload: %v, want it to wait for a buffer", err)
+	}
+	pw.Close()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.store.AppendChunk(t.Context(), storetest.NewUploadID(), nil, bytes.NewReader([]byte("third"))); err != nil {
+		t.Fatalf("after the first finished: %v", err)
+	}
+}
