@@ -71,21 +71,32 @@ func (m *httpMetrics) instrument(next http.Handler) http.Handler {
 		r = r.WithContext(context.WithValue(r.Context(), routeSlotKey{}, &route))
 		body := &countingReader{ReadCloser: r.Body}
 		r.Body = body
-		ww, ok := w.(middleware.WrapResponseWriter)
-		if !ok {
-			ww = middleware.NewWrapResponseWriter(w, r.ProtoMajor)
-		}
+		ww := wrapWriter(w, r)
 		next.ServeHTTP(ww, r)
-		status := ww.Status()
-		if status == 0 {
-			status = http.StatusOK
-		}
+		status := statusOf(ww)
 		method := methodLabel(r.Method)
 		m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
 		m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 		m.bytesIn.WithLabelValues(route).Add(float64(body.n))
 		m.bytesOut.WithLabelValues(route).Add(float64(ww.BytesWritten()))
 	})
+}
+
+// wrapWriter returns w as a writer that records the status and the bytes
+// written, wrapping it only once for all the middleware.
+func wrapWriter(w http.ResponseWriter, r *http.Request) middleware.WrapResponseWriter {
+	if ww, ok := w.(middleware.WrapResponseWriter); ok {
+		return ww
+	}
+	return middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+}
+
+// statusOf is the status a handler sent: 200 when it only wrote a body.
+func statusOf(ww middleware.WrapResponseWriter) int {
+	if s := ww.Status(); s != 0 {
+		return s
+	}
+	return http.StatusOK
 }
 
 // methodLabel keeps the method label to a known set: any other token a
