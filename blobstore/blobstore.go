@@ -13,8 +13,8 @@
 // Layout of the filesystem store under its root:
 //
 //	blobs/<algorithm>/<first two hex>/<hex>   published blobs, read-only
-//	uploads/<upload id>/part-<n>-<random>     chunks of an upload in progress
-//	uploads/<upload id>/assembling-<random>   the parts being joined by Publish, when there are several
+//	uploads/<upload id>/data-<random>         an upload in progress, chunk after chunk
+//	uploads/<upload id>/assembling-<random>   the bytes being joined by Publish, when they are not one whole file
 package blobstore
 
 import (

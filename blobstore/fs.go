@@ -121,15 +121,20 @@ func (s *FS) Delete(ctx context.Context, dgst digest.Digest) error {
 	return nil
 }
 
-// fsUploadState lists the part files of an upload, in order.
+// fsUploadState says where the bytes of an upload are: ranges of files in
+// the upload's directory, in order. Normally there is one range, [0, size)
+// of one data file that every chunk was appended to.
 type fsUploadState struct {
 	Parts []fsPart `json:"parts"`
 }
 
 type fsPart struct {
 	Name string `json:"name"`
+	Off  int64  `json:"off,omitempty"`
 	Size int64  `json:"size"`
 }
+
+func (p fsPart) end() int64 { return p.Off + p.Size }
 
 func decodeFSState(state []byte) (fsUploadState, error) {
 	var st fsUploadState
@@ -143,6 +148,9 @@ func decodeFSState(state []byte) (fsUploadState, error) {
 		if !validName(p.Name) {
 			return st, fmt.Errorf("decode upload state: bad part name %q", p.Name)
 		}
+		if p.Off < 0 || p.Size < 0 {
+			return st, fmt.Errorf("decode upload state: bad range %d+%d of %q", p.Off, p.Size, p.Name)
+		}
 	}
 	return st, nil
 }
@@ -154,11 +162,21 @@ const copyBufSize = 256 << 10
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
-// AppendChunk implements Uploader. Each chunk goes to a new part file, so
-// two requests racing on one upload never write into the same file: the one
-// whose state the database accepts wins, and the other's part is garbage
-// that DeleteUpload removes. The part is fsynced before AppendChunk returns,
-// because the caller acknowledges the chunk to the client right after.
+// AppendChunk implements Uploader. A chunk is appended to the file that
+// holds the end of the upload, so that Publish can link that one file as the
+// blob instead of copying the bytes again.
+//
+// The rule that keeps racing requests (two replicas, a client retrying a
+// request that is still running) from corrupting each other: bytes inside a
+// range that some state names are never written again. A writer appends
+// only when the file ends exactly where its state ends, checked and written
+// under an exclusive flock on the file; otherwise (the lock is busy, a
+// failed or racing request left bytes after that end, or Publish sealed the
+// file) the chunk starts a new file, and the state gets a second range.
+// Whichever state the database accepts, its ranges hold what it says.
+//
+// The bytes are fsynced before AppendChunk returns, because the caller
+// acknowledges the chunk to the client right after.
 func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) ([]byte, int64, error) {
 	st, err := decodeFSState(state)
 	if err != nil {
@@ -171,38 +189,112 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	if err := mkdirDurable(dir); err != nil {
 		return nil, 0, fmt.Errorf("create upload directory: %w", err)
 	}
-	name := fmt.Sprintf("part-%d-%s", len(st.Parts), randomHex(8))
+	if len(st.Parts) > 0 {
+		last := &st.Parts[len(st.Parts)-1]
+		f, err := openForAppend(filepath.Join(dir, last.Name), last.end())
+		if err != nil {
+			return nil, 0, err
+		}
+		if f != nil {
+			n, err := appendTo(f, last.end(), r)
+			if err != nil {
+				return nil, 0, err
+			}
+			if n == 0 {
+				return state, 0, nil
+			}
+			last.Size += n
+			return encodeFSState(st, n)
+		}
+	}
+
+	name := "data-" + randomHex(8)
 	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
-		return nil, 0, fmt.Errorf("create upload part: %w", err)
+		return nil, 0, fmt.Errorf("create upload file: %w", err)
 	}
-	buf := copyBufs.Get().(*[]byte)
-	n, err := io.CopyBuffer(&writeback{f: f}, r, *buf)
-	copyBufs.Put(buf)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	n, err := appendTo(f, 0, r)
 	if err == nil && n > 0 {
-		// The part's name must survive a crash as well as its bytes.
+		// The file's name must survive a crash as well as its bytes.
 		err = syncDir(dir)
 	}
 	if err != nil || n == 0 {
 		os.Remove(path)
 		if err != nil {
-			return nil, 0, fmt.Errorf("write upload part: %w", err)
+			return nil, 0, err
 		}
 		return state, 0, nil
 	}
 	st.Parts = append(st.Parts, fsPart{Name: name, Size: n})
+	return encodeFSState(st, n)
+}
+
+func encodeFSState(st fsUploadState, n int64) ([]byte, int64, error) {
 	out, err := json.Marshal(st)
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode upload state: %w", err)
 	}
 	return out, n, nil
+}
+
+// openForAppend opens an upload file for appending at end and locks it, or
+// returns nil (and no error) when the chunk must go to a new file instead:
+// the file is gone, another request holds its lock, Publish sealed it, or
+// its size is not end.
+//
+// The flock is released when the file is closed, or by the kernel when the
+// process dies, so a crashed writer never blocks the upload; what it wrote
+// after end stays in the file, unnamed by any state. Over NFS, Linux maps
+// flock to a byte-range lock that other hosts see too.
+func openForAppend(path string, end int64) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open upload file: %w", err)
+	}
+	if err := tryLock(f); err != nil {
+		f.Close()
+		return nil, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open upload file: %w", err)
+	}
+	if fi.Mode().Perm()&0o222 == 0 || fi.Size() != end {
+		f.Close()
+		return nil, nil
+	}
+	return f, nil
+}
+
+// appendTo writes everything r yields to f at offset off, fsyncs it and
+// closes f (releasing its lock). On error it cuts f back to off: those bytes
+// were this call's own, named by no state yet.
+func appendTo(f *os.File, off int64, r io.Reader) (int64, error) {
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("write upload: %w", err)
+	}
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(&writeback{f: f, written: off, started: off}, r, *buf)
+	copyBufs.Put(buf)
+	if err == nil && n > 0 {
+		err = f.Sync()
+	}
+	if err != nil && n > 0 {
+		_ = f.Truncate(off) // best effort: a longer file only costs the next chunk a new file
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write upload: %w", err)
+	}
+	return n, nil
 }
 
 // writeback writes to a file and asks the kernel to start writing each
@@ -212,8 +304,8 @@ func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 // buffer rather than *os.File's ReadFrom with a small one.)
 type writeback struct {
 	f       *os.File
-	written int64 // bytes written
-	started int64 // bytes whose writeback has been started
+	written int64 // file offset written up to
+	started int64 // file offset up to which writeback has been started
 }
 
 // writebackStretch is how much is written between two writeback starts:
@@ -246,13 +338,10 @@ func (s *FS) ReadUpload(ctx context.Context, uploadID string, state []byte) (io.
 		f, err := os.Open(filepath.Join(dir, p.Name))
 		if err != nil {
 			files.Close()
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("upload %s part %s: %w", uploadID, p.Name, ErrNotFound)
-			}
-			return nil, fmt.Errorf("open upload part: %w", err)
+			return nil, fmt.Errorf("open upload %s: %w", uploadID, notFound(err))
 		}
 		files = append(files, f)
-		readers = append(readers, io.LimitReader(f, p.Size))
+		readers = append(readers, io.NewSectionReader(f, p.Off, p.Size))
 	}
 	return struct {
 		io.Reader
@@ -270,10 +359,11 @@ func (m multiFile) Close() error {
 	return errors.Join(errs...)
 }
 
-// Publish implements Uploader: it hard-links one file holding the upload's
-// bytes to the blob's address. The link, unlike a rename, leaves the
-// upload's own parts in place so that Publish can run again. The file is
-// made read-only first: it is the blob now, and a blob never changes.
+// Publish implements Uploader. When the upload is the whole of one file,
+// which is the rule, Publish seals that file and hard-links it to the blob's
+// address: no byte is copied. Otherwise it copies the ranges into a new file
+// and links that. A link, unlike a rename, leaves the upload's own data in
+// place so that Publish can run again.
 func (s *FS) Publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error {
 	// Check the arguments even when the blob exists, so that a bad id or
 	// state is reported the same way every time.
@@ -295,12 +385,15 @@ func (s *FS) Publish(ctx context.Context, uploadID string, state []byte, dgst di
 	if err := mkdirDurable(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("create blob directory: %w", err)
 	}
-	if len(st.Parts) == 1 {
+	if len(st.Parts) == 1 && st.Parts[0].Off == 0 {
 		src := filepath.Join(dir, st.Parts[0].Name)
-		if err := os.Chmod(src, 0o444); err != nil {
-			return fmt.Errorf("publish blob %s: %w", dgst, notFound(err))
+		sealed, err := seal(src, st.Parts[0].Size)
+		if err != nil {
+			return fmt.Errorf("publish blob %s: %w", dgst, err)
 		}
-		return link(src, final, dgst)
+		if sealed {
+			return link(src, final, dgst)
+		}
 	}
 	src, err := assemble(dir, st)
 	if err != nil {
@@ -308,6 +401,36 @@ func (s *FS) Publish(ctx context.Context, uploadID string, state []byte, dgst di
 	}
 	defer os.Remove(src) // the blob's own name keeps the bytes
 	return link(src, final, dgst)
+}
+
+// seal makes the upload file at path read-only, so that no chunk is ever
+// appended to it again (openForAppend checks), if it holds exactly size
+// bytes: it is about to become a blob, and a blob never changes. It reports
+// false, leaving the file alone, when it cannot: the file is longer (bytes
+// of a failed or racing request follow), or a request is appending to it
+// right now. The caller then copies the bytes instead.
+func seal(path string, size int64) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, notFound(err)
+	}
+	defer f.Close()
+	if err := tryLock(f); err != nil {
+		return false, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	if fi.Size() != size {
+		return false, nil
+	}
+	if fi.Mode().Perm()&0o222 != 0 {
+		if err := f.Chmod(0o444); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // link gives the file src the blob's name and makes the name durable. A
@@ -319,7 +442,7 @@ func link(src, final string, dgst digest.Digest) error {
 	return syncDir(filepath.Dir(final))
 }
 
-// assemble joins the parts into a new file of the upload directory and
+// assemble copies the ranges into a new file of the upload directory and
 // returns its path. The file gets a fresh name on every call and is never
 // reused: two requests racing to finish one upload can hold different
 // states of the same size, and a shared "assembled" file would let one
@@ -333,7 +456,7 @@ func assemble(dir string, st fsUploadState) (string, error) {
 		return "", fmt.Errorf("assemble upload: %w", err)
 	}
 	for _, p := range st.Parts {
-		if err = appendFile(tmp, filepath.Join(dir, p.Name), p.Size); err != nil {
+		if err = appendRange(tmp, filepath.Join(dir, p.Name), p); err != nil {
 			break
 		}
 	}
@@ -362,20 +485,24 @@ func notFound(err error) error {
 	return err
 }
 
-// appendFile copies size bytes of file src to dst. *os.File.ReadFrom uses
-// copy_file_range on Linux, so the kernel copies (or reflinks) the data.
-func appendFile(dst *os.File, src string, size int64) error {
+// appendRange copies the range p of file src to dst. *os.File.ReadFrom of
+// a LimitedReader over an *os.File uses copy_file_range on Linux, so the
+// kernel copies (or reflinks) the data.
+func appendRange(dst *os.File, src string, p fsPart) error {
 	f, err := os.Open(src)
 	if err != nil {
 		return notFound(err)
 	}
 	defer f.Close()
-	n, err := dst.ReadFrom(io.LimitReader(f, size))
+	if _, err := f.Seek(p.Off, io.SeekStart); err != nil {
+		return err
+	}
+	n, err := dst.ReadFrom(io.LimitReader(f, p.Size))
 	if err != nil {
 		return err
 	}
-	if n != size {
-		return fmt.Errorf("part %s holds %d bytes, want %d", filepath.Base(src), n, size)
+	if n != p.Size {
+		return fmt.Errorf("%s holds %d bytes at %d, want %d", filepath.Base(src), n, p.Off, p.Size)
 	}
 	return nil
 }

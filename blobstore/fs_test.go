@@ -2,13 +2,17 @@ package blobstore_test
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/blobstore/storetest"
@@ -269,5 +273,170 @@ func TestFSOpenReturnsFile(t *testing.T) {
 	defer rc.Close()
 	if _, ok := rc.(*os.File); !ok {
 		t.Errorf("Open returned a %T, want an *os.File", rc)
+	}
+}
+
+// uploadFiles lists the files of an upload's directory.
+func uploadFiles(t *testing.T, root, id string) []string {
+	t.Helper()
+	return dirNames(t, filepath.Join(root, "uploads", id))
+}
+
+// blobFile is the path of a published blob under root.
+func blobFile(root string, dgst digest.Digest) string {
+	return filepath.Join(root, "blobs", string(dgst.Algorithm()), dgst.Encoded()[:2], dgst.Encoded())
+}
+
+// sameFile reports whether the published blob is the upload's file itself
+// (linked, not copied).
+func sameFile(t *testing.T, a, b string) bool {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.SameFile(fa, fb)
+}
+
+// TestFSChunksAppendToOneFile: the bytes of a chunked upload are written
+// once. Every chunk, including one retried after a failure, lands in the
+// same file, and Publish links that file as the blob instead of copying.
+func TestFSChunksAppendToOneFile(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	root := t.TempDir()
+	s := newFS(t, root)
+	id := storetest.NewUploadID()
+	var state []byte
+	var want []byte
+	for i, c := range []string{"first chunk, ", "second, ", "third"} {
+		if i == 2 {
+			// The client goes away in the middle of the third chunk, then
+			// sends it again.
+			r := io.MultiReader(strings.NewReader(c[:2]), iotest.ErrReader(errors.New("reset")))
+			if _, _, err := s.AppendChunk(ctx, id, state, r); err == nil {
+				t.Fatal("AppendChunk from a failing reader succeeded")
+			}
+		}
+		st, _, err := s.AppendChunk(ctx, id, state, strings.NewReader(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		state = st
+		want = append(want, c...)
+	}
+	files := uploadFiles(t, root, id)
+	if len(files) != 1 {
+		t.Fatalf("the upload directory holds %q, want one file", files)
+	}
+	dgst := digest.FromBytes(want)
+	if err := s.Publish(ctx, id, state, dgst); err != nil {
+		t.Fatal(err)
+	}
+	if !sameFile(t, blobFile(root, dgst), filepath.Join(root, "uploads", id, files[0])) {
+		t.Error("Publish copied the upload, want a link to its file")
+	}
+	if got := uploadFiles(t, root, id); !slices.Equal(got, files) {
+		t.Errorf("after Publish the upload directory holds %q, want %q", got, files)
+	}
+}
+
+// TestFSBusyFileIsNotShared: while a request holds an upload file's lock
+// (it is still appending), another request's chunk goes to a file of its
+// own, and Publish copies rather than sealing a file that is being written.
+func TestFSBusyFileIsNotShared(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	root := t.TempDir()
+	s := newFS(t, root)
+	id := storetest.NewUploadID()
+	state, _, err := s.AppendChunk(ctx, id, nil, strings.NewReader("base "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := filepath.Join(root, "uploads", id, uploadFiles(t, root, id)[0])
+	holder, err := os.Open(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if err := unix.Flock(int(holder.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+
+	state, _, err = s.AppendChunk(ctx, id, state, strings.NewReader("and more"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := uploadFiles(t, root, id); len(got) != 2 {
+		t.Errorf("with the first file locked the upload directory holds %q, want two files", got)
+	}
+	whole := digest.FromString("base and more")
+	if err := s.Publish(ctx, id, state, whole); err != nil {
+		t.Fatal(err)
+	}
+	checkFSBlob(t, s, whole, "base and more")
+
+	// The base alone is the whole first file, but locked: copied, and the
+	// file left writable.
+	base := digest.FromString("base ")
+	baseState := []byte(`{"parts":[{"name":"` + filepath.Base(first) + `","size":5}]}`)
+	if err := s.Publish(ctx, id, baseState, base); err != nil {
+		t.Fatal(err)
+	}
+	if sameFile(t, blobFile(root, base), first) {
+		t.Error("Publish linked a file another request holds locked")
+	}
+	checkFSBlob(t, s, base, "base ")
+	if fi, err := os.Stat(first); err != nil || fi.Mode().Perm()&0o200 == 0 {
+		t.Errorf("the locked file: %v, %v; want it untouched (writable)", fi.Mode(), err)
+	}
+}
+
+// TestFSReadsStatesOfPartFiles: upload sessions saved before chunks shared
+// one file name a whole file per chunk ({"name","size"}, no offset); they
+// still read and publish after an upgrade.
+func TestFSReadsStatesOfPartFiles(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	root := t.TempDir()
+	s := newFS(t, root)
+	id := storetest.NewUploadID()
+	dir := filepath.Join(root, "uploads", id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{"part-0-aa": "old ", "part-1-bb": "parts"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := []byte(`{"parts":[{"name":"part-0-aa","size":4},{"name":"part-1-bb","size":5}]}`)
+	state, _, err := s.AppendChunk(ctx, id, state, strings.NewReader(" and a new chunk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "old parts and a new chunk"
+	dgst := digest.FromString(want)
+	if err := s.Publish(ctx, id, state, dgst); err != nil {
+		t.Fatal(err)
+	}
+	checkFSBlob(t, s, dgst, want)
+}
+
+func checkFSBlob(t *testing.T, s *blobstore.FS, dgst digest.Digest, want string) {
+	t.Helper()
+	rc, err := s.Open(t.Context(), dgst)
+	if err != nil {
+		t.Fatalf("Open(%s): %v", dgst, err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || string(got) != want {
+		t.Errorf("blob %s holds %q, %v; want %q", dgst, got, err, want)
 	}
 }

@@ -52,6 +52,8 @@ func Run(t *testing.T, newStore func(t *testing.T) blobstore.Store) {
 		{"ManyIrregularChunks", testManyChunks},
 		{"UnsavedStateDoesNotCount", testUnsavedState},
 		{"RacingStatesPublishTheirOwnBytes", testRacingStates},
+		{"RacingAppendsKeepTheirOwnBytes", testRacingAppends},
+		{"AppendAfterPublishLeavesBlob", testAppendAfterPublish},
 		{"EmptyBlob", testEmptyBlob},
 		{"PublishIdempotent", testPublishIdempotent},
 		{"PublishExistingDigest", testPublishExisting},
@@ -301,6 +303,87 @@ func testRacingStates(t *testing.T, s blobstore.Store) {
 	}
 	checkBlob(t, s, dgstA, wantA)
 	checkBlob(t, s, dgstB, wantB)
+}
+
+// testRacingAppends is many requests appending to one upload at the same
+// moment, all after the same saved state, as replicas do when a client
+// retries a chunk that is still arriving. Whatever the store does to keep
+// them apart, every state returned must read back, and publish, as the
+// base followed by that request's own chunk, and the base state must still
+// read as the base.
+func testRacingAppends(t *testing.T, s blobstore.Store) {
+	const racers = 8
+	ctx := t.Context()
+	base := randomBytes(100 << 10)
+	id := NewUploadID()
+	baseState := appendChunks(t, s, id, nil, base)
+	chunks := make([][]byte, racers)
+	states := make([][]byte, racers)
+	for i := range chunks {
+		chunks[i] = randomBytes(300<<10 + i*1000)
+	}
+	var wg sync.WaitGroup
+	for i := range racers {
+		wg.Go(func() {
+			// Small reads make the writes interleave.
+			r := iotest.HalfReader(bytes.NewReader(chunks[i]))
+			st, n, err := s.AppendChunk(ctx, id, baseState, r)
+			if err != nil || n != int64(len(chunks[i])) {
+				t.Errorf("racer %d: AppendChunk = %d bytes, %v; want %d", i, n, err, len(chunks[i]))
+				return
+			}
+			states[i] = st
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if got := mustReadUpload(t, s, id, baseState); !bytes.Equal(got, base) {
+		t.Errorf("the base state reads %d bytes that are not the base (%d)", len(got), len(base))
+	}
+	for i, st := range states {
+		want := concat(base, chunks[i])
+		if got := mustReadUpload(t, s, id, st); !bytes.Equal(got, want) {
+			t.Errorf("racer %d: its state reads %d bytes, not base + its chunk (%d)", i, len(got), len(want))
+		}
+		dgst := digest.FromBytes(want)
+		if err := s.Publish(ctx, id, st, dgst); err != nil {
+			t.Fatalf("racer %d: Publish: %v", i, err)
+		}
+		checkBlob(t, s, dgst, want)
+	}
+}
+
+// testAppendAfterPublish is a chunk that arrives, from a late or retried
+// request, after the upload was published: the store may keep or drop it,
+// but the published blob must not change.
+func testAppendAfterPublish(t *testing.T, s blobstore.Store) {
+	ctx := t.Context()
+	for _, chunks := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%dChunks", chunks), func(t *testing.T) {
+			parts := make([][]byte, chunks)
+			for i := range parts {
+				parts[i] = randomBytes(20<<10 + i)
+			}
+			id := NewUploadID()
+			state := appendChunks(t, s, id, nil, parts...)
+			want := concat(parts...)
+			dgst := digest.FromBytes(want)
+			if err := s.Publish(ctx, id, state, dgst); err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			late := randomBytes(10 << 10)
+			lateState := appendChunks(t, s, id, state, late)
+			checkBlob(t, s, dgst, want)
+			if got := mustReadUpload(t, s, id, lateState); !bytes.Equal(got, concat(want, late)) {
+				t.Errorf("the late state reads %d bytes, want the blob + the late chunk (%d)", len(got), len(want)+len(late))
+			}
+			if got := mustReadUpload(t, s, id, state); !bytes.Equal(got, want) {
+				t.Errorf("the published state now reads %d bytes, want the blob's %d", len(got), len(want))
+			}
+		})
+	}
 }
 
 func testEmptyBlob(t *testing.T, s blobstore.Store) {
