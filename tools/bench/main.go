@@ -41,6 +41,13 @@ func logf(format string, args ...any) {
 }
 
 func main() {
+	if cfg := os.Getenv(physServerEnv); cfg != "" {
+		if err := runPhysServer(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: minimal server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var o options
 	defDB := os.Getenv("BERTH_TEST_DATABASE_URL")
 	if defDB == "" {

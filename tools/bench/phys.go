@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -97,17 +99,19 @@ func physical(ctx context.Context, p params, dir string, only *regexp.Regexp) []
 		return exec.CommandContext(ctx, "sync", dst).Run()
 	})
 
-	// A minimal Go HTTP server in this process: what a registry could do
-	// at best on loopback with net/http.
+	// A minimal Go HTTP server: what a registry could do at best on
+	// loopback with net/http. It runs in a process of its own, as the
+	// registries do; in the load generator's process its socket wake-ups
+	// would stay within one process and the ceiling would be too high.
 	small := filepath.Join(dir, "small")
 	if err := writeGen(small, seed+1, p.SmallSize); err != nil {
 		return append(out, physResult{Name: "phys/http", Title: "write the small test file", Err: err})
 	}
-	srv, base, err := physServer(src, dst, small, want)
+	base, stop, err := startPhysServer(ctx, physFiles{Src: src, Dst: dst, Small: small, Want: want})
 	if err != nil {
 		return append(out, physResult{Name: "phys/http", Title: "loopback HTTP server", Err: err})
 	}
-	defer srv.Close()
+	defer stop()
 	cl := newClient(base, 1)
 	defer cl.close()
 	add("phys/http-get", "phys.httpget", "HTTP GET over loopback, Go net/http (sendfile)", sz+", 1 conn, file in the page cache", func() error {
@@ -180,23 +184,80 @@ func writeGen(path string, seed uint64, size int64) error {
 
 type onlyWriter struct{ io.Writer }
 
-// physServer serves GET /blob (the file, with sendfile) and PUT /blob (to
-// dst: sha256 while writing, fsync, digest check).
-func physServer(src, dst, small string, want digest.Digest) (*http.Server, string, error) {
+// physFiles are the files of the minimal server.
+type physFiles struct {
+	Src   string        // served by GET /blob
+	Dst   string        // written by PUT /blob
+	Small string        // served by GET /small
+	Want  digest.Digest // what PUT /blob must receive
+}
+
+// physServerEnv, when set (to the JSON of a physFiles), makes the bench
+// binary the minimal server instead: it prints its address on stdout and
+// serves until killed.
+const physServerEnv = "BERTH_BENCH_PHYS_SERVER"
+
+// startPhysServer runs the minimal server as a child process (this binary,
+// with physServerEnv set) and returns its base URL.
+func startPhysServer(ctx context.Context, files physFiles) (base string, stop func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	cfg, err := json.Marshal(files)
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), physServerEnv+"="+string(cfg))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop = func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		stop()
+		return "", nil, fmt.Errorf("minimal server did not start: %w", err)
+	}
+	return "http://" + strings.TrimSpace(line), stop, nil
+}
+
+// runPhysServer is the child process of startPhysServer.
+func runPhysServer(cfg string) error {
+	var files physFiles
+	if err := json.Unmarshal([]byte(cfg), &files); err != nil {
+		return err
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", err
+		return err
 	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fmt.Println(l.Addr().String())
+	return http.Serve(l, physHandler(files))
+}
+
+// physHandler serves GET /tiny (a manifest-sized body from memory), GET
+// /blob and /small (the files, with sendfile) and PUT /blob (to Dst: sha256
+// while writing, fsync, digest check).
+func physHandler(files physFiles) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/tiny":
 			w.Header().Set("Content-Type", mtManifest)
 			w.Header().Set("Content-Length", fmt.Sprint(len(tinyBody)))
 			w.Write(tinyBody)
 		case r.Method == http.MethodGet:
-			path := src
+			path := files.Src
 			if r.URL.Path == "/small" {
-				path = small
+				path = files.Small
 			}
 			f, err := os.Open(path)
 			if err != nil {
@@ -207,7 +268,7 @@ func physServer(src, dst, small string, want digest.Digest) (*http.Server, strin
 			w.Header().Set("Content-Type", "application/octet-stream")
 			http.ServeContent(w, r, "", time.Time{}, f)
 		case r.Method == http.MethodPut:
-			f, err := os.Create(dst)
+			f, err := os.Create(files.Dst)
 			if err != nil {
 				http.Error(w, err.Error(), 500)
 				return
@@ -218,7 +279,7 @@ func physServer(src, dst, small string, want digest.Digest) (*http.Server, strin
 			if err == nil {
 				err = f.Sync()
 			}
-			if err == nil && digest.NewDigest(digest.SHA256, hsh) != want {
+			if err == nil && digest.NewDigest(digest.SHA256, hsh) != files.Want {
 				err = fmt.Errorf("digest mismatch")
 			}
 			if err != nil {
@@ -228,7 +289,4 @@ func physServer(src, dst, small string, want digest.Digest) (*http.Server, strin
 			w.WriteHeader(http.StatusCreated)
 		}
 	})
-	srv := &http.Server{Handler: h}
-	go srv.Serve(l)
-	return srv, "http://" + l.Addr().String(), nil
 }

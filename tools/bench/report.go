@@ -269,7 +269,7 @@ func (r *report) markdown() string {
 	}
 
 	if len(r.Phys) > 0 {
-		w("## Physical limits of this machine\n\nFor context, not a registry: the same %s of bytes hashed, copied and sent over loopback, and the request rate of a minimal Go HTTP server (in the bench process) with the same load generator.\n\n| measurement | value | unit | note |\n|---|--:|---|---|\n", mib(p.BigSize))
+		w("## Physical limits of this machine\n\nFor context, not a registry: the same %s of bytes hashed, copied and sent over loopback, and the request rate of a minimal Go HTTP server (a process of its own, as a registry is) with the same load generator.\n\n| measurement | value | unit | note |\n|---|--:|---|---|\n", mib(p.BigSize))
 		for _, ph := range r.Phys {
 			if ph.Err != nil {
 				w("| %s | failed | | %v |\n", ph.Title, ph.Err)
