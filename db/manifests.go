@@ -23,22 +23,82 @@ type Manifest struct {
 // ManifestByTag returns the live manifest that tag points at in repo.
 // Unknown repository, tag and manifest all give ErrManifestUnknown: telling
 // them apart would cost a round trip on the hottest path of the registry.
+// Concurrent calls share statements (see coalescer).
 func (d *DB) ManifestByTag(ctx context.Context, repo, tag string, withPayload bool) (Manifest, error) {
-	return d.manifestGet(ctx, `
-SELECT m.digest, m.media_type, m.size, CASE WHEN $3 THEN m.payload END
-FROM repositories r
-JOIN tags t ON t.repository_id = r.id
-JOIN manifests m ON m.id = t.manifest_id
-WHERE r.name = $1 AND t.name = $2 AND m.deleted_at IS NULL`, repo, tag, withPayload)
+	return d.byTag.do(ctx, manifestKey{repo, tag, withPayload})
 }
 
-// ManifestByDigest returns the live manifest dgst of repo.
+// ManifestByDigest returns the live manifest dgst of repo. Concurrent calls
+// share statements (see coalescer).
 func (d *DB) ManifestByDigest(ctx context.Context, repo, dgst string, withPayload bool) (Manifest, error) {
-	return d.manifestGet(ctx, `
-SELECT m.digest, m.media_type, m.size, CASE WHEN $3 THEN m.payload END
-FROM repositories r
-JOIN manifests m ON m.repository_id = r.id
-WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL`, repo, dgst, withPayload)
+	return d.byDigest.do(ctx, manifestKey{repo, dgst, withPayload})
+}
+
+// manifestKey is one manifest read: by tag or by digest, with or without
+// the payload (a HEAD needs none).
+type manifestKey struct {
+	repo, ref string
+	payload   bool
+}
+
+// The batched manifest reads. Each key is looked up by its own LATERAL
+// subquery, whose LIMIT keeps PostgreSQL from flattening it into a join
+// it might plan as a scan of every tag: each key costs the same index
+// lookups as a statement of its own would.
+const (
+	manifestsByTagSQL = `
+SELECT k.i, m.digest, m.media_type, m.size, m.payload
+FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS k(repo, ref, payload, i)
+CROSS JOIN LATERAL (
+	SELECT m.digest, m.media_type, m.size, CASE WHEN k.payload THEN m.payload END AS payload
+	FROM repositories r
+	JOIN tags t ON t.repository_id = r.id
+	JOIN manifests m ON m.id = t.manifest_id
+	WHERE r.name = k.repo AND t.name = k.ref AND m.deleted_at IS NULL
+	LIMIT 1
+) m`
+	manifestsByDigestSQL = `
+SELECT k.i, m.digest, m.media_type, m.size, m.payload
+FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS k(repo, ref, payload, i)
+CROSS JOIN LATERAL (
+	SELECT m.digest, m.media_type, m.size, CASE WHEN k.payload THEN m.payload END AS payload
+	FROM repositories r
+	JOIN manifests m ON m.repository_id = r.id
+	WHERE r.name = k.repo AND m.digest = k.ref AND m.deleted_at IS NULL
+	LIMIT 1
+) m`
+)
+
+// manifestBatch returns the coalescer's statement runner for query.
+func (d *DB) manifestBatch(query string) func(ctx context.Context, keys []manifestKey) ([]Manifest, []error, error) {
+	return func(ctx context.Context, keys []manifestKey) ([]Manifest, []error, error) {
+		repos := make([]string, len(keys))
+		refs := make([]string, len(keys))
+		payloads := make([]bool, len(keys))
+		errs := make([]error, len(keys))
+		for i, k := range keys {
+			repos[i], refs[i], payloads[i] = k.repo, k.ref, k.payload
+			errs[i] = ErrManifestUnknown
+		}
+		vals := make([]Manifest, len(keys))
+		rows, err := d.reads.Query(ctx, query, repos, refs, payloads)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read manifests: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var i int64
+			var m Manifest
+			if err := rows.Scan(&i, &m.Digest, &m.MediaType, &m.Size, &m.Payload); err != nil {
+				return nil, nil, fmt.Errorf("read manifests: %w", err)
+			}
+			vals[i-1], errs[i-1] = m, nil
+		}
+		if err := rows.Err(); err != nil {
+			return nil, nil, fmt.Errorf("read manifests: %w", err)
+		}
+		return vals, errs, nil
+	}
 }
 
 // ManifestTombstone returns the deleted manifest dgst of repo, payload

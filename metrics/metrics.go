@@ -37,6 +37,10 @@ var (
 		"Connections taken from the pool.", nil, nil)
 	poolAcquireSeconds = prometheus.NewDesc("berth_db_pool_acquire_seconds_total",
 		"Time spent waiting for a pool connection.", nil, nil)
+	manifestReads = prometheus.NewDesc("berth_db_manifest_reads_total",
+		"Manifest lookups by tag or digest this replica answered.", nil, nil)
+	manifestStatements = prometheus.NewDesc("berth_db_manifest_read_statements_total",
+		"Database statements that answered them: concurrent lookups share one.", nil, nil)
 	uploads = prometheus.NewDesc("berth_upload_sessions",
 		"Open upload sessions in the registry.", nil, nil)
 	gcQueue = prometheus.NewDesc("berth_gc_candidates",
@@ -55,7 +59,8 @@ type berth struct {
 }
 
 func (b *berth) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds, uploads, gcQueue, gcItems, gcBytes} {
+	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds,
+		manifestReads, manifestStatements, uploads, gcQueue, gcItems, gcBytes} {
 		ch <- d
 	}
 }
@@ -70,6 +75,8 @@ func (b *berth) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns))
 	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount))
 	ch <- prometheus.MustNewConstMetric(poolAcquireSeconds, prometheus.CounterValue, s.AcquireDuration.Seconds())
+	ch <- prometheus.MustNewConstMetric(manifestReads, prometheus.CounterValue, float64(s.ManifestReads))
+	ch <- prometheus.MustNewConstMetric(manifestStatements, prometheus.CounterValue, float64(s.ManifestStatements))
 
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()

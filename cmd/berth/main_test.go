@@ -311,6 +311,8 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		`berth_http_request_bytes_total{route="upload"} 7`,
 		`berth_http_request_duration_seconds_bucket{method="POST",route="upload",le=`,
 		`berth_db_pool_connections{state="idle"}`,
+		`berth_db_manifest_reads_total `,
+		`berth_db_manifest_read_statements_total `,
 		`berth_upload_sessions 1`,
 		`berth_gc_candidates{state="queued"} 1`,
 		`berth_gc_items_total{kind="blob"} 0`,
