@@ -124,10 +124,12 @@ go_install() {
 
 install_clients() {
 	local pkgs=()
-	command -v skopeo >/dev/null || pkgs+=(skopeo)
-	command -v jq >/dev/null || pkgs+=(jq)
+	# type -P looks for the program only: `command -v skopeo` would find
+	# the wrapper function above and never install skopeo.
+	type -P skopeo >/dev/null || pkgs+=(skopeo)
+	type -P jq >/dev/null || pkgs+=(jq)
 	if [ "$SKIP_DOCKER" != 1 ]; then
-		command -v docker >/dev/null && command -v dockerd >/dev/null || pkgs+=(docker.io)
+		type -P docker >/dev/null && type -P dockerd >/dev/null || pkgs+=(docker.io)
 	fi
 	if [ ${#pkgs[@]} -gt 0 ]; then
 		echo "installing with apt: ${pkgs[*]}"
