@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,8 +82,16 @@ func (c *coalescer[K, V]) do(ctx context.Context, key K) (V, error) {
 			var zero V
 			return zero, ctx.Err()
 		}
+		lead := r.batch != nil
 		c.mu.Unlock()
-		<-r.wake // answered or chosen to lead: either way, soon
+		if !lead {
+			// Part of a batch another goroutine runs: leave it to answer
+			// nobody (it never reads r back), rather than wait for a
+			// statement that may be stuck on a dead connection.
+			var zero V
+			return zero, ctx.Err()
+		}
+		<-r.wake // chosen to lead: the wake-up follows at once
 	}
 	if r.batch != nil {
 		// The others in the batch wait for this goroutine: it runs the
@@ -95,6 +104,19 @@ func (c *coalescer[K, V]) do(ctx context.Context, key K) (V, error) {
 // lead runs batch (which holds the caller's own read), answers every read
 // in it, then hands the slot to the reads queued meanwhile, if any.
 func (c *coalescer[K, V]) lead(ctx context.Context, batch []*read[K, V]) {
+	answered := false
+	defer func() {
+		if !answered {
+			// run panicked. Fail the batch and pass the slot on before
+			// the panic goes up, or these reads, and every later one once
+			// the slots are gone, would wait forever.
+			for _, r := range batch {
+				r.err = errBatchPanicked
+			}
+		}
+		c.handOff(batch)
+	}()
+
 	keys := make([]K, len(batch))
 	for i, r := range batch {
 		keys[i] = r.key
@@ -105,6 +127,12 @@ func (c *coalescer[K, V]) lead(ctx context.Context, batch []*read[K, V]) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
 	defer cancel()
 	vals, errs, err := c.run(ctx, keys)
+	if err != nil && ctx.Err() == nil {
+		// Once more: a connection the server closed (a restart, a
+		// failover) then fails no read. The second statement's snapshot
+		// is later still than every read's arrival, so it is as fresh.
+		vals, errs, err = c.run(ctx, keys)
+	}
 	c.batches.Add(1)
 	c.reads.Add(int64(len(batch)))
 	for i, r := range batch {
@@ -115,7 +143,15 @@ func (c *coalescer[K, V]) lead(ctx context.Context, batch []*read[K, V]) {
 			r.val, r.err = vals[i], errs[i]
 		}
 	}
+	answered = true
+}
 
+// errBatchPanicked answers the reads of a batch whose statement panicked.
+var errBatchPanicked = errors.New("batched read failed: the statement panicked")
+
+// handOff wakes the reads of a finished batch and gives its slot to the
+// reads queued meanwhile: the first of them leads them as the next batch.
+func (c *coalescer[K, V]) handOff(batch []*read[K, V]) {
 	c.mu.Lock()
 	var next *read[K, V]
 	if len(c.queue) > 0 {

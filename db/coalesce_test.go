@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ type gate struct {
 	started chan []string // every batch, as it starts
 	mu      sync.Mutex
 	failAll error // returned as the batch's own error
+	failN   int   // fail this many statements, then answer
 	sawDone bool  // a batch ran with an already cancelled context
 }
 
@@ -30,9 +33,16 @@ func (g *gate) run(ctx context.Context, keys []string) ([]string, []error, error
 	g.mu.Lock()
 	g.sawDone = g.sawDone || ctx.Err() != nil
 	failAll := g.failAll
+	if failAll == nil && g.failN > 0 {
+		g.failN--
+		failAll = errors.New("connection reset")
+	}
 	g.mu.Unlock()
 	if failAll != nil {
 		return nil, nil, failAll
+	}
+	if slices.Contains(keys, "panic") {
+		panic("statement panicked")
 	}
 	vals := make([]string, len(keys))
 	errs := make([]error, len(keys))
@@ -264,4 +274,139 @@ func TestCoalescerStatementErrorReachesEveryRead(t *testing.T) {
 	if v, err := c.do(context.Background(), "later"); err != nil || v != "vlater" {
 		t.Errorf("read after a failed batch: %q, %v", v, err)
 	}
+}
+
+// A statement that fails once, as on a connection the server closed, is
+// run again: no read sees the error.
+func TestCoalescerRetriesAFailedStatementOnce(t *testing.T) {
+	g := newGate(false)
+	g.failN = 1
+	c := newCoalescer(1, 64, g.run)
+	if v, err := c.do(context.Background(), "a"); err != nil || v != "va" {
+		t.Fatalf("read after one failed statement: %q, %v", v, err)
+	}
+	if n := len(g.started); n != 2 {
+		t.Errorf("%d statements, want the failed one and its retry", n)
+	}
+}
+
+// A read whose request goes away while its batch runs returns at once,
+// without waiting for a statement that may hang; the batch goes on.
+func TestCoalescerCancelledFollowerReturnsAtOnce(t *testing.T) {
+	g := newGate(true)
+	c := newCoalescer(1, 64, g.run)
+	out := make(chan result, 4)
+	start(context.Background(), c, "first", out)
+	g.next(t)
+	start(context.Background(), c, "leader", out)
+	waitQueued(t, c, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	start(ctx, c, "follower", out)
+	waitQueued(t, c, 2)
+	g.hold <- struct{}{} // the first batch ends; [leader follower] starts and hangs
+	if b := g.next(t); fmt.Sprint(b) != "[leader follower]" {
+		t.Fatalf("second batch %v", b)
+	}
+	if r := recv(t, out); r.key != "first" {
+		t.Fatalf("answer %+v, want the first read's", r)
+	}
+	cancel()
+	if r := recv(t, out); r.key != "follower" || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("answer %+v while the batch hangs, want the cancelled follower", r)
+	}
+	close(g.hold)
+	if r := recv(t, out); r.key != "leader" || r.err != nil || r.val != "vleader" {
+		t.Errorf("leader: %+v", r)
+	}
+}
+
+// A statement that panics fails its batch instead of leaving the reads
+// in it waiting, and frees its slot for the reads after it.
+func TestCoalescerPanicFailsTheBatchAndFreesTheSlot(t *testing.T) {
+	g := newGate(true)
+	c := newCoalescer(1, 64, g.run)
+	out := make(chan result, 4)
+	start(context.Background(), c, "first", out)
+	g.next(t)
+	go func() { // leads the next batch, and panics in it
+		defer func() {
+			out <- result{key: "panic", err: fmt.Errorf("panicked: %v", recover())}
+		}()
+		c.do(context.Background(), "panic")
+	}()
+	waitQueued(t, c, 1)
+	start(context.Background(), c, "follower", out)
+	waitQueued(t, c, 2)
+	close(g.hold)
+	got := map[string]result{}
+	for range 3 {
+		r := recv(t, out)
+		got[r.key] = r
+	}
+	if err := got["follower"].err; !errors.Is(err, errBatchPanicked) {
+		t.Errorf("follower of the panicking batch: err %v", err)
+	}
+	if v, err := c.do(context.Background(), "later"); err != nil || v != "vlater" {
+		t.Errorf("read after the panic: %q, %v", v, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inFlight != 0 {
+		t.Errorf("%d slots still taken after every read ended", c.inFlight)
+	}
+}
+
+// Many goroutines, random cancellations and statement times: every read
+// ends with its own answer or its own context's error, and the coalescer
+// ends idle.
+func TestCoalescerStress(t *testing.T) {
+	var statements, keysSent int64
+	var mu sync.Mutex
+	run := func(ctx context.Context, keys []string) ([]string, []error, error) {
+		mu.Lock()
+		statements++
+		keysSent += int64(len(keys))
+		mu.Unlock()
+		time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+		vals := make([]string, len(keys))
+		for i, k := range keys {
+			vals[i] = "v" + k
+		}
+		return vals, make([]error, len(keys)), nil
+	}
+	c := newCoalescer(2, 8, run)
+	var wg sync.WaitGroup
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				key := fmt.Sprintf("%d-%d", g, i)
+				ctx, cancel := context.WithCancel(context.Background())
+				if rand.IntN(4) == 0 {
+					time.AfterFunc(time.Duration(rand.IntN(300))*time.Microsecond, cancel)
+				}
+				v, err := c.do(ctx, key)
+				switch {
+				case err == nil && v != "v"+key:
+					t.Errorf("read of %s answered %q", key, v)
+				case err != nil && !errors.Is(err, context.Canceled):
+					t.Errorf("read of %s: %v", key, err)
+				case err != nil && ctx.Err() == nil:
+					t.Errorf("read of %s failed with a context that was not cancelled", key)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inFlight != 0 || len(c.queue) != 0 {
+		t.Errorf("idle coalescer has %d in flight, %d queued", c.inFlight, len(c.queue))
+	}
+	if statements >= keysSent {
+		t.Errorf("%d statements for %d keys: nothing was batched", statements, keysSent)
+	}
+	t.Logf("%d keys in %d statements", keysSent, statements)
 }

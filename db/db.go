@@ -132,8 +132,8 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 }
 
 // readsInFlight is how many statements each kind of batched read runs at
-// once: two keep both of PostgreSQL's likely cores busy while the next
-// batch gathers; more would make smaller batches for no more parallelism.
+// once: with two, one batch gathers while the other runs; more would make
+// the batches smaller, and batching is the point.
 const readsInFlight = 2
 
 // openReadPool opens the connections of the batched reads, one per
@@ -154,6 +154,12 @@ func openReadPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database pool for reads: %w", err)
 	}
+	// Connect now: a server or pooler that refuses these connections (or
+	// the setting) must stop the start, not fail every pull later.
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to database for reads: %w", err)
+	}
 	return pool, nil
 }
 
@@ -167,24 +173,30 @@ func (d *DB) Close() {
 	d.pool.Close()
 }
 
-// Ping checks that the database answers.
-func (d *DB) Ping(ctx context.Context) error { return d.pool.Ping(ctx) }
+// Ping checks that the database answers, on both pools.
+func (d *DB) Ping(ctx context.Context) error {
+	if err := d.pool.Ping(ctx); err != nil {
+		return err
+	}
+	return d.reads.Ping(ctx)
+}
 
-// PoolStats is a snapshot of the connection pool, for metrics.
+// PoolStats is a snapshot of a connection pool, for metrics.
 type PoolStats struct {
 	Total, Idle, InUse int32
 	MaxConns           int32
 	AcquireCount       int64
 	AcquireDuration    time.Duration
-
-	// Manifest reads answered, and the statements that answered them:
-	// their ratio is the average batch (see coalescer).
-	ManifestReads, ManifestStatements int64
 }
 
-// Stats reports the state of the connection pool.
-func (d *DB) Stats() PoolStats {
-	s := d.pool.Stat()
+// Stats reports the state of the two connection pools: the main one, and
+// the one of the batched manifest reads.
+func (d *DB) Stats() (main, reads PoolStats) {
+	return poolStats(d.pool), poolStats(d.reads)
+}
+
+func poolStats(p *pgxpool.Pool) PoolStats {
+	s := p.Stat()
 	return PoolStats{
 		Total:           s.TotalConns(),
 		Idle:            s.IdleConns(),
@@ -192,10 +204,14 @@ func (d *DB) Stats() PoolStats {
 		MaxConns:        s.MaxConns(),
 		AcquireCount:    s.AcquireCount(),
 		AcquireDuration: s.AcquireDuration(),
-
-		ManifestReads:      d.byTag.reads.Load() + d.byDigest.reads.Load(),
-		ManifestStatements: d.byTag.batches.Load() + d.byDigest.batches.Load(),
 	}
+}
+
+// ManifestReadStats reports the manifest lookups answered and the
+// statements that answered them: their ratio is the average batch (see
+// coalescer).
+func (d *DB) ManifestReadStats() (reads, statements int64) {
+	return d.byTag.reads.Load() + d.byDigest.reads.Load(), d.byTag.batches.Load() + d.byDigest.batches.Load()
 }
 
 // Actor says who makes a change and in which request, for the audit trail.

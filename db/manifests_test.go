@@ -92,9 +92,70 @@ func TestBatchedReadsSeeCommittedChanges(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	s := reader.Stats()
-	t.Logf("%d moves, %d reads in %d statements", moved.Load()-1, s.ManifestReads, s.ManifestStatements)
-	if s.ManifestStatements >= s.ManifestReads {
-		t.Errorf("%d reads took %d statements: no read shared one, the race did not run", s.ManifestReads, s.ManifestStatements)
+	reads, statements := reader.ManifestReadStats()
+	t.Logf("%d moves, %d reads in %d statements", moved.Load()-1, reads, statements)
+	if statements >= reads {
+		t.Errorf("%d reads took %d statements: no read shared one, the race did not run", reads, statements)
+	}
+}
+
+// Concurrent reads of different keys share statements; each must get the
+// answer to its own key: its repository's manifest, the payload only when
+// asked for, and ErrManifestUnknown for what does not exist.
+func TestBatchedReadsAnswerEachKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	d := dbtest.New(t)
+	digestOf := func(repo, tag int) string { return fmt.Sprintf("sha256:%032x%032x", repo, tag) }
+	const repos, tags = 3, 5
+	for r := range repos {
+		for g := range tags {
+			pushBare(t, d, fmt.Sprint("repo", r), digestOf(r, g), fmt.Sprint("t", g))
+		}
+	}
+
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	fail := func(format string, args ...any) {
+		if failures.Add(1) <= 10 {
+			t.Errorf(format, args...)
+		}
+	}
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 300 {
+				// tag tags (one past the last) and repo repos do not exist.
+				r, g, payload := (w+i)%(repos+1), (w*7+i)%(tags+1), (w+i)%2 == 0
+				repo, want := fmt.Sprint("repo", r), digestOf(r, g)
+				exists := r < repos && g < tags
+				var m db.Manifest
+				var err error
+				if i%3 == 0 {
+					m, err = d.ManifestByDigest(ctx, repo, want, payload)
+				} else {
+					m, err = d.ManifestByTag(ctx, repo, fmt.Sprint("t", g), payload)
+				}
+				switch {
+				case !exists && !errors.Is(err, db.ErrManifestUnknown):
+					fail("%s %d/%d does not exist: got %v, %v", repo, r, g, m.Digest, err)
+				case exists && err != nil:
+					fail("%s t%d: %v", repo, g, err)
+				case exists && m.Digest != want:
+					fail("%s t%d: got %s, want %s", repo, g, m.Digest, want)
+				case exists && payload && string(m.Payload) != want:
+					fail("%s t%d: payload %q", repo, g, m.Payload)
+				case exists && !payload && m.Payload != nil:
+					fail("%s t%d: payload returned although not asked for", repo, g)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	reads, statements := d.ManifestReadStats()
+	t.Logf("%d reads in %d statements", reads, statements)
+	if statements >= reads {
+		t.Errorf("%d reads took %d statements: nothing was batched", reads, statements)
 	}
 }

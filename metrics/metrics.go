@@ -29,14 +29,15 @@ func Registry(d *db.DB, collector *gc.Collector, log *slog.Logger) *prometheus.R
 }
 
 var (
+	// pool is "main", or "reads" for the batched manifest reads.
 	poolConns = prometheus.NewDesc("berth_db_pool_connections",
-		"Database connections of this replica's pool, by state.", []string{"state"}, nil)
+		"Database connections of this replica's pools, by state.", []string{"pool", "state"}, nil)
 	poolMax = prometheus.NewDesc("berth_db_pool_max_connections",
-		"Size limit of this replica's database pool.", nil, nil)
+		"Size limit of this replica's database pools.", []string{"pool"}, nil)
 	poolAcquires = prometheus.NewDesc("berth_db_pool_acquires_total",
-		"Connections taken from the pool.", nil, nil)
+		"Connections taken from the pool.", []string{"pool"}, nil)
 	poolAcquireSeconds = prometheus.NewDesc("berth_db_pool_acquire_seconds_total",
-		"Time spent waiting for a pool connection.", nil, nil)
+		"Time spent waiting for a pool connection.", []string{"pool"}, nil)
 	manifestReads = prometheus.NewDesc("berth_db_manifest_reads_total",
 		"Manifest lookups by tag or digest this replica answered.", nil, nil)
 	manifestStatements = prometheus.NewDesc("berth_db_manifest_read_statements_total",
@@ -69,14 +70,17 @@ func (b *berth) Describe(ch chan<- *prometheus.Desc) {
 const scrapeTimeout = 2 * time.Second
 
 func (b *berth) Collect(ch chan<- prometheus.Metric) {
-	s := b.db.Stats()
-	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Idle), "idle")
-	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.InUse), "in_use")
-	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns))
-	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount))
-	ch <- prometheus.MustNewConstMetric(poolAcquireSeconds, prometheus.CounterValue, s.AcquireDuration.Seconds())
-	ch <- prometheus.MustNewConstMetric(manifestReads, prometheus.CounterValue, float64(s.ManifestReads))
-	ch <- prometheus.MustNewConstMetric(manifestStatements, prometheus.CounterValue, float64(s.ManifestStatements))
+	main, reads := b.db.Stats()
+	for pool, s := range map[string]db.PoolStats{"main": main, "reads": reads} {
+		ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.Idle), pool, "idle")
+		ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.InUse), pool, "in_use")
+		ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns), pool)
+		ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount), pool)
+		ch <- prometheus.MustNewConstMetric(poolAcquireSeconds, prometheus.CounterValue, s.AcquireDuration.Seconds(), pool)
+	}
+	lookups, statements := b.db.ManifestReadStats()
+	ch <- prometheus.MustNewConstMetric(manifestReads, prometheus.CounterValue, float64(lookups))
+	ch <- prometheus.MustNewConstMetric(manifestStatements, prometheus.CounterValue, float64(statements))
 
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
