@@ -34,8 +34,8 @@ type Reader interface {
 	// Stat returns the size of blob dgst, or ErrNotFound.
 	Stat(ctx context.Context, dgst digest.Digest) (int64, error)
 	// Open returns the bytes of blob dgst for reading and seeking, or
-	// ErrNotFound. The filesystem store returns an *os.File, which lets
-	// net/http send it with sendfile.
+	// ErrNotFound. The filesystem store returns an *os.File, which
+	// downloads send from a mapping (CopyFile).
 	Open(ctx context.Context, dgst digest.Digest) (io.ReadSeekCloser, error)
 }
 
