@@ -101,6 +101,17 @@ func start(ctx context.Context, c *coalescer[string, string], key string, out ch
 	}()
 }
 
+// queueRead starts a read of key and waits until it is queued behind the
+// running batches: reads queue in the order of the calls.
+func queueRead(t *testing.T, ctx context.Context, c *coalescer[string, string], key string, out chan<- result) {
+	t.Helper()
+	c.mu.Lock()
+	n := len(c.queue)
+	c.mu.Unlock()
+	start(ctx, c, key, out)
+	waitQueued(t, c, n+1)
+}
+
 // waitQueued waits until n reads are queued behind the running batches.
 func waitQueued(t *testing.T, c *coalescer[string, string], n int) {
 	t.Helper()
@@ -132,11 +143,9 @@ func TestCoalescerBatchesQueuedReads(t *testing.T) {
 		t.Fatalf("first batch %v, want the lone read", b)
 	}
 	for i := range 10 {
-		start(ctx, c, fmt.Sprint(i), out)
-		waitQueued(t, c, i+1) // keeps the queue in arrival order
+		queueRead(t, ctx, c, fmt.Sprint(i), out)
 	}
-	start(ctx, c, "bad", out)
-	waitQueued(t, c, 11)
+	queueRead(t, ctx, c, "bad", out)
 	close(g.hold)
 
 	var sizes []int
@@ -189,10 +198,8 @@ func TestCoalescerCancelWhileQueued(t *testing.T) {
 	start(context.Background(), c, "first", out)
 	g.next(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	start(ctx, c, "gone", out)
-	waitQueued(t, c, 1)
-	start(context.Background(), c, "stays", out)
-	waitQueued(t, c, 2)
+	queueRead(t, ctx, c, "gone", out)
+	queueRead(t, context.Background(), c, "stays", out)
 
 	cancel()
 	if r := recv(t, out); r.key != "gone" || !errors.Is(r.err, context.Canceled) {
@@ -220,10 +227,8 @@ func TestCoalescerCancelledLeaderStillRunsTheBatch(t *testing.T) {
 	start(context.Background(), c, "first", out)
 	g.next(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	start(ctx, c, "leader", out) // first in the queue: leads the next batch
-	waitQueued(t, c, 1)
-	start(context.Background(), c, "follower", out)
-	waitQueued(t, c, 2)
+	queueRead(t, ctx, c, "leader", out) // first in the queue: leads the next batch
+	queueRead(t, context.Background(), c, "follower", out)
 
 	g.hold <- struct{}{} // finish the first batch: "leader" is woken to lead
 	if b := g.next(t); fmt.Sprint(b) != "[leader follower]" {
@@ -254,10 +259,8 @@ func TestCoalescerStatementErrorReachesEveryRead(t *testing.T) {
 	out := make(chan result, 4)
 	start(context.Background(), c, "first", out)
 	g.next(t)
-	start(context.Background(), c, "a", out)
-	waitQueued(t, c, 1)
-	start(context.Background(), c, "b", out)
-	waitQueued(t, c, 2)
+	queueRead(t, context.Background(), c, "a", out)
+	queueRead(t, context.Background(), c, "b", out)
 	boom := errors.New("connection lost")
 	g.mu.Lock()
 	g.failAll = boom
@@ -298,11 +301,9 @@ func TestCoalescerCancelledFollowerReturnsAtOnce(t *testing.T) {
 	out := make(chan result, 4)
 	start(context.Background(), c, "first", out)
 	g.next(t)
-	start(context.Background(), c, "leader", out)
-	waitQueued(t, c, 1)
+	queueRead(t, context.Background(), c, "leader", out)
 	ctx, cancel := context.WithCancel(context.Background())
-	start(ctx, c, "follower", out)
-	waitQueued(t, c, 2)
+	queueRead(t, ctx, c, "follower", out)
 	g.hold <- struct{}{} // the first batch ends; [leader follower] starts and hangs
 	if b := g.next(t); fmt.Sprint(b) != "[leader follower]" {
 		t.Fatalf("second batch %v", b)
@@ -335,8 +336,7 @@ func TestCoalescerPanicFailsTheBatchAndFreesTheSlot(t *testing.T) {
 		c.do(context.Background(), "panic")
 	}()
 	waitQueued(t, c, 1)
-	start(context.Background(), c, "follower", out)
-	waitQueued(t, c, 2)
+	queueRead(t, context.Background(), c, "follower", out)
 	close(g.hold)
 	got := map[string]result{}
 	for range 3 {
