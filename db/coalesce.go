@@ -41,8 +41,9 @@ type coalescer[K, V any] struct {
 	reads, batches atomic.Int64
 }
 
-// read is one request's read. Its fields after key are guarded by the
-// coalescer's mutex until wake is closed.
+// read is one request's read. batch is guarded by the coalescer's mutex;
+// val and err are written by the goroutine that runs the read's batch
+// before it closes wake, and read by the read's own goroutine only after.
 type read[K, V any] struct {
 	key   K
 	wake  chan struct{} // closed when the read is answered or must lead a batch
