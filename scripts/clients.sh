@@ -192,7 +192,8 @@ start_berth() {
 		--log-level debug >"$run/berth.log" 2>&1 &
 	berth_pid=$!
 	for _ in $(seq 300); do
-		REG=$(sed -n 's/.*msg="berth serving" addr=\([^ ]*\).*/\1/p' "$run/berth.log")
+		# berth creates its log itself, maybe after the first look.
+		[ -e "$run/berth.log" ] && REG=$(sed -n 's/.*msg="berth serving" addr=\([^ ]*\).*/\1/p' "$run/berth.log")
 		[ -n "$REG" ] && break
 		kill -0 "$berth_pid" 2>/dev/null || fail "berth exited at start"
 		sleep 0.1

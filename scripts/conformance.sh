@@ -80,7 +80,8 @@ wait_for() {
 	local log=$1 pattern=$2 pid=$3
 	found=
 	for _ in $(seq 300); do
-		found=$(sed -n "s/$pattern/\1/p" "$log" | head -1)
+		# The process creates its log itself, maybe after the first look.
+		[ -e "$log" ] && found=$(sed -n "s/$pattern/\1/p" "$log" | head -1)
 		[ -n "$found" ] && return
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
