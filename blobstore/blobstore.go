@@ -29,6 +29,10 @@ import (
 // ErrNotFound reports a blob or upload part that is not in the store.
 var ErrNotFound = errors.New("not found in blob store")
 
+// ErrFileChanged means a blob's file shrank while CopyFile was sending it:
+// what was already sent cannot be completed.
+var ErrFileChanged = errors.New("the file changed under its mapping")
+
 // Reader serves published blobs.
 type Reader interface {
 	// Stat returns the size of blob dgst, or ErrNotFound.

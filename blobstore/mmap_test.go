@@ -4,11 +4,11 @@ package blobstore
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -87,7 +87,7 @@ func TestCopyFileOfATruncatedFile(t *testing.T) {
 	}
 	defer f.Close()
 	_, err = CopyFile(&truncatingWriter{path: path}, f, 1<<20)
-	if err == nil || !strings.Contains(err.Error(), "changed under its mapping") {
+	if !errors.Is(err, ErrFileChanged) {
 		t.Fatalf("copy of a file truncated under it: err %v", err)
 	}
 }

@@ -56,7 +56,10 @@ func copyWindow(w io.Writer, f *os.File, start, end int64) (written int64, err e
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("read blob %s: the file changed under its mapping: %v", f.Name(), r)
+			if _, fault := r.(interface{ Addr() uintptr }); !fault {
+				panic(r) // not ours to handle
+			}
+			err = fmt.Errorf("read blob %s: %w (%v)", f.Name(), ErrFileChanged, r)
 		}
 	}()
 	k, err := w.Write(m[start-base:])

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strconv"
@@ -83,7 +84,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		return err
 	}
 	defer f.Close()
-	http.ServeContent(copyingWriter{w}, r, "", time.Time{}, f)
+	http.ServeContent(copyingWriter{w, r, h.log}, r, "", time.Time{}, f)
 	return nil
 }
 
@@ -92,17 +93,33 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 // slowest way: the receiver gets the page cache's pages as many small
 // fragments. Writing from a mapping of the file is the fastest (one copy,
 // page cache to socket), then read/write through a buffer (two copies).
-// Over TLS, net/http copies anyway.
-type copyingWriter struct{ http.ResponseWriter }
+type copyingWriter struct {
+	http.ResponseWriter
+	r   *http.Request
+	log *slog.Logger
+}
 
 // ReadFrom is what http.ServeContent's io.CopyN calls: a file of the
 // filesystem store (wrapped in the io.LimitedReader of the range to send)
 // is written from a mapping; anything else through a pooled buffer.
+//
+// Only over HTTP/1: there Write has copied the bytes (to the socket or
+// net/http's buffer) when it returns, on this goroutine. HTTP/2 hands them
+// to the connection's own goroutine, which could read the mapping after
+// it is gone, or fault where this goroutine cannot catch it.
 func (w copyingWriter) ReadFrom(src io.Reader) (int64, error) {
-	if lr, ok := src.(*io.LimitedReader); ok {
+	if lr, ok := src.(*io.LimitedReader); ok && w.r.ProtoMajor == 1 {
 		if f, ok := lr.R.(*os.File); ok {
 			n, err := blobstore.CopyFile(w.ResponseWriter, f, lr.N)
 			lr.N -= n
+			if errors.Is(err, blobstore.ErrFileChanged) {
+				// net/http may count bytes as sent that never were:
+				// close the connection, so that the client sees a short
+				// body rather than waiting for the rest or reading the
+				// next response as part of it.
+				w.log.ErrorContext(w.r.Context(), "blob file changed during download", "err", err)
+				panic(http.ErrAbortHandler)
+			}
 			return n, err
 		}
 	}
