@@ -101,6 +101,18 @@ func start(ctx context.Context, c *coalescer[string, string], key string, out ch
 	}()
 }
 
+// busy returns a coalescer with one slot, taken by a read of "first"
+// whose statement hangs until g.hold lets it go; out gets the answers.
+func busy(t *testing.T) (*gate, *coalescer[string, string], chan result) {
+	t.Helper()
+	g := newGate(true)
+	c := newCoalescer(1, 64, g.run)
+	out := make(chan result, 4)
+	start(context.Background(), c, "first", out)
+	g.next(t)
+	return g, c, out
+}
+
 // queueRead starts a read of key and waits until it is queued behind the
 // running batches: reads queue in the order of the calls.
 func queueRead(t *testing.T, ctx context.Context, c *coalescer[string, string], key string, out chan<- result) {
@@ -192,11 +204,7 @@ func TestCoalescerRunsAloneWhenIdle(t *testing.T) {
 // A queued read whose request goes away returns at once and is left out
 // of the next statement.
 func TestCoalescerCancelWhileQueued(t *testing.T) {
-	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
-	out := make(chan result, 4)
-	start(context.Background(), c, "first", out)
-	g.next(t)
+	g, c, out := busy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	queueRead(t, ctx, c, "gone", out)
 	queueRead(t, context.Background(), c, "stays", out)
@@ -221,11 +229,7 @@ func TestCoalescerCancelWhileQueued(t *testing.T) {
 // has gone: the others in the batch depend on it. The statement runs with
 // a context that is not cancelled.
 func TestCoalescerCancelledLeaderStillRunsTheBatch(t *testing.T) {
-	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
-	out := make(chan result, 4)
-	start(context.Background(), c, "first", out)
-	g.next(t)
+	g, c, out := busy(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	queueRead(t, ctx, c, "leader", out) // first in the queue: leads the next batch
 	queueRead(t, context.Background(), c, "follower", out)
@@ -254,11 +258,7 @@ func TestCoalescerCancelledLeaderStillRunsTheBatch(t *testing.T) {
 // A failed statement fails every read of its batch, and the next batch
 // still runs.
 func TestCoalescerStatementErrorReachesEveryRead(t *testing.T) {
-	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
-	out := make(chan result, 4)
-	start(context.Background(), c, "first", out)
-	g.next(t)
+	g, c, out := busy(t)
 	queueRead(t, context.Background(), c, "a", out)
 	queueRead(t, context.Background(), c, "b", out)
 	boom := errors.New("connection lost")
@@ -296,11 +296,7 @@ func TestCoalescerRetriesAFailedStatementOnce(t *testing.T) {
 // A read whose request goes away while its batch runs returns at once,
 // without waiting for a statement that may hang; the batch goes on.
 func TestCoalescerCancelledFollowerReturnsAtOnce(t *testing.T) {
-	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
-	out := make(chan result, 4)
-	start(context.Background(), c, "first", out)
-	g.next(t)
+	g, c, out := busy(t)
 	queueRead(t, context.Background(), c, "leader", out)
 	ctx, cancel := context.WithCancel(context.Background())
 	queueRead(t, ctx, c, "follower", out)
@@ -324,11 +320,7 @@ func TestCoalescerCancelledFollowerReturnsAtOnce(t *testing.T) {
 // A statement that panics fails its batch instead of leaving the reads
 // in it waiting, and frees its slot for the reads after it.
 func TestCoalescerPanicFailsTheBatchAndFreesTheSlot(t *testing.T) {
-	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
-	out := make(chan result, 4)
-	start(context.Background(), c, "first", out)
-	g.next(t)
+	g, c, out := busy(t)
 	go func() { // leads the next batch, and panics in it
 		defer func() {
 			out <- result{key: "panic", err: fmt.Errorf("panicked: %v", recover())}
