@@ -86,16 +86,7 @@ func runFor(ctx context.Context, conns int, warmup, dur time.Duration, fn op) *l
 				if t0.Before(start) {
 					continue
 				}
-				l.last = t1
-				if err != nil {
-					l.errs++
-					if l.first == nil {
-						l.first = err
-					}
-					continue
-				}
-				l.lat = append(l.lat, t1.Sub(t0))
-				l.bytes += n
+				l.record(t0, t1, n, err)
 			}
 		}()
 	}
@@ -125,21 +116,26 @@ func runCount(ctx context.Context, conns, total int, fn op) *loadResult {
 				t0 := time.Now()
 				n, err := fn(ctx, w, i)
 				t1 := time.Now()
-				l.last = t1
-				if err != nil {
-					l.errs++
-					if l.first == nil {
-						l.first = err
-					}
-					continue
-				}
-				l.lat = append(l.lat, t1.Sub(t0))
-				l.bytes += n
+				l.record(t0, t1, n, err)
 			}
 		}()
 	}
 	wg.Wait()
 	return merge(logs, start, start)
+}
+
+// record notes one operation that ran from t0 to t1.
+func (l *workerLog) record(t0, t1 time.Time, n int64, err error) {
+	l.last = t1
+	if err != nil {
+		l.errs++
+		if l.first == nil {
+			l.first = err
+		}
+		return
+	}
+	l.lat = append(l.lat, t1.Sub(t0))
+	l.bytes += n
 }
 
 func merge(logs []workerLog, start, end time.Time) *loadResult {
