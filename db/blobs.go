@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -231,4 +232,225 @@ WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
 		}
 		return enqueue(ctx, tx, CandidateBlob, dgst, d.gc.ReviewDelay)
 	})
+}
+
+// BlobReview is what examining a blob candidate found.
+type BlobReview struct {
+	Digest        string
+	Size          int64
+	UnlinkedFrom  []string // repositories whose stale link was removed
+	Collect       bool     // the blob is now 'deleting': its bytes must go
+	KeptBecause   string   // why the blob stays, when it does
+	AlreadyMarked bool     // found 'deleting' (an earlier pass stopped halfway)
+}
+
+// GCReviewBlob examines blob candidate c. It first removes the blob's stale
+// links: links older than the review delay in repositories where no
+// manifest references the blob. If then no manifest anywhere references
+// the blob and no fresh link protects it, it marks the blob 'deleting' and
+// the caller must finish with GCDeleteBlob. With dryRun nothing changes.
+//
+// Locks: the blob row FOR UPDATE. Every transaction that makes the blob
+// reachable (upload commit, mount, manifest push) locks the same row first,
+// so the checks below see all of them or exclude them.
+func (d *DB) GCReviewBlob(ctx context.Context, c Candidate, dryRun bool) (BlobReview, error) {
+	rev := BlobReview{Digest: c.Key}
+	err := d.reviewTx(ctx, dryRun, func(tx pgx.Tx) error {
+		rev = BlobReview{Digest: c.Key}
+		var state string
+		err := tx.QueryRow(ctx, `SELECT state, size FROM blobs WHERE digest = $1 FOR UPDATE`, c.Key).Scan(&state, &rev.Size)
+		if errors.Is(err, pgx.ErrNoRows) {
+			rev.KeptBecause = "already gone"
+			return candidateDone(ctx, tx, c)
+		}
+		if err != nil {
+			return fmt.Errorf("lock blob %s: %w", c.Key, err)
+		}
+		switch state {
+		case BlobDeleting:
+			rev.Collect, rev.AlreadyMarked = true, true
+			return nil
+		case BlobMissing:
+			rev.KeptBecause = "bytes missing; waiting for a re-upload"
+			return candidateDone(ctx, tx, c)
+		}
+		rows, err := tx.Query(ctx, `
+DELETE FROM repository_blobs rb USING repositories r
+WHERE rb.digest = $1 AND r.id = rb.repository_id
+  AND rb.created_at <= now() - $2 * interval '1 microsecond'
+  AND NOT EXISTS (
+      SELECT 1 FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id
+      WHERE mb.digest = $1 AND m.repository_id = rb.repository_id)
+RETURNING r.name`, c.Key, d.gc.ReviewDelay.Microseconds())
+		if err != nil {
+			return fmt.Errorf("remove stale links of %s: %w", c.Key, err)
+		}
+		if rev.UnlinkedFrom, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("remove stale links of %s: %w", c.Key, err)
+		}
+		for _, repo := range rev.UnlinkedFrom {
+			if err := audit(ctx, tx, gcActor, event{action: ActionBlobUnlink, repository: repo, digest: c.Key,
+				detail: map[string]any{"reason": "no manifest of the repository references it"}}); err != nil {
+				return err
+			}
+		}
+		var referenced bool
+		var freshUntil *time.Time
+		err = tx.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM manifest_blobs WHERE digest = $1),
+       (SELECT max(created_at) FROM repository_blobs WHERE digest = $1) + $2 * interval '1 microsecond'`,
+			c.Key, d.gc.ReviewDelay.Microseconds()).Scan(&referenced, &freshUntil)
+		if err != nil {
+			return fmt.Errorf("check references of %s: %w", c.Key, err)
+		}
+		switch {
+		case referenced:
+			rev.KeptBecause = "referenced by a manifest"
+			return candidateDone(ctx, tx, c)
+		case freshUntil != nil:
+			rev.KeptBecause = "linked less than the review delay ago"
+			return candidateLater(ctx, tx, c, *freshUntil)
+		}
+		rev.Collect = true
+		_, err = tx.Exec(ctx, `UPDATE blobs SET state = 'deleting' WHERE digest = $1`, c.Key)
+		return err
+	})
+	return rev, err
+}
+
+// GCDeleteBlob finishes collecting a blob that GCReviewBlob marked
+// 'deleting': with the row locked FOR UPDATE, it calls deleteBytes and
+// then deletes the row. If an upload revived the blob in between (state
+// 'ready' again), nothing is deleted.
+//
+// Bytes go first, then the row, under the lock that every upload of the
+// same digest must take: an upload either committed before (and revived
+// the row, so nothing is deleted here) or waits, finds no row, and
+// publishes its bytes again. A crash after the bytes are gone leaves a
+// 'deleting' row that no reader serves; its candidate lease expires and a
+// later pass deletes it.
+func (d *DB) GCDeleteBlob(ctx context.Context, c Candidate, deleteBytes func(context.Context) error) (deleted bool, size int64, err error) {
+	err = d.withTx(ctx, func(tx pgx.Tx) error {
+		deleted = false
+		var state string
+		err := tx.QueryRow(ctx, `SELECT state, size FROM blobs WHERE digest = $1 FOR UPDATE`, c.Key).Scan(&state, &size)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return candidateDone(ctx, tx, c)
+		}
+		if err != nil {
+			return fmt.Errorf("lock blob %s: %w", c.Key, err)
+		}
+		if state != BlobDeleting {
+			return candidateDone(ctx, tx, c) // revived by an upload
+		}
+		if err := deleteBytes(ctx); err != nil {
+			return fmt.Errorf("delete bytes of %s: %w", c.Key, err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM blobs WHERE digest = $1`, c.Key); err != nil {
+			return fmt.Errorf("delete blob %s: %w", c.Key, err)
+		}
+		deleted = true
+		if err := audit(ctx, tx, gcActor, event{action: ActionBlobDelete, repository: "", digest: c.Key,
+			detail: map[string]any{"size": size}}); err != nil {
+			return err
+		}
+		return candidateDone(ctx, tx, c)
+	})
+	return deleted, size, err
+}
+
+// GCDeleteOrphan deletes bytes that no blob row describes. It claims the
+// digest by inserting a 'deleting' row inside its transaction: an upload of
+// the same digest either got its row in first (then these bytes are not
+// orphaned and nothing happens) or waits for this transaction, finds no
+// row, and publishes its bytes again.
+func (d *DB) GCDeleteOrphan(ctx context.Context, dgst string, deleteBytes func(context.Context) error) (deleted bool, err error) {
+	err = d.withTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx,
+			`INSERT INTO blobs (digest, size, state) VALUES ($1, 0, 'deleting') ON CONFLICT (digest) DO NOTHING`, dgst)
+		if err != nil {
+			return fmt.Errorf("claim orphan %s: %w", dgst, err)
+		}
+		if deleted = tag.RowsAffected() == 1; !deleted {
+			return nil
+		}
+		if err := deleteBytes(ctx); err != nil {
+			return fmt.Errorf("delete orphaned bytes of %s: %w", dgst, err)
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM blobs WHERE digest = $1`, dgst)
+		return err
+	})
+	return deleted, err
+}
+
+// BlobRow is a blob's row, for consistency checks.
+type BlobRow struct {
+	Digest string
+	Size   int64
+	State  string
+}
+
+// BlobRows returns up to n blob rows after digest last, in digest order.
+func (d *DB) BlobRows(ctx context.Context, last string, n int) ([]BlobRow, error) {
+	rows, err := d.pool.Query(ctx,
+		`SELECT digest, size, state FROM blobs WHERE digest > $1 ORDER BY digest LIMIT $2`, last, n)
+	if err != nil {
+		return nil, fmt.Errorf("list blobs: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BlobRow, error) {
+		var b BlobRow
+		err := row.Scan(&b.Digest, &b.Size, &b.State)
+		return b, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list blobs: %w", err)
+	}
+	return list, nil
+}
+
+// BlobsKnown reports which of digests have a blob row.
+func (d *DB) BlobsKnown(ctx context.Context, digests []string) (map[string]bool, error) {
+	return d.known(ctx, `SELECT digest FROM blobs WHERE digest = ANY($1)`, digests)
+}
+
+// BlobMarkMissing records that a ready blob's bytes are gone: the blob
+// becomes invisible (HEAD and GET answer 404, so clients upload it again)
+// and the next upload of the digest re-publishes the bytes. stillMissing
+// checks the store again with the row locked FOR UPDATE: between the
+// caller's first look and the lock, the blob may have been collected and
+// uploaded afresh, bytes included, and must then be left alone. It returns
+// the manifests that reference the blob, which cannot be pulled until a
+// client pushes it again; marked is false when the blob was left alone.
+func (d *DB) BlobMarkMissing(ctx context.Context, dgst string, stillMissing func(context.Context) (bool, error)) (marked bool, affected []string, err error) {
+	err = d.withTx(ctx, func(tx pgx.Tx) error {
+		marked, affected = false, nil
+		state, found, err := blobLock(ctx, tx, dgst)
+		if err != nil || !found || state != BlobReady {
+			return err
+		}
+		missing, err := stillMissing(ctx)
+		if err != nil || !missing {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE blobs SET state = 'missing' WHERE digest = $1`, dgst); err != nil {
+			return err
+		}
+		marked = true
+		rows, err := tx.Query(ctx, `
+SELECT r.name || '@' || m.digest FROM manifest_blobs mb
+JOIN manifests m ON m.id = mb.manifest_id JOIN repositories r ON r.id = m.repository_id
+WHERE mb.digest = $1 AND m.deleted_at IS NULL ORDER BY 1`, dgst)
+		if err != nil {
+			return err
+		}
+		if affected, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		return audit(ctx, tx, gcActor, event{action: ActionBlobMissing, repository: "", digest: dgst,
+			detail: map[string]any{"manifests": affected}})
+	})
+	if err != nil {
+		return false, nil, fmt.Errorf("mark blob %s missing: %w", dgst, err)
+	}
+	return marked, affected, nil
 }

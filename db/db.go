@@ -360,16 +360,48 @@ func IsInvalidInput(err error) bool {
 	return false
 }
 
-// isUniqueViolation reports a unique constraint violation (23505).
-func isUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
-}
-
 // querier is what both the pool and a transaction offer; read-only helpers
 // take it so they run either alone or inside a transaction.
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// WithSessionLock runs fn while holding the PostgreSQL advisory lock key,
+// if no other process holds it; ran is false when it was taken. Replicas use
+// it so that one of them at a time does work that must not run twice at
+// once, such as walking the whole blob store.
+func (d *DB) WithSessionLock(ctx context.Context, key int64, fn func() error) (ran bool, err error) {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return false, fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+		return false, fmt.Errorf("try advisory lock: %w", err)
+	}
+	if !got {
+		return false, nil
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
+	return true, fn()
+}
+
+// known reports which of keys the query (with keys as $1) returns.
+func (d *DB) known(ctx context.Context, q string, keys []string) (map[string]bool, error) {
+	rows, err := d.pool.Query(ctx, q, keys)
+	if err != nil {
+		return nil, fmt.Errorf("look up %d keys: %w", len(keys), err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up %d keys: %w", len(keys), err)
+	}
+	m := make(map[string]bool, len(found))
+	for _, k := range found {
+		m[k] = true
+	}
+	return m, nil
 }

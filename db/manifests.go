@@ -586,3 +586,121 @@ WHERE r.name = $1`, repo, last, n+1, untagged)
 	}
 	return list, false, nil
 }
+
+// ManifestReview is what examining a manifest candidate found.
+type ManifestReview struct {
+	Repository  string
+	Digest      string
+	Purged      bool     // a tombstone past retention was removed for good
+	Untagged    bool     // an untagged manifest was deleted (tombstoned)
+	FreedBlobs  []string // blobs the purged manifest referenced, now candidates
+	KeptBecause string
+}
+
+// GCReviewManifest examines manifest candidate c: a tombstone past its
+// retention is purged (its blobs become candidates); with untagged
+// collection on, a live manifest that has been untagged long enough, that
+// no live index lists, that is not the subject of a live referrer and not
+// itself attached to a live subject, is deleted like a client delete
+// (a tombstone, so it can still be restored during the retention).
+//
+// Locks: the manifest row FOR UPDATE, as a client delete does.
+func (d *DB) GCReviewManifest(ctx context.Context, c Candidate, dryRun bool) (ManifestReview, error) {
+	var rev ManifestReview
+	err := d.reviewTx(ctx, dryRun, func(tx pgx.Tx) error {
+		rev = ManifestReview{}
+		var id, repoID int64
+		var deleted, expired bool
+		var retainUntil *time.Time
+		err := tx.QueryRow(ctx, `
+SELECT m.id, m.repository_id, r.name, m.digest, m.deleted_at IS NOT NULL,
+       coalesce(m.deleted_at + $2 * interval '1 microsecond' <= now(), false), m.deleted_at + $2 * interval '1 microsecond'
+FROM manifests m JOIN repositories r ON r.id = m.repository_id
+WHERE m.id = $1::bigint
+FOR UPDATE OF m`, c.Key, d.gc.TombstoneRetention.Microseconds()).Scan(
+			&id, &repoID, &rev.Repository, &rev.Digest, &deleted, &expired, &retainUntil)
+		if errors.Is(err, pgx.ErrNoRows) {
+			rev.KeptBecause = "already gone"
+			return candidateDone(ctx, tx, c)
+		}
+		if err != nil {
+			return fmt.Errorf("lock manifest %s: %w", c.Key, err)
+		}
+		if deleted {
+			if !expired {
+				rev.KeptBecause = "tombstone within retention"
+				return candidateLater(ctx, tx, c, *retainUntil)
+			}
+			return d.purgeManifest(ctx, tx, c, id, &rev)
+		}
+		if !d.gc.CollectUntagged {
+			rev.KeptBecause = "untagged manifests are kept"
+			return candidateDone(ctx, tx, c)
+		}
+		var reason string
+		err = tx.QueryRow(ctx, `
+SELECT CASE
+    WHEN EXISTS (SELECT 1 FROM tags WHERE manifest_id = $1) THEN 'tagged'
+    WHEN EXISTS (SELECT 1 FROM manifest_children c JOIN manifests p ON p.id = c.parent_id
+                 WHERE c.child_id = $1 AND p.deleted_at IS NULL) THEN 'listed by a live index'
+    WHEN EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = $2 AND s.subject_digest = $3
+                 AND s.deleted_at IS NULL) THEN 'subject of a live referrer'
+    WHEN EXISTS (SELECT 1 FROM manifests m JOIN manifests s ON s.repository_id = m.repository_id
+                 AND s.digest = m.subject_digest AND s.deleted_at IS NULL WHERE m.id = $1) THEN 'attached to a live subject'
+    ELSE '' END`, id, repoID, rev.Digest).Scan(&reason)
+		if err != nil {
+			return fmt.Errorf("check manifest %s: %w", rev.Digest, err)
+		}
+		if reason != "" {
+			rev.KeptBecause = reason
+			return candidateDone(ctx, tx, c)
+		}
+		if _, err := tx.Exec(ctx,
+			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`, id, gcActor.Name); err != nil {
+			return fmt.Errorf("tombstone manifest %s: %w", rev.Digest, err)
+		}
+		rev.Untagged = true
+		if err := audit(ctx, tx, gcActor, event{action: ActionManifestDelete, repository: rev.Repository, digest: rev.Digest,
+			detail: map[string]any{"reason": "untagged"}}); err != nil {
+			return err
+		}
+		if err := candidateDone(ctx, tx, c); err != nil {
+			return err
+		}
+		if err := enqueue(ctx, tx, CandidateManifest, c.Key, d.gc.TombstoneRetention); err != nil {
+			return err
+		}
+		return d.enqueueDependents(ctx, tx, id)
+	})
+	return rev, err
+}
+
+// purgeManifest removes a tombstoned manifest row for good; its references
+// go with it (ON DELETE CASCADE) and the blobs it referenced become
+// candidates, reviewable at once: links and other manifests still protect
+// them as usual.
+func (d *DB) purgeManifest(ctx context.Context, tx pgx.Tx, c Candidate, id int64, rev *ManifestReview) error {
+	rows, err := tx.Query(ctx, `SELECT digest FROM manifest_blobs WHERE manifest_id = $1 ORDER BY digest`, id)
+	if err != nil {
+		return fmt.Errorf("read blobs of %s: %w", rev.Digest, err)
+	}
+	if rev.FreedBlobs, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		return fmt.Errorf("read blobs of %s: %w", rev.Digest, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM manifests WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("purge manifest %s: %w", rev.Digest, err)
+	}
+	rev.Purged = true
+	if err := audit(ctx, tx, gcActor, event{action: ActionManifestPurge, repository: rev.Repository, digest: rev.Digest}); err != nil {
+		return err
+	}
+	if err := candidateDone(ctx, tx, c); err != nil {
+		return err
+	}
+	for _, b := range rev.FreedBlobs {
+		if err := enqueue(ctx, tx, CandidateBlob, b, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}

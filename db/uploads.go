@@ -133,3 +133,45 @@ func (d *DB) UploadCount(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// GCExpireUploads ends up to limit upload sessions idle for longer than
+// timeout and returns them, so that the caller discards their bytes after
+// the commit (a crash in between leaves only bytes without a session, which
+// the sweep removes). The session row itself records its last activity, so
+// it needs no queue entry. SKIP LOCKED passes over sessions a request is
+// finishing right now.
+func (d *DB) GCExpireUploads(ctx context.Context, timeout time.Duration, limit int, dryRun bool) ([]Upload, error) {
+	var expired []Upload
+	err := d.reviewTx(ctx, dryRun, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+DELETE FROM uploads u USING repositories r
+WHERE r.id = u.repository_id AND u.id IN (
+    SELECT id FROM uploads WHERE updated_at <= now() - $1 * interval '1 microsecond'
+    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+RETURNING u.id, r.name, u.size, u.store_state, u.created_at, u.updated_at`, timeout.Microseconds(), limit)
+		if err != nil {
+			return fmt.Errorf("expire uploads: %w", err)
+		}
+		expired, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Upload, error) {
+			var u Upload
+			err := row.Scan(&u.ID, &u.Repository, &u.Size, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+			return u, err
+		})
+		if err != nil {
+			return fmt.Errorf("expire uploads: %w", err)
+		}
+		for _, u := range expired {
+			if err := audit(ctx, tx, gcActor, event{action: ActionUploadExpire, repository: u.Repository,
+				detail: map[string]any{"upload": u.ID, "size": u.Size, "idle_since": u.UpdatedAt}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return expired, err
+}
+
+// UploadsKnown reports which of ids are open upload sessions.
+func (d *DB) UploadsKnown(ctx context.Context, ids []string) (map[string]bool, error) {
+	return d.known(ctx, `SELECT id FROM uploads WHERE id = ANY($1)`, ids)
+}
