@@ -96,7 +96,7 @@ func (d *DB) TagHistory(ctx context.Context, repo, tag string, before int64, n i
 	if before <= 0 {
 		before = 1<<63 - 1
 	}
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 SELECT a.id, a.at, a.action, coalesce(a.digest, ''), coalesce(a.old_digest, ''), a.actor, a.request_id
 FROM repositories r
 LEFT JOIN LATERAL (
@@ -129,7 +129,7 @@ WHERE r.name = $1`, repo, tag, before, n+1)
 		return nil, false, fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
 	}
 	if !found {
-		return nil, false, ErrRepositoryUnknown
+		return nil, false, repositoryUnknown(repo)
 	}
 	if events == nil {
 		events = []TagEvent{}

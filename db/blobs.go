@@ -13,14 +13,14 @@ import (
 // being collected. One round trip; it locks nothing.
 func (d *DB) BlobSize(ctx context.Context, repo, dgst string) (int64, error) {
 	var size int64
-	err := d.pool.QueryRow(ctx, `
+	err := d.q.QueryRow(ctx, `
 SELECT b.size
 FROM repositories r
 JOIN repository_blobs rb ON rb.repository_id = r.id
 JOIN blobs b ON b.digest = rb.digest
 WHERE r.name = $1 AND rb.digest = $2 AND b.state = 'ready'`, repo, dgst).Scan(&size)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, ErrBlobUnknown
+		return 0, blobUnknown(repo, dgst)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("stat blob %s in %s: %w", dgst, repo, err)
@@ -33,7 +33,7 @@ WHERE r.name = $1 AND rb.digest = $2 AND b.state = 'ready'`, repo, dgst).Scan(&s
 // already there; the answer is re-checked under the row lock in BlobCommit.
 func (d *DB) BlobReady(ctx context.Context, dgst string) (bool, error) {
 	var ready bool
-	err := d.pool.QueryRow(ctx,
+	err := d.q.QueryRow(ctx,
 		`SELECT EXISTS (SELECT 1 FROM blobs WHERE digest = $1 AND state = 'ready')`, dgst).Scan(&ready)
 	if err != nil {
 		return false, fmt.Errorf("look up blob %s: %w", dgst, err)
@@ -182,7 +182,7 @@ func (d *DB) BlobMount(ctx context.Context, from, to, dgst string, actor Actor) 
 		}
 		err = tx.QueryRow(ctx, `SELECT size FROM blobs WHERE digest = $1 AND state = 'ready' FOR SHARE`, dgst).Scan(&size)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrBlobUnknown
+			return blobUnknown(from, dgst)
 		}
 		if err != nil {
 			return fmt.Errorf("lock blob %s: %w", dgst, err)
@@ -197,7 +197,7 @@ SELECT EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = r
 			return fmt.Errorf("find blob %s in %s: %w", dgst, from, err)
 		}
 		if !linked {
-			return ErrBlobUnknown
+			return blobUnknown(from, dgst)
 		}
 		if err := blobLink(ctx, tx, toID, dgst); err != nil {
 			return err
@@ -225,7 +225,7 @@ WHERE r.id = rb.repository_id AND r.name = $1 AND rb.digest = $2`, repo, dgst)
 			return fmt.Errorf("unlink blob %s from %s: %w", dgst, repo, err)
 		}
 		if tag.RowsAffected() == 0 {
-			return ErrBlobUnknown
+			return blobUnknown(repo, dgst)
 		}
 		if err := audit(ctx, tx, actor, event{action: ActionBlobUnlink, repository: repo, digest: dgst}); err != nil {
 			return err
@@ -392,7 +392,7 @@ type BlobRow struct {
 
 // BlobRows returns up to n blob rows after digest last, in digest order.
 func (d *DB) BlobRows(ctx context.Context, last string, n int) ([]BlobRow, error) {
-	rows, err := d.pool.Query(ctx,
+	rows, err := d.q.Query(ctx,
 		`SELECT digest, size, state FROM blobs WHERE digest > $1 ORDER BY digest LIMIT $2`, last, n)
 	if err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)

@@ -32,6 +32,9 @@ type coalescer[K, V any] struct {
 	run         func(ctx context.Context, keys []K) (vals []V, errs []error, err error)
 	maxInFlight int
 	maxBatch    int
+	// timeout bounds one statement: the reads of a batch wait for it, and
+	// none of their own contexts may end it (see lead).
+	timeout time.Duration
 
 	mu       sync.Mutex
 	inFlight int
@@ -52,9 +55,9 @@ type read[K, V any] struct {
 	err   error
 }
 
-func newCoalescer[K, V any](maxInFlight, maxBatch int,
+func newCoalescer[K, V any](maxInFlight, maxBatch int, timeout time.Duration,
 	run func(ctx context.Context, keys []K) ([]V, []error, error)) *coalescer[K, V] {
-	return &coalescer[K, V]{run: run, maxInFlight: maxInFlight, maxBatch: maxBatch}
+	return &coalescer[K, V]{run: run, maxInFlight: maxInFlight, maxBatch: maxBatch, timeout: timeout}
 }
 
 // do answers key, as part of a batch.
@@ -125,7 +128,7 @@ func (c *coalescer[K, V]) lead(ctx context.Context, batch []*read[K, V]) {
 	// One request's cancellation must not fail the others' reads; the
 	// timeout stands in for theirs, so a hung connection cannot hold a
 	// batch forever.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
 	vals, errs, err := c.run(ctx, keys)
 	if err != nil && ctx.Err() == nil {
@@ -172,11 +175,6 @@ func (c *coalescer[K, V]) handOff(batch []*read[K, V]) {
 		close(next.wake)
 	}
 }
-
-// batchTimeout bounds one batch statement. A manifest read takes well
-// under a millisecond; this only has to end a read stuck on a dead
-// connection.
-const batchTimeout = 30 * time.Second
 
 func indexOf[T comparable](s []T, v T) int {
 	for i, x := range s {

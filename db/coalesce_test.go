@@ -106,7 +106,7 @@ func start(ctx context.Context, c *coalescer[string, string], key string, out ch
 func busy(t *testing.T) (*gate, *coalescer[string, string], chan result) {
 	t.Helper()
 	g := newGate(true)
-	c := newCoalescer(1, 64, g.run)
+	c := newCoalescer(1, 64, DefaultTimeout, g.run)
 	out := make(chan result, 4)
 	start(context.Background(), c, "first", out)
 	g.next(t)
@@ -146,7 +146,7 @@ func waitQueued(t *testing.T, c *coalescer[string, string], n int) {
 // next statement, at most maxBatch at a time, and each gets its own answer.
 func TestCoalescerBatchesQueuedReads(t *testing.T) {
 	g := newGate(true)
-	c := newCoalescer(1, 4, g.run)
+	c := newCoalescer(1, 4, DefaultTimeout, g.run)
 	out := make(chan result, 20)
 	ctx := context.Background()
 
@@ -189,7 +189,7 @@ func TestCoalescerBatchesQueuedReads(t *testing.T) {
 // company on a quiet registry.
 func TestCoalescerRunsAloneWhenIdle(t *testing.T) {
 	g := newGate(false)
-	c := newCoalescer(2, 64, g.run)
+	c := newCoalescer(2, 64, DefaultTimeout, g.run)
 	for i := range 3 {
 		v, err := c.do(context.Background(), fmt.Sprint(i))
 		if err != nil || v != fmt.Sprint("v", i) {
@@ -284,7 +284,7 @@ func TestCoalescerStatementErrorReachesEveryRead(t *testing.T) {
 func TestCoalescerRetriesAFailedStatementOnce(t *testing.T) {
 	g := newGate(false)
 	g.failN = 1
-	c := newCoalescer(1, 64, g.run)
+	c := newCoalescer(1, 64, DefaultTimeout, g.run)
 	if v, err := c.do(context.Background(), "a"); err != nil || v != "va" {
 		t.Fatalf("read after one failed statement: %q, %v", v, err)
 	}
@@ -366,7 +366,7 @@ func TestCoalescerStress(t *testing.T) {
 		}
 		return vals, make([]error, len(keys)), nil
 	}
-	c := newCoalescer(2, 8, run)
+	c := newCoalescer(2, 8, DefaultTimeout, run)
 	var wg sync.WaitGroup
 	for g := range 64 {
 		wg.Add(1)

@@ -73,8 +73,8 @@ package db
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -85,8 +85,10 @@ import (
 // DB is the handle to Berth's metadata database. It is safe for concurrent
 // use.
 type DB struct {
-	pool *pgxpool.Pool
-	gc   GCPolicy
+	pool  *pgxpool.Pool
+	q     guardedPool // pool, with a deadline on every statement
+	guard *guard
+	gc    GCPolicy
 
 	// reads holds the connections of the batched manifest reads, apart
 	// from pool: a burst of pulls never waits for a connection behind
@@ -101,10 +103,23 @@ type DB struct {
 type Options struct {
 	MaxConns int32
 	GC       GCPolicy
+	// Timeout bounds every statement, including the wait for a pool
+	// connection and connecting (see guard); 0 means DefaultTimeout.
+	Timeout time.Duration
+	// Logger receives the start and end of database outages; nil means
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // Open connects to the database at url and checks that it answers.
 func Open(ctx context.Context, url string, opts Options) (*DB, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	g := &guard{timeout: opts.Timeout, health: &health{log: opts.Logger}}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
@@ -112,22 +127,23 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
+	setConnectTimeout(cfg, opts.Timeout)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
-	if err := pool.Ping(ctx); err != nil {
+	if err := ping(ctx, pool, g); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("connect to database: %w", err)
 	}
-	reads, err := openReadPool(ctx, url)
+	reads, err := openReadPool(ctx, url, g)
 	if err != nil {
 		pool.Close()
 		return nil, err
 	}
-	d := &DB{pool: pool, gc: opts.GC, reads: reads}
-	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, d.manifestBatch(manifestsByTagSQL))
-	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, d.manifestBatch(manifestsByDigestSQL))
+	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads}
+	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByTagSQL))
+	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByDigestSQL))
 	return d, nil
 }
 
@@ -143,20 +159,21 @@ const readsInFlight = 2
 // always looks cheaper than the generic one, and planning costs more than
 // running the lookups (on this workload, 27k against 43k manifest GETs/s).
 // The generic plan is the same nested loop of index lookups per key.
-func openReadPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+func openReadPool(ctx context.Context, url string, g *guard) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
 	}
 	cfg.MaxConns = 2 * readsInFlight // by tag, by digest
 	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	setConnectTimeout(cfg, g.timeout)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool for reads: %w", err)
 	}
 	// Connect now: a server or pooler that refuses these connections (or
 	// the setting) must stop the start, not fail every pull later.
-	if err := pool.Ping(ctx); err != nil {
+	if err := ping(ctx, pool, g); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("connect to database for reads: %w", err)
 	}
@@ -175,10 +192,25 @@ func (d *DB) Close() {
 
 // Ping checks that the database answers, on both pools.
 func (d *DB) Ping(ctx context.Context) error {
-	if err := d.pool.Ping(ctx); err != nil {
+	if err := ping(ctx, d.pool, d.guard); err != nil {
 		return err
 	}
-	return d.reads.Ping(ctx)
+	return ping(ctx, d.reads, d.guard)
+}
+
+func ping(ctx context.Context, pool *pgxpool.Pool, g *guard) error {
+	pctx, cancel := g.deadline(ctx)
+	defer cancel()
+	return g.observe(ctx, pool.Ping(pctx))
+}
+
+// setConnectTimeout bounds connecting, unless the URL's connect_timeout
+// already does: a server that accepts TCP connections but never answers
+// the startup message would otherwise hold the connecting goroutine.
+func setConnectTimeout(cfg *pgxpool.Config, timeout time.Duration) {
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = timeout
+	}
 }
 
 // PoolStats is a snapshot of a connection pool, for metrics.
@@ -220,54 +252,6 @@ type Actor struct {
 	RequestID string
 }
 
-// Errors returned by this package. Callers compare with errors.Is.
-var (
-	ErrRepositoryUnknown = errors.New("repository not known")
-	ErrManifestUnknown   = errors.New("manifest not known")
-	ErrBlobUnknown       = errors.New("blob not known")
-	ErrUploadUnknown     = errors.New("upload session not known")
-	ErrTagUnknown        = errors.New("tag not known")
-	// ErrUploadOffset means an upload chunk did not start where the session
-	// stands, typically because another request appended first.
-	ErrUploadOffset = errors.New("upload chunk does not start at the session's current offset")
-)
-
-// MissingReferenceError reports a manifest that references a blob or child
-// manifest which is not present in the repository.
-type MissingReferenceError struct {
-	Digest   string
-	Manifest bool // a child manifest rather than a blob
-}
-
-func (e *MissingReferenceError) Error() string {
-	if e.Manifest {
-		return fmt.Sprintf("referenced manifest %s is not present in the repository", e.Digest)
-	}
-	return fmt.Sprintf("referenced blob %s is not present in the repository", e.Digest)
-}
-
-// SizeMismatchError reports a descriptor whose size differs from the stored
-// blob's.
-type SizeMismatchError struct {
-	Digest         string
-	Declared, Real int64
-}
-
-func (e *SizeMismatchError) Error() string {
-	return fmt.Sprintf("descriptor of %s declares %d bytes but the blob holds %d", e.Digest, e.Declared, e.Real)
-}
-
-// ReferencedError reports a manifest that cannot be deleted because a live
-// index in the same repository still lists it.
-type ReferencedError struct {
-	Digest     string // the manifest to delete
-	ReferrerOf string // digest of the index that references it
-}
-
-func (e *ReferencedError) Error() string {
-	return fmt.Sprintf("manifest %s is referenced by index %s; delete the index first", e.Digest, e.ReferrerOf)
-}
-
 // maxAttempts bounds the retries of a transaction that PostgreSQL aborted
 // with a deadlock or serialization failure.
 const maxAttempts = 5
@@ -276,8 +260,11 @@ const maxAttempts = 5
 // when PostgreSQL aborts the transaction with a deadlock or serialization
 // failure, the whole transaction is retried with a short backoff.
 //
-// Rollback runs under context.WithoutCancel: a request whose client went
-// away must still end its transaction rather than leave it to the pool.
+// Every statement of the transaction has the guard's deadline (fn gets a
+// guardedTx). Rollback runs under context.WithoutCancel, with the same
+// deadline: a request whose client went away must still end its
+// transaction rather than leave it to the pool, and a database that does
+// not answer must not hold the request forever.
 func (d *DB) withTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	for attempt := 1; ; attempt++ {
 		err := d.tryTx(ctx, fn)
@@ -302,63 +289,29 @@ func (d *DB) tryTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 // runTx runs fn in a transaction, then commits it, or with commit false
 // rolls it back whatever fn did (a dry run).
 func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) error {
-	tx, err := d.pool.Begin(ctx)
+	bctx, cancel := d.guard.deadline(ctx)
+	tx, err := d.pool.Begin(bctx)
+	cancel()
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return fmt.Errorf("begin transaction: %w", d.guard.observe(ctx, err))
 	}
-	if err := fn(tx); err != nil || !commit {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
+	if err := fn(guardedTx{tx, d.guard}); err != nil || !commit {
+		rctx, cancel := d.guard.deadline(context.WithoutCancel(ctx))
+		_ = tx.Rollback(rctx)
+		cancel()
 		return err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+	cctx, cancel := d.guard.deadline(ctx)
+	defer cancel()
+	if err := tx.Commit(cctx); err != nil {
+		return fmt.Errorf("commit: %w", d.guard.observe(ctx, err))
 	}
 	return nil
 }
 
-// errContended is returned by a statement loop that kept losing to
-// concurrent transactions (a row inserted, then deleted, then inserted
-// again by others while we look). withTx retries the whole transaction.
-var errContended = errors.New("row contended by concurrent transactions")
-
 // contentionRounds bounds how often a statement loop goes round before it
 // gives up with errContended.
 const contentionRounds = 10
-
-// retryable reports whether err is a transient conflict worth retrying the
-// whole transaction for.
-func retryable(err error) bool {
-	if errors.Is(err, errContended) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	switch pgErr.Code {
-	case "40001", // serialization_failure
-		"40P01": // deadlock_detected
-		return true
-	}
-	return false
-}
-
-// IsInvalidInput reports an error PostgreSQL raised because a value cannot
-// be stored as text (a NUL byte, an invalid encoding): the client's input,
-// not a server fault. The API validates input before it gets here; this is
-// the backstop that keeps such input from ever answering 500.
-func IsInvalidInput(err error) bool {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	switch pgErr.Code {
-	case "22021", // character_not_in_repertoire
-		"22P05": // untranslatable_character
-		return true
-	}
-	return false
-}
 
 // querier is what both the pool and a transaction offer; read-only helpers
 // take it so they run either alone or inside a transaction.
@@ -373,25 +326,35 @@ type querier interface {
 // it so that one of them at a time does work that must not run twice at
 // once, such as walking the whole blob store.
 func (d *DB) WithSessionLock(ctx context.Context, key int64, fn func() error) (ran bool, err error) {
-	conn, err := d.pool.Acquire(ctx)
+	actx, cancel := d.guard.deadline(ctx)
+	defer cancel()
+	conn, err := d.pool.Acquire(actx)
 	if err != nil {
-		return false, fmt.Errorf("acquire connection: %w", err)
+		return false, fmt.Errorf("acquire connection: %w", d.guard.observe(ctx, err))
 	}
 	defer conn.Release()
 	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
-		return false, fmt.Errorf("try advisory lock: %w", err)
+	if err := conn.QueryRow(actx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+		return false, fmt.Errorf("try advisory lock: %w", d.guard.observe(ctx, err))
 	}
 	if !got {
 		return false, nil
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key)
+	defer func() {
+		// If the unlock cannot be sent, the connection is closed, which
+		// releases the lock as well.
+		uctx, cancel := d.guard.deadline(context.WithoutCancel(ctx))
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1)`, key); err != nil {
+			conn.Conn().Close(uctx)
+		}
+	}()
 	return true, fn()
 }
 
 // known reports which of keys the query (with keys as $1) returns.
 func (d *DB) known(ctx context.Context, q string, keys []string) (map[string]bool, error) {
-	rows, err := d.pool.Query(ctx, q, keys)
+	rows, err := d.q.Query(ctx, q, keys)
 	if err != nil {
 		return nil, fmt.Errorf("look up %d keys: %w", len(keys), err)
 	}

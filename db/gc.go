@@ -103,7 +103,7 @@ type Candidate struct {
 // without holding queue locks that would make pushes wait. A collector that
 // dies simply lets its lease expire.
 func (d *DB) GCClaim(ctx context.Context, limit int, lease time.Duration) ([]Candidate, error) {
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 WITH due AS (
     SELECT kind, key FROM gc_queue
     WHERE review_after <= now() AND (leased_until IS NULL OR leased_until < now())
@@ -164,7 +164,7 @@ func (d *DB) reviewTx(ctx context.Context, dryRun bool, fn func(pgx.Tx) error) e
 // holding the sweep's session lock, then GCSweepDone after sweeping.
 func (d *DB) GCSweepDue(ctx context.Context, interval time.Duration) (bool, error) {
 	var due bool
-	err := d.pool.QueryRow(ctx, `
+	err := d.q.QueryRow(ctx, `
 SELECT coalesce((SELECT at <= now() - $1 * interval '1 microsecond' FROM gc_state WHERE name = 'sweep'), true)`,
 		interval.Microseconds()).Scan(&due)
 	if err != nil {
@@ -175,7 +175,7 @@ SELECT coalesce((SELECT at <= now() - $1 * interval '1 microsecond' FROM gc_stat
 
 // GCSweepDone records that a sweep finished now.
 func (d *DB) GCSweepDone(ctx context.Context) error {
-	_, err := d.pool.Exec(ctx, `
+	_, err := d.q.Exec(ctx, `
 INSERT INTO gc_state (name, at) VALUES ('sweep', now()) ON CONFLICT (name) DO UPDATE SET at = now()`)
 	if err != nil {
 		return fmt.Errorf("record sweep: %w", err)
@@ -185,7 +185,7 @@ INSERT INTO gc_state (name, at) VALUES ('sweep', now()) ON CONFLICT (name) DO UP
 
 // GCQueueStats counts the queued candidates, and those due now.
 func (d *DB) GCQueueStats(ctx context.Context) (queued, due int64, err error) {
-	err = d.pool.QueryRow(ctx, `
+	err = d.q.QueryRow(ctx, `
 SELECT count(*), count(*) FILTER (WHERE review_after <= now()) FROM gc_queue`).Scan(&queued, &due)
 	if err != nil {
 		return 0, 0, fmt.Errorf("count garbage candidates: %w", err)
@@ -197,7 +197,7 @@ SELECT count(*), count(*) FILTER (WHERE review_after <= now()) FROM gc_queue`).S
 // order, without claiming them: for dry runs, which must not change the
 // queue.
 func (d *DB) GCDue(ctx context.Context, after Candidate, limit int) ([]Candidate, error) {
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 SELECT kind, key, seq FROM gc_queue
 WHERE review_after <= now() AND (kind, key) > ($1, $2)
 ORDER BY kind, key LIMIT $3`, after.Kind, after.Key, limit)

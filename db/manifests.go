@@ -25,13 +25,27 @@ type Manifest struct {
 // them apart would cost a round trip on the hottest path of the registry.
 // Concurrent calls share statements (see coalescer).
 func (d *DB) ManifestByTag(ctx context.Context, repo, tag string, withPayload bool) (Manifest, error) {
-	return d.byTag.do(ctx, manifestKey{repo, tag, withPayload})
+	return d.batchedRead(ctx, d.byTag, manifestKey{repo, tag, withPayload})
 }
 
 // ManifestByDigest returns the live manifest dgst of repo. Concurrent calls
 // share statements (see coalescer).
 func (d *DB) ManifestByDigest(ctx context.Context, repo, dgst string, withPayload bool) (Manifest, error) {
-	return d.byDigest.do(ctx, manifestKey{repo, dgst, withPayload})
+	return d.batchedRead(ctx, d.byDigest, manifestKey{repo, dgst, withPayload})
+}
+
+// batchedRead answers key through c within the statement deadline, waiting
+// in the queue included: when every statement in flight is stuck, a read
+// must not wait for them longer than it would for its own.
+func (d *DB) batchedRead(ctx context.Context, c *coalescer[manifestKey, Manifest], key manifestKey) (Manifest, error) {
+	rctx, cancel := d.guard.deadline(ctx)
+	defer cancel()
+	m, err := c.do(rctx, key)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		// Timed out in the queue: the statements ahead did not come back.
+		return m, d.guard.observe(ctx, err)
+	}
+	return m, err
 }
 
 // manifestKey is one manifest read: by tag or by digest, with or without
@@ -75,27 +89,33 @@ func (d *DB) manifestBatch(query string) func(ctx context.Context, keys []manife
 		repos := make([]string, len(keys))
 		refs := make([]string, len(keys))
 		payloads := make([]bool, len(keys))
-		errs := make([]error, len(keys))
 		for i, k := range keys {
 			repos[i], refs[i], payloads[i] = k.repo, k.ref, k.payload
-			errs[i] = ErrManifestUnknown
 		}
 		vals := make([]Manifest, len(keys))
+		found := make([]bool, len(keys))
+		// The coalescer has put a deadline on ctx (see lead).
 		rows, err := d.reads.Query(ctx, query, repos, refs, payloads)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read manifests: %w", err)
+			return nil, nil, fmt.Errorf("read manifests: %w", d.guard.observe(ctx, err))
 		}
 		defer rows.Close()
 		for rows.Next() {
 			var i int64
 			var m Manifest
 			if err := rows.Scan(&i, &m.Digest, &m.MediaType, &m.Size, &m.Payload); err != nil {
-				return nil, nil, fmt.Errorf("read manifests: %w", err)
+				return nil, nil, fmt.Errorf("read manifests: %w", d.guard.observe(ctx, err))
 			}
-			vals[i-1], errs[i-1] = m, nil
+			vals[i-1], found[i-1] = m, true
 		}
-		if err := rows.Err(); err != nil {
+		if err := d.guard.observe(ctx, rows.Err()); err != nil {
 			return nil, nil, fmt.Errorf("read manifests: %w", err)
+		}
+		errs := make([]error, len(keys))
+		for i, k := range keys {
+			if !found[i] {
+				errs[i] = manifestUnknown(k.repo, k.ref)
+			}
 		}
 		return vals, errs, nil
 	}
@@ -114,9 +134,9 @@ WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NOT NULL`, repo, dgst, t
 
 func (d *DB) manifestGet(ctx context.Context, q, repo, ref string, withPayload bool) (Manifest, error) {
 	var m Manifest
-	err := d.pool.QueryRow(ctx, q, repo, ref, withPayload).Scan(&m.Digest, &m.MediaType, &m.Size, &m.Payload)
+	err := d.q.QueryRow(ctx, q, repo, ref, withPayload).Scan(&m.Digest, &m.MediaType, &m.Size, &m.Payload)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Manifest{}, ErrManifestUnknown
+		return Manifest{}, manifestUnknown(repo, ref)
 	}
 	if err != nil {
 		return Manifest{}, fmt.Errorf("read manifest %s in %s: %w", ref, repo, err)
@@ -444,7 +464,7 @@ SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
 WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL
 FOR UPDATE OF m`, repo, dgst).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrManifestUnknown
+			return manifestUnknown(repo, dgst)
 		}
 		if err != nil {
 			return fmt.Errorf("lock manifest %s: %w", dgst, err)
@@ -505,7 +525,7 @@ type Referrer struct {
 // first, optionally only those of artifactType. An unknown repository has no
 // referrers.
 func (d *DB) Referrers(ctx context.Context, repo, dgst, artifactType string) ([]Referrer, error) {
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 SELECT m.digest, m.media_type, coalesce(m.artifact_type, ''), m.size, m.annotations
 FROM repositories r JOIN manifests m ON m.repository_id = r.id
 WHERE r.name = $1 AND m.subject_digest = $2 AND m.deleted_at IS NULL
@@ -540,7 +560,7 @@ type ManifestInfo struct {
 // untagged, only manifests no tag points at. ErrRepositoryUnknown when repo
 // does not exist.
 func (d *DB) ManifestList(ctx context.Context, repo, last string, n int, untagged bool) ([]ManifestInfo, bool, error) {
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 SELECT m.digest, m.media_type, m.artifact_type, m.size, m.created_at, m.tags
 FROM repositories r
 LEFT JOIN LATERAL (
@@ -579,7 +599,7 @@ WHERE r.name = $1`, repo, last, n+1, untagged)
 		return nil, false, fmt.Errorf("list manifests of %s: %w", repo, err)
 	}
 	if !found {
-		return nil, false, ErrRepositoryUnknown
+		return nil, false, repositoryUnknown(repo)
 	}
 	if len(list) > n {
 		return list[:n], true, nil

@@ -125,7 +125,7 @@ func (d *DB) SchemaCurrent(ctx context.Context) error {
 	}
 	var version int64
 	var dirty bool
-	err = d.pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	err = d.q.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
 	if err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}

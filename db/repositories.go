@@ -45,7 +45,7 @@ func repositoryID(ctx context.Context, q querier, name string) (int64, error) {
 	var id int64
 	err := q.QueryRow(ctx, `SELECT id FROM repositories WHERE name = $1`, name).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, ErrRepositoryUnknown
+		return 0, repositoryUnknown(name)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("look up repository %s: %w", name, err)
@@ -56,7 +56,7 @@ func repositoryID(ctx context.Context, q querier, name string) (int64, error) {
 // RepositoryList returns up to n repository names after last, in byte
 // order, and whether more follow.
 func (d *DB) RepositoryList(ctx context.Context, last string, n int) (names []string, more bool, err error) {
-	rows, err := d.pool.Query(ctx,
+	rows, err := d.q.Query(ctx,
 		`SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2`, last, n+1)
 	if err != nil {
 		return nil, false, fmt.Errorf("list repositories: %w", err)

@@ -37,15 +37,16 @@ func (c TagCondition) holds(current string) bool {
 // tag is not in the expected state. Current is where it points now, empty
 // when it does not exist.
 type PreconditionError struct {
-	Tag     string
-	Current string
+	Repository string
+	Tag        string
+	Current    string
 }
 
 func (e *PreconditionError) Error() string {
 	if e.Current == "" {
-		return fmt.Sprintf("tag %s does not exist", e.Tag)
+		return fmt.Sprintf("precondition failed: tag %s of %s does not exist; nothing was changed", e.Tag, e.Repository)
 	}
-	return fmt.Sprintf("tag %s points at %s", e.Tag, e.Current)
+	return fmt.Sprintf("precondition failed: tag %s of %s now points at %s; nothing was changed", e.Tag, e.Repository, e.Current)
 }
 
 // tagLock locks the row of tag FOR UPDATE and returns the manifest it points
@@ -101,7 +102,7 @@ func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, acti
 			return 0, "", err
 		}
 		if !cond.holds(current) {
-			return 0, "", &PreconditionError{Tag: t.tag, Current: current}
+			return 0, "", &PreconditionError{Repository: t.repo, Tag: t.tag, Current: current}
 		}
 		if found {
 			if current == t.digest {
@@ -141,7 +142,7 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 	err := d.withTx(ctx, func(tx pgx.Tx) error {
 		repoID, err := repositoryID(ctx, tx, repo)
 		if errors.Is(err, ErrRepositoryUnknown) {
-			return d.tagAbsent(tag, cond)
+			return d.tagAbsent(repo, tag, cond)
 		}
 		if err != nil {
 			return err
@@ -151,10 +152,10 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 			return err
 		}
 		if !found {
-			return d.tagAbsent(tag, cond)
+			return d.tagAbsent(repo, tag, cond)
 		}
 		if dgst = current; !cond.holds(dgst) {
-			return &PreconditionError{Tag: tag, Current: dgst}
+			return &PreconditionError{Repository: repo, Tag: tag, Current: dgst}
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
 			return fmt.Errorf("delete tag %s: %w", tag, err)
@@ -169,11 +170,11 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 
 // tagAbsent is the error for a change of a tag that does not exist: a
 // failed precondition when the client required a state, else unknown.
-func (d *DB) tagAbsent(tag string, cond TagCondition) error {
+func (d *DB) tagAbsent(repo, tag string, cond TagCondition) error {
 	if cond.IfMatch != nil {
-		return &PreconditionError{Tag: tag}
+		return &PreconditionError{Repository: repo, Tag: tag}
 	}
-	return ErrTagUnknown
+	return tagUnknown(repo, tag)
 }
 
 // TagRestore points tag at the live manifest dgst of repo, if cond holds:
@@ -186,7 +187,7 @@ func (d *DB) TagRestore(ctx context.Context, repo, tag, dgst string, cond TagCon
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
 		repoID, err := repositoryID(ctx, tx, repo)
 		if errors.Is(err, ErrRepositoryUnknown) {
-			return ErrManifestUnknown
+			return manifestUnknown(repo, dgst)
 		}
 		if err != nil {
 			return err
@@ -196,7 +197,7 @@ func (d *DB) TagRestore(ctx context.Context, repo, tag, dgst string, cond TagCon
 SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2 AND deleted_at IS NULL
 FOR SHARE`, repoID, dgst).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrManifestUnknown
+			return manifestUnknown(repo, dgst)
 		}
 		if err != nil {
 			return fmt.Errorf("lock manifest %s: %w", dgst, err)
@@ -216,7 +217,7 @@ FOR SHARE`, repoID, dgst).Scan(&id)
 // whether more follow. ErrRepositoryUnknown when repo does not exist. One
 // round trip: the repository row and the page come from one query.
 func (d *DB) TagList(ctx context.Context, repo, last string, n int) (tags []string, more bool, err error) {
-	rows, err := d.pool.Query(ctx, `
+	rows, err := d.q.Query(ctx, `
 SELECT t.name
 FROM repositories r
 LEFT JOIN LATERAL (
@@ -233,7 +234,7 @@ WHERE r.name = $1`, repo, last, n+1)
 		return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)
 	}
 	if len(names) == 0 {
-		return nil, false, ErrRepositoryUnknown
+		return nil, false, repositoryUnknown(repo)
 	}
 	tags = make([]string, 0, len(names))
 	for _, name := range names {

@@ -41,13 +41,13 @@ func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte
 // UploadGet returns session id of repository repo.
 func (d *DB) UploadGet(ctx context.Context, repo, id string) (Upload, error) {
 	u := Upload{ID: id, Repository: repo}
-	err := d.pool.QueryRow(ctx, `
+	err := d.q.QueryRow(ctx, `
 SELECT u.size, u.hash_state, u.store_state, u.created_at, u.updated_at
 FROM uploads u JOIN repositories r ON r.id = u.repository_id
 WHERE u.id = $1 AND r.name = $2`, id, repo).Scan(
 		&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Upload{}, ErrUploadUnknown
+		return Upload{}, uploadUnknown(repo, id)
 	}
 	if err != nil {
 		return Upload{}, fmt.Errorf("read upload %s: %w", id, err)
@@ -61,7 +61,7 @@ WHERE u.id = $1 AND r.name = $2`, id, repo).Scan(
 // if another request appended first, nothing changes and ErrUploadOffset is
 // returned, so the caller discards its chunk and reports the current range.
 func (d *DB) UploadAdvance(ctx context.Context, repo, id string, from, to int64, hashState, storeState []byte) error {
-	tag, err := d.pool.Exec(ctx, `
+	tag, err := d.q.Exec(ctx, `
 UPDATE uploads u SET size = $4, hash_state = $5, store_state = $6, updated_at = now()
 FROM repositories r
 WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2 AND u.size = $3`,
@@ -89,7 +89,7 @@ WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2
 RETURNING u.size, u.hash_state, u.store_state, u.created_at, u.updated_at`, id, repo).Scan(
 			&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrUploadUnknown
+			return uploadUnknown(repo, id)
 		}
 		if err != nil {
 			return fmt.Errorf("delete upload %s: %w", id, err)
@@ -111,7 +111,7 @@ func uploadClose(ctx context.Context, tx pgx.Tx, repoID int64, id string, size i
 		`SELECT size FROM uploads WHERE id = $1 AND repository_id = $2 FOR UPDATE`,
 		id, repoID).Scan(&current)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ErrUploadUnknown
+		return notFound(ErrUploadUnknown, "upload %s is not known (finished, cancelled or expired)", id)
 	}
 	if err != nil {
 		return fmt.Errorf("lock upload %s: %w", id, err)
@@ -128,7 +128,7 @@ func uploadClose(ctx context.Context, tx pgx.Tx, repoID int64, id string, size i
 // UploadCount counts the open upload sessions, for metrics.
 func (d *DB) UploadCount(ctx context.Context) (int64, error) {
 	var n int64
-	if err := d.pool.QueryRow(ctx, `SELECT count(*) FROM uploads`).Scan(&n); err != nil {
+	if err := d.q.QueryRow(ctx, `SELECT count(*) FROM uploads`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count uploads: %w", err)
 	}
 	return n, nil

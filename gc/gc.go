@@ -199,6 +199,7 @@ func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
 	// same pass. Candidates put back for later are due in the future, so
 	// the loop ends; the bound is only a guard.
 	var failed []error
+rounds:
 	for range maxRounds {
 		cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
 		if err != nil {
@@ -213,8 +214,11 @@ func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
 			// must not hold back the others; it stays leased and is
 			// examined again once its lease ends.
 			if err := c.review(ctx, cand, false, &rep); err != nil {
-				if ctx.Err() != nil {
-					return rep, err
+				if ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) {
+					// Stopping, or every other candidate would fail the
+					// same way: the next pass takes them.
+					failed = append(failed, err)
+					break rounds
 				}
 				c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
 				failed = append(failed, err)
@@ -465,7 +469,7 @@ func (c *Collector) Run(ctx context.Context) {
 		rep, err := c.Pass(ctx, false)
 		c.logResult(ctx, "gc: pass", rep, err)
 		if _, err := c.SweepIfDue(ctx, c.cfg.SweepInterval, false); err != nil && ctx.Err() == nil {
-			c.log.ErrorContext(ctx, "gc: sweep failed", "err", err)
+			c.logResult(ctx, "gc: sweep", Report{}, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -503,6 +507,9 @@ func (c *Collector) SweepIfDue(ctx context.Context, interval time.Duration, dryR
 
 func (c *Collector) logResult(ctx context.Context, msg string, rep Report, err error) {
 	switch {
+	case errors.Is(err, db.ErrUnavailable):
+		// Logged once for the whole outage by db; the next pass retries.
+		c.log.DebugContext(ctx, msg+" failed", append(rep.LogAttrs(), "err", err)...)
 	case err != nil && ctx.Err() == nil:
 		c.log.ErrorContext(ctx, msg+" failed", append(rep.LogAttrs(), "err", err)...)
 	case rep.Collected():

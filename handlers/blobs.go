@@ -15,7 +15,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-registry/berth/blobstore"
-	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/digests"
 )
 
@@ -40,9 +39,6 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		return err
 	}
 	size, err := h.db.BlobSize(r.Context(), rt.name, dgst.String())
-	if errors.Is(err, db.ErrBlobUnknown) {
-		return errorf(CodeBlobUnknown, "blob %s is not in repository %s", dgst, rt.name).withDetail(map[string]string{"digest": dgst.String()})
-	}
 	if err != nil {
 		return err
 	}
@@ -142,11 +138,7 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	if err != nil {
 		return err
 	}
-	err = h.db.BlobUnlink(r.Context(), rt.name, dgst.String(), actor(r))
-	if errors.Is(err, db.ErrBlobUnknown) {
-		return errorf(CodeBlobUnknown, "blob %s is not in repository %s", dgst, rt.name)
-	}
-	if err != nil {
+	if err := h.db.BlobUnlink(r.Context(), rt.name, dgst.String(), actor(r)); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Length", "0")

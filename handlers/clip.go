@@ -15,11 +15,13 @@ const maxEcho = 256
 
 // clip returns s cut to maxEcho bytes (at a character boundary), marked as
 // cut and saying how long it was, or s itself when it is short enough.
-func clip(s string) string {
-	if len(s) <= maxEcho {
+func clip(s string) string { return clipTo(s, maxEcho) }
+
+// clipTo is clip with a limit of n bytes.
+func clipTo(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	n := maxEcho
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}

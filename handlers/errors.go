@@ -29,6 +29,12 @@ const (
 	CodeDenied              Code = "DENIED"
 	CodeUnsupported         Code = "UNSUPPORTED"
 	CodeTooManyRequests     Code = "TOOMANYREQUESTS"
+
+	// Berth's own codes, for conditions the spec has no code for. Clients
+	// show the message of an error whose code they do not know.
+	CodeUnavailable Code = "UNAVAILABLE"    // a dependency (the metadata database) is unreachable
+	CodeStorageFull Code = "STORAGE_FULL"   // the blob store has no space left
+	CodeInternal    Code = "INTERNAL_ERROR" // a server fault; the log has the details
 )
 
 var codeStatus = map[Code]int{
@@ -46,6 +52,9 @@ var codeStatus = map[Code]int{
 	CodeDenied:              http.StatusForbidden,
 	CodeUnsupported:         http.StatusMethodNotAllowed,
 	CodeTooManyRequests:     http.StatusTooManyRequests,
+	CodeUnavailable:         http.StatusServiceUnavailable,
+	CodeStorageFull:         http.StatusInsufficientStorage,
+	CodeInternal:            http.StatusInternalServerError,
 }
 
 // Error is an error the client caused, sent as the spec's JSON body.
@@ -93,39 +102,115 @@ type errorEntry struct {
 // it, so that one place decides how every error reaches the wire.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// serve adapts a handlerFunc. Client errors become the OCI JSON body with
-// their status; anything else is a server fault: logged with the request id
-// and answered 500 without internals. A client that went away is only
-// logged at debug level.
+// domainErrors is the one table from the errors of the packages below the
+// API (db, blobstore) to the wire. The message is the error's own text,
+// which those packages write for the client ("manifest sha256:… is not in
+// repository demo/app"), unless the table gives a fixed one: an outage's
+// cause names hosts and users, which only the log may see.
+var domainErrors = []struct {
+	err        error
+	code       Code
+	status     int    // 0: the code's usual status
+	message    string // fixed message instead of the error's text
+	retryAfter string // Retry-After, in seconds
+}{
+	{err: db.ErrRepositoryUnknown, code: CodeNameUnknown},
+	{err: db.ErrManifestUnknown, code: CodeManifestUnknown},
+	{err: db.ErrTagUnknown, code: CodeManifestUnknown},
+	{err: db.ErrBlobUnknown, code: CodeBlobUnknown},
+	{err: db.ErrUploadUnknown, code: CodeBlobUploadUnknown},
+	// Handlers answer a lost compare-and-set with the upload's current
+	// Range (rangeConflict); this is the fallback without it.
+	{err: db.ErrUploadOffset, code: CodeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable},
+	{err: db.ErrInvalidInput, code: CodeUnsupported, status: http.StatusBadRequest},
+	{err: db.ErrUnavailable, code: CodeUnavailable, retryAfter: retryAfterUnavailable,
+		message: "the registry's metadata database is unreachable; nothing was changed, retry later"},
+}
+
+// retryAfterUnavailable is what a client is told to wait when the database
+// is unreachable: long enough not to hammer a database coming back, short
+// enough that a blip costs a pull a few seconds.
+const retryAfterUnavailable = "5"
+
+// toWire turns any error a handler returns into what the client gets.
+// Anything not known here is a server fault: logged with the request id,
+// answered 500 without internals.
+func (h *Handler) toWire(r *http.Request, err error) *Error {
+	var oe *Error
+	if errors.As(err, &oe) {
+		return oe
+	}
+	for _, d := range domainErrors {
+		if !errors.Is(err, d.err) {
+			continue
+		}
+		e := &Error{Code: d.code, Status: d.status, Message: d.message}
+		if e.Message == "" {
+			e.Message = err.Error()
+		}
+		if d.retryAfter != "" {
+			e.Header = http.Header{"Retry-After": {d.retryAfter}}
+		}
+		return e
+	}
+	var (
+		pe       *db.PreconditionError
+		missing  *db.MissingReferenceError
+		mismatch *db.SizeMismatchError
+		refd     *db.ReferencedError
+	)
+	switch {
+	case errors.As(err, &pe):
+		var current any // JSON null when the tag does not exist
+		if pe.Current != "" {
+			current = pe.Current
+		}
+		return errorf(CodeDenied, "%v", pe).withStatus(http.StatusPreconditionFailed).
+			withDetail(map[string]any{"tag": pe.Tag, "current": current})
+	case errors.As(err, &missing):
+		return errorf(CodeManifestBlobUnknown, "%v", missing).withDetail(map[string]string{"digest": missing.Digest})
+	case errors.As(err, &mismatch):
+		return errorf(CodeManifestInvalid, "%v", mismatch)
+	case errors.As(err, &refd):
+		return errorf(CodeDenied, "%v", refd).withStatus(http.StatusConflict).
+			withDetail(map[string]string{"referrer": refd.ReferrerOf})
+	}
+	h.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", clip(r.URL.Path), "err", err)
+	return internalError()
+}
+
+func internalError() *Error {
+	return errorf(CodeInternal, "internal server error; the request id in the X-Request-Id header identifies it in the server log")
+}
+
+// serve adapts a handlerFunc: its error goes to the wire through toWire.
+// A client that went away gets nothing (it would not read it); the request
+// is counted as 499, the status proxies use for it.
 func (h *Handler) serve(fn handlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		err := fn(w, r)
 		if err == nil {
 			return
 		}
-		var oe *Error
-		switch {
-		case errors.As(err, &oe):
-		case db.IsInvalidInput(err):
-			oe = errorf(CodeUnsupported, "the request holds characters that cannot be stored (a NUL byte or invalid UTF-8)").
-				withStatus(http.StatusBadRequest)
-		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+			clientGone(r.Context())
 			h.log.DebugContext(r.Context(), "client went away", "err", err)
 			return
-		default:
-			h.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			oe = &Error{Code: "INTERNAL_ERROR", Status: http.StatusInternalServerError,
-				Message: "internal server error; the request id in the X-Request-Id header identifies it in the server log"}
 		}
-		writeError(w, r, oe)
+		writeError(w, r, h.toWire(r, err))
 	}
 }
+
+// maxMessage bounds an error message on the wire, whatever built it: the
+// values a message echoes are clipped where they are formatted, and this
+// is the backstop.
+const maxMessage = 2048
 
 func writeError(w http.ResponseWriter, r *http.Request, e *Error) {
 	for k, v := range e.Header {
 		w.Header()[k] = v
 	}
-	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: e.Message, Detail: e.Detail}}})
+	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code, Message: clipTo(e.Message, maxMessage), Detail: e.Detail}}})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
 	w.WriteHeader(e.status())

@@ -18,7 +18,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
@@ -47,7 +46,13 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Ready reports whether this replica can serve (database and blob
 	// store reachable, schema current), for GET /readyz; nil means ready.
+	// Its error is shown in full on the admin listener only; on the API
+	// port /readyz names just the part that is not ready (see
+	// NotReadyError).
 	Ready func(context.Context) error
+	// AdminSeparate moves /metrics off the API port, to the handler that
+	// Admin returns (served on --admin-listen).
+	AdminSeparate bool
 	// Redirect, when set, answers blob downloads with a 307 to a presigned
 	// URL of the store instead of streaming the bytes through Berth.
 	Redirect Presigner
@@ -60,6 +65,8 @@ type Handler struct {
 	log      *slog.Logger
 	redirect Presigner
 	router   chi.Router
+	ready    func(context.Context) error
+	registry *prometheus.Registry
 }
 
 // redirectExpiry is how long a presigned blob URL stays valid: long enough
@@ -69,7 +76,7 @@ const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger, redirect: opts.Redirect}
+	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -77,6 +84,7 @@ func New(opts Options) *Handler {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
+	h.registry = reg
 	metrics := newHTTPMetrics(reg)
 	r := chi.NewRouter()
 	r.Use(requestID, metrics.instrument, h.accessLog, h.recoverer)
@@ -89,23 +97,11 @@ func New(opts Options) *Handler {
 	})
 	// /v2 without the slash is what some clients probe first.
 	r.With(apiVersion).Get("/v2", h.serve(h.base))
-	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		setRoute(r.Context(), "healthz")
-		w.Write([]byte("ok\n"))
-	})
-	r.Get("/readyz", h.serve(func(w http.ResponseWriter, r *http.Request) error {
-		setRoute(r.Context(), "readyz")
-		if opts.Ready != nil {
-			if err := opts.Ready(r.Context()); err != nil {
-				h.log.WarnContext(r.Context(), "not ready", "err", err)
-				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-				return nil
-			}
-		}
-		w.Write([]byte("ready\n"))
-		return nil
-	}))
-	r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	r.Get("/healthz", healthz)
+	r.Get("/readyz", h.readyz(false))
+	if !opts.AdminSeparate {
+		r.Handle("/metrics", h.metricsHandler())
+	}
 	h.router = r
 	return h
 }
@@ -279,12 +275,17 @@ func (h *Handler) accessLog(next http.Handler) http.Handler {
 		start := time.Now()
 		ww := wrapWriter(w, r)
 		next.ServeHTTP(ww, r)
-		status := statusOf(ww)
+		status := statusOf(ww, r)
 		level := slog.LevelDebug
 		switch {
 		case r.URL.Path == "/readyz" || r.URL.Path == "/healthz" || r.URL.Path == "/metrics":
 			// Probes and scrapes come every few seconds; /readyz logs its
 			// own reason when it says no.
+		case status == http.StatusServiceUnavailable || status == http.StatusInsufficientStorage:
+			// An outage of the database or a full disk refuses every
+			// request for a while: the start and the end of the episode
+			// are logged once (db, storageWatch), each refusal is counted
+			// in the metrics, and a line per request would bury the log.
 		case status >= 500:
 			level = slog.LevelError
 		case r.Method != http.MethodGet && r.Method != http.MethodHead:
@@ -294,7 +295,7 @@ func (h *Handler) accessLog(next http.Handler) http.Handler {
 			return // pulls at debug level: skip building the record at all
 		}
 		h.log.Log(r.Context(), level, "request",
-			"method", r.Method, "path", r.URL.Path, "status", status,
+			"method", r.Method, "path", clip(r.URL.Path), "status", status,
 			"bytes_out", ww.BytesWritten(), "duration", time.Since(start), "remote", r.RemoteAddr)
 	})
 }
@@ -307,8 +308,8 @@ func (h *Handler) recoverer(next http.Handler) http.Handler {
 				if p == http.ErrAbortHandler {
 					panic(p)
 				}
-				h.log.ErrorContext(r.Context(), "panic serving request", "panic", p, "path", r.URL.Path)
-				writeError(w, r, &Error{Code: "INTERNAL_ERROR", Status: http.StatusInternalServerError, Message: "internal server error"})
+				h.log.ErrorContext(r.Context(), "panic serving request", "panic", p, "path", clip(r.URL.Path))
+				writeError(w, r, internalError())
 			}
 		}()
 		next.ServeHTTP(w, r)

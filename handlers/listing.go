@@ -2,7 +2,6 @@ package handlers
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -11,8 +10,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/berth-registry/berth/db"
 )
 
 // Page sizes of the listing routes. Without n a client gets defaultPage
@@ -79,9 +76,6 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) err
 		return err
 	}
 	tags, more, err := h.db.TagList(r.Context(), rt.name, last, n)
-	if errors.Is(err, db.ErrRepositoryUnknown) {
-		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
-	}
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package handlers
 
 import (
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -56,9 +55,6 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		m, err = h.db.ManifestByTag(r.Context(), rt.name, ref.tag, withPayload)
 	} else {
 		m, err = h.db.ManifestByDigest(r.Context(), rt.name, ref.digest.String(), withPayload)
-	}
-	if errors.Is(err, db.ErrManifestUnknown) {
-		return errorf(CodeManifestUnknown, "manifest %s is not in repository %s", ref, rt.name)
 	}
 	if err != nil {
 		return err
@@ -184,22 +180,7 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 		put.Children = append(put.Children, c.Digest.String())
 	}
 	previous, err := h.db.ManifestStore(r.Context(), put, actor(r))
-	var missing *db.MissingReferenceError
-	var mismatch *db.SizeMismatchError
-	var pe *db.PreconditionError
-	switch {
-	case errors.As(err, &pe):
-		return nil, "", preconditionFailed(name, pe)
-	case errors.As(err, &missing):
-		what := "blob"
-		if missing.Manifest {
-			what = "manifest"
-		}
-		return nil, "", errorf(CodeManifestBlobUnknown, "%v; push the %s first", err, what).
-			withDetail(map[string]string{"digest": missing.Digest})
-	case errors.As(err, &mismatch):
-		return nil, "", errorf(CodeManifestInvalid, "%v", err)
-	case err != nil:
+	if err != nil {
 		return nil, "", err
 	}
 	return m, previous, nil
@@ -222,15 +203,7 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt rout
 	if ref.tag != "" {
 		return h.untag(w, r, rt.name, ref.tag)
 	}
-	err = h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), actor(r))
-	var refd *db.ReferencedError
-	switch {
-	case errors.Is(err, db.ErrManifestUnknown):
-		return errorf(CodeManifestUnknown, "manifest %s is not in repository %s", ref.digest, rt.name)
-	case errors.As(err, &refd):
-		return errorf(CodeDenied, "%v", err).withStatus(http.StatusConflict).
-			withDetail(map[string]string{"referrer": refd.ReferrerOf})
-	case err != nil:
+	if err := h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), actor(r)); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Length", "0")

@@ -54,31 +54,57 @@ var routeNames = map[routeKind]string{
 	routeReferrers:  "referrers",
 }
 
-type routeSlotKey struct{}
+// requestInfo is what the handlers learn about a request that the
+// middleware around them reports: found only once the handler has parsed
+// the path or met an error, so the middleware passes a slot down in the
+// context.
+type requestInfo struct {
+	route      string
+	clientGone bool // the client went away before the answer was written
+}
+
+type requestInfoKey struct{}
+
+func infoOf(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return info
+}
 
 // setRoute names the route of the request for its metrics.
 func setRoute(ctx context.Context, name string) {
-	if slot, ok := ctx.Value(routeSlotKey{}).(*string); ok {
-		*slot = name
+	if info := infoOf(ctx); info != nil {
+		info.route = name
 	}
 }
+
+// clientGone records that the client of the request went away.
+func clientGone(ctx context.Context) {
+	if info := infoOf(ctx); info != nil {
+		info.clientGone = true
+	}
+}
+
+// statusClientClosed is the status proxies (nginx first) log for a request
+// whose client closed the connection before the answer: no status was
+// sent, and counting it as the 200 net/http assumes would hide it.
+const statusClientClosed = 499
 
 // instrument counts the request, its duration and its bytes in and out.
 func (m *httpMetrics) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		route := "other"
-		r = r.WithContext(context.WithValue(r.Context(), routeSlotKey{}, &route))
+		info := &requestInfo{route: "other"}
+		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
 		body := &countingReader{ReadCloser: r.Body}
 		r.Body = body
 		ww := wrapWriter(w, r)
 		next.ServeHTTP(ww, r)
-		status := statusOf(ww)
+		status := statusOf(ww, r)
 		method := methodLabel(r.Method)
-		m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
-		m.duration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
-		m.bytesIn.WithLabelValues(route).Add(float64(body.n))
-		m.bytesOut.WithLabelValues(route).Add(float64(ww.BytesWritten()))
+		m.requests.WithLabelValues(info.route, method, strconv.Itoa(status)).Inc()
+		m.duration.WithLabelValues(info.route, method).Observe(time.Since(start).Seconds())
+		m.bytesIn.WithLabelValues(info.route).Add(float64(body.n))
+		m.bytesOut.WithLabelValues(info.route).Add(float64(ww.BytesWritten()))
 	})
 }
 
@@ -91,12 +117,28 @@ func wrapWriter(w http.ResponseWriter, r *http.Request) middleware.WrapResponseW
 	return middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 }
 
-// statusOf is the status a handler sent: 200 when it only wrote a body.
-func statusOf(ww middleware.WrapResponseWriter) int {
-	if s := ww.Status(); s != 0 {
-		return s
+// statusOf is the status of a finished request for logs and metrics: the
+// one the handler sent (200 when it only wrote a body), or 499 when the
+// client went away before it got its answer: before any status was sent,
+// or in the middle of a body shorter than its Content-Length.
+func statusOf(ww middleware.WrapResponseWriter, r *http.Request) int {
+	gone := r.Context().Err() != nil
+	if info := infoOf(r.Context()); info != nil && info.clientGone {
+		return statusClientClosed
 	}
-	return http.StatusOK
+	s := ww.Status()
+	if s == 0 {
+		if gone {
+			return statusClientClosed
+		}
+		return http.StatusOK
+	}
+	if gone && r.Method != http.MethodHead {
+		if n, err := strconv.ParseInt(ww.Header().Get("Content-Length"), 10, 64); err == nil && int64(ww.BytesWritten()) < n {
+			return statusClientClosed
+		}
+	}
+	return s
 }
 
 // methodLabel keeps the method label to a known set: any other token a

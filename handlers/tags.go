@@ -48,34 +48,6 @@ func tagCondition(r *http.Request) (db.TagCondition, error) {
 	return cond, nil
 }
 
-// preconditionFailed reports a conditional tag change refused because the
-// tag moved (or appeared, or vanished) since the client looked.
-func preconditionFailed(name string, pe *db.PreconditionError) error {
-	var current any // JSON null when the tag does not exist
-	if pe.Current != "" {
-		current = pe.Current
-	}
-	msg := "precondition failed: tag " + pe.Tag + " of " + name + " does not exist"
-	if pe.Current != "" {
-		msg = "precondition failed: tag " + pe.Tag + " of " + name + " now points at " + pe.Current
-	}
-	return errorf(CodeDenied, "%s; nothing was changed", msg).
-		withStatus(http.StatusPreconditionFailed).
-		withDetail(map[string]any{"tag": pe.Tag, "current": current})
-}
-
-// tagChangeError maps the errors of a tag change.
-func tagChangeError(err error, name, tag string) error {
-	var pe *db.PreconditionError
-	switch {
-	case errors.As(err, &pe):
-		return preconditionFailed(name, pe)
-	case errors.Is(err, db.ErrTagUnknown):
-		return errorf(CodeManifestUnknown, "tag %s is not in repository %s", tag, name)
-	}
-	return err
-}
-
 // deleteTag serves DELETE /v2/<name>/tags/<tag>: it removes the tag and
 // leaves the manifest, pullable by digest.
 func (h *Handler) deleteTag(w http.ResponseWriter, r *http.Request, rt route) error {
@@ -95,7 +67,7 @@ func (h *Handler) untag(w http.ResponseWriter, r *http.Request, name, tag string
 	}
 	dgst, err := h.db.TagDelete(r.Context(), name, tag, cond, actor(r))
 	if err != nil {
-		return tagChangeError(err, name, tag)
+		return err
 	}
 	w.Header().Set("Docker-Content-Digest", dgst) // what the tag pointed at
 	w.Header().Set("Content-Length", "0")
@@ -137,7 +109,7 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 		previous, err = h.undelete(r, rt, dgst, cond)
 	}
 	if err != nil {
-		return tagChangeError(err, rt.name, rt.ref)
+		return err
 	}
 	w.Header().Set("Location", "/v2/"+rt.name+"/manifests/"+rt.ref)
 	w.Header().Set("Docker-Content-Digest", dgst.String())
@@ -159,6 +131,7 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 func (h *Handler) undelete(r *http.Request, rt route, dgst digest.Digest, cond db.TagCondition) (previous string, err error) {
 	m, err := h.db.ManifestTombstone(r.Context(), rt.name, dgst.String())
 	if errors.Is(err, db.ErrManifestUnknown) {
+		// Not found as a tombstone either: say both.
 		return "", errorf(CodeManifestUnknown, "manifest %s is not in repository %s (never pushed, or purged after deletion)", dgst, rt.name)
 	}
 	if err != nil {
@@ -205,9 +178,6 @@ func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) e
 		before, _ = strconv.ParseInt(last, 10, 64) // checked by page
 	}
 	events, more, err := h.db.TagHistory(r.Context(), rt.name, rt.ref, before, n)
-	if errors.Is(err, db.ErrRepositoryUnknown) {
-		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
-	}
 	if err != nil {
 		return err
 	}
@@ -254,9 +224,6 @@ func (h *Handler) listManifests(w http.ResponseWriter, r *http.Request, rt route
 		}
 	}
 	list, more, err := h.db.ManifestList(r.Context(), rt.name, last, n, untagged)
-	if errors.Is(err, db.ErrRepositoryUnknown) {
-		return errorf(CodeNameUnknown, "repository %s is not known", rt.name)
-	}
 	if err != nil {
 		return err
 	}

@@ -134,7 +134,7 @@ func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		return h.rangeConflict(r, rt, u.ID)
 	}
 	if err != nil {
-		return uploadError(err, u.ID)
+		return err
 	}
 	uploadHeaders(w, rt.name, u.ID, u.Size+n)
 	w.WriteHeader(http.StatusAccepted)
@@ -177,14 +177,14 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 		// The upload's bytes are gone: another request finished or
 		// cancelled it (and discarded them) while this one was publishing.
 		if _, gerr := h.db.UploadGet(ctx, rt.name, u.ID); gerr != nil {
-			return uploadError(gerr, u.ID)
+			return gerr
 		}
 	}
 	if errors.Is(err, db.ErrUploadOffset) {
 		return h.rangeConflict(r, rt, u.ID)
 	}
 	if err != nil {
-		return uploadError(err, u.ID)
+		return err
 	}
 	h.discardUpload(ctx, u.ID, state)
 	blobCreated(w, rt.name, dgst)
@@ -194,11 +194,11 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 // cancelUpload serves DELETE of a session.
 func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
 	if !validUploadID(rt.ref) {
-		return uploadError(db.ErrUploadUnknown, rt.ref)
+		return unknownUpload(rt.name, rt.ref)
 	}
 	u, err := h.db.UploadDelete(r.Context(), rt.name, rt.ref, actor(r))
 	if err != nil {
-		return uploadError(err, rt.ref)
+		return err
 	}
 	h.discardUpload(r.Context(), u.ID, u.StoreState)
 	w.Header().Set("Content-Length", "0")
@@ -229,11 +229,11 @@ func (h *Handler) commitBlob(ctx context.Context, r *http.Request, name string, 
 
 func (h *Handler) loadUpload(r *http.Request, rt route) (db.Upload, error) {
 	if !validUploadID(rt.ref) {
-		return db.Upload{}, uploadError(db.ErrUploadUnknown, rt.ref)
+		return db.Upload{}, unknownUpload(rt.name, rt.ref)
 	}
 	u, err := h.db.UploadGet(r.Context(), rt.name, rt.ref)
 	if err != nil {
-		return db.Upload{}, uploadError(err, rt.ref)
+		return db.Upload{}, err
 	}
 	return u, nil
 }
@@ -299,7 +299,7 @@ func (h *Handler) discardUpload(ctx context.Context, id string, state []byte) {
 func (h *Handler) rangeConflict(r *http.Request, rt route, id string) error {
 	u, err := h.db.UploadGet(r.Context(), rt.name, id)
 	if err != nil {
-		return uploadError(err, id)
+		return err
 	}
 	return outOfOrder(rt.name, id, u.Size,
 		fmt.Sprintf("the chunk does not start at byte %d, where upload %s stands; resume from there", u.Size, id))
@@ -394,11 +394,10 @@ func digestMismatch(got, want digest.Digest) error {
 		withDetail(map[string]string{"expected": want.String(), "actual": got.String()})
 }
 
-func uploadError(err error, id string) error {
-	if errors.Is(err, db.ErrUploadUnknown) {
-		return errorf(CodeBlobUploadUnknown, "upload %s is not known in this repository (finished, cancelled or expired)", id)
-	}
-	return err
+// unknownUpload answers an upload id that cannot be one of Berth's, without
+// asking the database.
+func unknownUpload(name, id string) error {
+	return errorf(CodeBlobUploadUnknown, "upload %s is not known in repository %s (finished, cancelled or expired)", clip(id), name)
 }
 
 func blobCreated(w http.ResponseWriter, name string, dgst digest.Digest) {

@@ -9,6 +9,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -42,6 +43,12 @@ var (
 		"Manifest lookups by tag or digest this replica answered.", nil, nil)
 	manifestStatements = prometheus.NewDesc("berth_db_manifest_read_statements_total",
 		"Database statements that answered them: concurrent lookups share one.", nil, nil)
+	dbUp = prometheus.NewDesc("berth_db_up",
+		"1 while this replica's database statements get answers, 0 during an outage.", nil, nil)
+	dbOutages = prometheus.NewDesc("berth_db_outages_total",
+		"Times this replica found the database unreachable after it had answered.", nil, nil)
+	dbUnavailable = prometheus.NewDesc("berth_db_unavailable_total",
+		"Database statements of this replica that failed because the database was unreachable or did not answer in time.", nil, nil)
 	uploads = prometheus.NewDesc("berth_upload_sessions",
 		"Open upload sessions in the registry.", nil, nil)
 	gcQueue = prometheus.NewDesc("berth_gc_candidates",
@@ -61,9 +68,19 @@ type berth struct {
 
 func (b *berth) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds,
-		manifestReads, manifestStatements, uploads, gcQueue, gcItems, gcBytes} {
+		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, gcQueue, gcItems, gcBytes} {
 		ch <- d
 	}
+}
+
+// warn logs a failed query of a scrape, unless the database is down: that
+// is logged once by db, not at every scrape.
+func (b *berth) warn(msg string, err error) {
+	level := slog.LevelWarn
+	if errors.Is(err, db.ErrUnavailable) {
+		level = slog.LevelDebug
+	}
+	b.log.Log(context.Background(), level, msg, "err", err)
 }
 
 // scrapeTimeout bounds the database queries of one scrape.
@@ -81,19 +98,27 @@ func (b *berth) Collect(ch chan<- prometheus.Metric) {
 	lookups, statements := b.db.ManifestReadStats()
 	ch <- prometheus.MustNewConstMetric(manifestReads, prometheus.CounterValue, float64(lookups))
 	ch <- prometheus.MustNewConstMetric(manifestStatements, prometheus.CounterValue, float64(statements))
+	health := b.db.Health()
+	up := 0.0
+	if health.Up {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(dbUp, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(dbOutages, prometheus.CounterValue, float64(health.Outages))
+	ch <- prometheus.MustNewConstMetric(dbUnavailable, prometheus.CounterValue, float64(health.Failures))
 
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	if n, err := b.db.UploadCount(ctx); err == nil {
 		ch <- prometheus.MustNewConstMetric(uploads, prometheus.GaugeValue, float64(n))
 	} else {
-		b.log.Warn("metrics: count upload sessions", "err", err)
+		b.warn("metrics: count upload sessions", err)
 	}
 	if queued, due, err := b.db.GCQueueStats(ctx); err == nil {
 		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(queued), "queued")
 		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(due), "due")
 	} else {
-		b.log.Warn("metrics: count garbage candidates", "err", err)
+		b.warn("metrics: count garbage candidates", err)
 	}
 	if b.gc == nil {
 		return

@@ -539,6 +539,10 @@ func runLocked(cmd *exec.Cmd) error {
 // "postgres://berth@/berth?host=/path/to/socketdir&port=5432&sslmode=disable".
 func (s *Server) URL() string { return s.url(database) }
 
+// PID is the process id of the postmaster, for tests that stop or freeze
+// the server behind Berth's back.
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
 func (s *Server) url(db string) string {
 	// Neither libpq nor pgx decodes '+' as a space in the query, so spaces
 	// must be %20; '/' is left readable.

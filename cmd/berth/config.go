@@ -28,6 +28,7 @@ type Config struct {
 	DataDir         string
 	DatabaseURL     string
 	DBMaxConns      int
+	DBTimeout       time.Duration
 	PostgresBinDir  string
 	AutoMigrate     bool
 	Storage         string
@@ -38,6 +39,7 @@ type Config struct {
 	LogFormat       string
 	ShutdownTimeout time.Duration
 	DebugListen     string
+	AdminListen     string
 
 	GCDisabled           bool
 	GCReviewDelay        time.Duration
@@ -114,6 +116,16 @@ var settings = []setting{
 		str(func(c *Config) *string { return &c.PostgresBinDir })},
 	{"db-max-conns", "0", "maximum database connections of this process (0: pgx default, max(4, CPUs))",
 		func(c *Config, v string) (err error) { c.DBMaxConns, err = strconv.Atoi(v); return err }},
+	{"db-timeout", "5s", "deadline of every database statement, including waiting for a connection: past it the request gets 503 (the database is unreachable or stuck)",
+		func(c *Config, v string) error {
+			if err := duration(func(c *Config) *time.Duration { return &c.DBTimeout })(c, v); err != nil {
+				return err
+			}
+			if c.DBTimeout == 0 {
+				return errors.New("must be positive")
+			}
+			return nil
+		}},
 	{"auto-migrate", "true", "apply pending database migrations at start (false: run `berth migrate up` yourself)",
 		func(c *Config, v string) (err error) { c.AutoMigrate, err = strconv.ParseBool(v); return err }},
 	{"storage", "filesystem", "blob storage driver: filesystem or s3",
@@ -148,7 +160,9 @@ var settings = []setting{
 			c.LogFormat = v
 			return nil
 		}},
-	{"debug-listen", "", "address for Go's profiling endpoints /debug/pprof/ (empty: off; keep it private, e.g. 127.0.0.1:6060)",
+	{"admin-listen", "", "address of the admin endpoints: /metrics, /readyz with the reasons, /debug/pprof/ (empty: off, and /metrics stays on the API port; keep it private, e.g. 127.0.0.1:5001)",
+		str(func(c *Config) *string { return &c.AdminListen })},
+	{"debug-listen", "", "deprecated: use --admin-listen; address for Go's profiling endpoints /debug/pprof/ alone",
 		str(func(c *Config) *string { return &c.DebugListen })},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
@@ -190,6 +204,11 @@ func (c Config) gcPolicy() db.GCPolicy {
 		p.CollectUntagged, p.UntaggedAfter = true, *c.GCUntaggedAfter
 	}
 	return p
+}
+
+// dbOptions are the database settings of every command.
+func (c Config) dbOptions(log *slog.Logger) db.Options {
+	return db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy(), Timeout: c.DBTimeout, Logger: log}
 }
 
 // loadConfig resolves the settings from args (flags), env and the YAML file

@@ -37,7 +37,7 @@ func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Co
 			return nil, nil, err
 		}
 	}
-	d, err := db.Open(ctx, dbase.url, db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy()})
+	d, err := db.Open(ctx, dbase.url, c.dbOptions(log))
 	if err != nil {
 		closeAll()
 		return nil, nil, err

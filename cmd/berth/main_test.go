@@ -324,20 +324,56 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		}
 	}
 
-	// A replica whose schema is older than its code is not ready.
+	// A replica whose schema is older than its code is not ready. The API
+	// port says which part; the admin listener says why.
 	old := dbtest.NewURL(t)
 	if err := run(t.Context(), []string{"migrate", "down", "--database-url", old}, envOf(nil), io.Discard, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	stale := startMain(t, old, "--auto-migrate=false", "--gc-disabled")
-	resp, err := http.Get("http://" + stale.Addr().String() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
+	stale := startMain(t, old, "--auto-migrate=false", "--gc-disabled", "--admin-listen", "127.0.0.1:0")
+	for _, tc := range []struct{ addr, want, notWant string }{
+		{stale.Addr().String(), "not ready: database schema\n", ""},
+		{stale.AdminAddr().String(), "not ready: database schema: schema version 3, this binary needs", ""},
+	} {
+		resp, err := http.Get("http://" + tc.addr + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.HasPrefix(string(b), tc.want) {
+			t.Errorf("/readyz of %s on an old schema: %d %q, want 503 %q…", tc.addr, resp.StatusCode, b, tc.want)
+		}
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "schema version") {
-		t.Errorf("/readyz on an old schema: %d %s", resp.StatusCode, b)
+}
+
+// With --admin-listen, metrics and the profiler are on the admin listener
+// and not on the API port; without it, /metrics stays on the API port.
+func TestAdminListener(t *testing.T) {
+	t.Parallel()
+	m := startMain(t, dbtest.NewURL(t), "--admin-listen", "127.0.0.1:0")
+	api, admin := "http://"+m.Addr().String(), "http://"+m.AdminAddr().String()
+	for _, tc := range []struct {
+		url  string
+		want int
+	}{
+		{api + "/metrics", http.StatusNotFound},
+		{api + "/debug/pprof/", http.StatusNotFound},
+		{api + "/healthz", http.StatusOK},
+		{api + "/readyz", http.StatusOK},
+		{admin + "/metrics", http.StatusOK},
+		{admin + "/readyz", http.StatusOK},
+		{admin + "/healthz", http.StatusOK},
+		{admin + "/debug/pprof/", http.StatusOK},
+		{admin + "/debug/pprof/cmdline", http.StatusOK},
+		{admin + "/v2/", http.StatusNotFound},
+	} {
+		if got := status("GET", tc.url); got != tc.want {
+			t.Errorf("GET %s: %d, want %d", tc.url, got, tc.want)
+		}
+	}
+	if m.AdminAddr() == nil || startMain(t, dbtest.NewURL(t)).AdminAddr() != nil {
+		t.Errorf("AdminAddr should be set exactly with --admin-listen")
 	}
 }
 

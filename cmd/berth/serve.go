@@ -9,9 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	_ "net/http/pprof" // served only on --debug-listen
+	_ "net/http/pprof" // registers on http.DefaultServeMux, served only on --debug-listen
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,7 +37,11 @@ type Main struct {
 	served   chan error
 	stopGC   context.CancelFunc
 	gcDone   chan struct{}
-	debug    *http.Server // --debug-listen, when set
+	admin    *asideServer // --admin-listen, when set
+
+	closeOnce sync.Once
+	closeErr  error
+	debug     *asideServer // --debug-listen (deprecated), when set
 }
 
 // NewMain returns a Main with default logging, before configuration.
@@ -75,14 +80,17 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.database = dbase
+	// Connect first: the connection has a deadline (--db-timeout), so a
+	// database that does not answer stops the start with an error rather
+	// than a hang in the migrations.
+	m.db, err = db.Open(ctx, dbase.url, c.dbOptions(m.Logger))
+	if err != nil {
+		return err
+	}
 	if c.AutoMigrate {
 		if err := db.Migrate(dbase.url); err != nil {
 			return err
 		}
-	}
-	m.db, err = db.Open(ctx, dbase.url, db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy()})
-	if err != nil {
-		return err
 	}
 	store, err := openStore(ctx, c)
 	if err != nil {
@@ -103,14 +111,18 @@ func (m *Main) Run(ctx context.Context) error {
 		Registry: metrics.Registry(m.db, collector, m.Logger),
 		Ready: func(ctx context.Context) error {
 			if err := m.db.Ping(ctx); err != nil {
-				return fmt.Errorf("database: %w", err)
+				return &handlers.NotReadyError{Part: "database", Err: err}
 			}
 			if err := m.db.SchemaCurrent(ctx); err != nil {
-				return err
+				return &handlers.NotReadyError{Part: "database schema", Err: err}
 			}
-			return store.Ping(ctx)
+			if err := store.Ping(ctx); err != nil {
+				return &handlers.NotReadyError{Part: "blob store", Err: err}
+			}
+			return nil
 		},
-		Redirect: redirector(c, store),
+		Redirect:      redirector(c, store),
+		AdminSeparate: c.AdminListen != "",
 	})
 	m.listener, err = net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -126,14 +138,18 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.served = make(chan error, 1)
 	go func() { m.served <- m.server.Serve(m.listener) }()
-	if c.DebugListen != "" {
-		// A separate listener, so profiles are never exposed with the API.
-		ln, err := net.Listen("tcp", c.DebugListen)
-		if err != nil {
-			return fmt.Errorf("listen on %s for --debug-listen: %w", c.DebugListen, err)
+	if c.AdminListen != "" {
+		// A listener of its own, so that metrics, the reasons a replica is
+		// not ready and profiles are never exposed with the API.
+		if m.admin, err = serveAside(c.AdminListen, "--admin-listen", api.Admin()); err != nil {
+			return err
 		}
-		m.debug = &http.Server{Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
-		go m.debug.Serve(ln)
+	}
+	if c.DebugListen != "" {
+		m.Logger.Warn("--debug-listen is deprecated: --admin-listen serves the profiler, metrics and readiness details")
+		if m.debug, err = serveAside(c.DebugListen, "--debug-listen", http.DefaultServeMux); err != nil {
+			return err
+		}
 	}
 	where := c.StorageDir
 	if c.Storage == "s3" {
@@ -144,12 +160,43 @@ func (m *Main) Run(ctx context.Context) error {
 	return nil
 }
 
+// serveAside serves h on its own listener at addr (the admin or debug
+// endpoints), closed by Close.
+func serveAside(addr, flag string, h http.Handler) (*asideServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s for %s: %w", addr, flag, err)
+	}
+	s := &asideServer{Server: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, ln: ln}
+	go s.Serve(ln)
+	return s, nil
+}
+
+type asideServer struct {
+	*http.Server
+	ln net.Listener
+}
+
 // Addr is the address the registry listens on (useful with --listen :0).
 func (m *Main) Addr() net.Addr { return m.listener.Addr() }
 
+// AdminAddr is the address of the admin listener, nil without one.
+func (m *Main) AdminAddr() net.Addr {
+	if m.admin == nil {
+		return nil
+	}
+	return m.admin.ln.Addr()
+}
+
 // Close stops accepting connections, lets in-flight requests finish until
 // ctx ends, then closes the database and stops the embedded PostgreSQL.
+// Later calls return what the first one did.
 func (m *Main) Close(ctx context.Context) error {
+	m.closeOnce.Do(func() { m.closeErr = m.close(ctx) })
+	return m.closeErr
+}
+
+func (m *Main) close(ctx context.Context) error {
 	var errs []error
 	if m.server != nil {
 		if err := m.server.Shutdown(ctx); err != nil {
@@ -160,8 +207,10 @@ func (m *Main) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if m.debug != nil {
-		m.debug.Close()
+	for _, s := range []*asideServer{m.admin, m.debug} {
+		if s != nil {
+			s.Close()
+		}
 	}
 	if m.stopGC != nil {
 		m.stopGC()
