@@ -34,11 +34,23 @@ import (
 
 var (
 	buildOnce sync.Once
+	binDir    string // removed by TestMain
 	binPath   string
 	buildErr  error
 )
 
-// berthBinary builds cmd/berth once per test run.
+// TestMain removes the binary berthBinary built (about 27 MB) once every
+// test has run, so test runs do not fill /tmp. (A run killed by -timeout or
+// a signal still leaves it behind.)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// berthBinary builds cmd/berth once per test run, into binDir.
 func berthBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -47,7 +59,7 @@ func berthBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "berth")
+		binDir, binPath = dir, filepath.Join(dir, "berth")
 		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
