@@ -100,7 +100,14 @@ func startReplica(t *testing.T, dbURL string, storage []string, extra ...string)
 	t.Helper()
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL,
 		"--data-dir", t.TempDir(), "--log-level", "info"}, storage...)
-	cmd := exec.Command(berthBinary(t), append(args, extra...)...)
+	return startBerth(t, append(args, extra...)...)
+}
+
+// startBerth runs `berth <args>`, a serve logging at info level, and
+// returns once it logs that it is serving. It is killed when the test ends.
+func startBerth(t *testing.T, args ...string) *replica {
+	t.Helper()
+	cmd := exec.Command(berthBinary(t), args...)
 	cmd.Env = append(os.Environ(),
 		"AWS_ACCESS_KEY_ID="+os.Getenv("BERTH_TEST_S3_ACCESS_KEY"),
 		"AWS_SECRET_ACCESS_KEY="+os.Getenv("BERTH_TEST_S3_SECRET_KEY"))
