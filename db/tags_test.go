@@ -73,7 +73,7 @@ func TestTagChangeWaitingForAMove(t *testing.T) {
 				dgst, err := d.TagDelete(ctx, "repo", "t", tc.cond, db.Actor{Name: "test"})
 				done <- result{dgst, err}
 			}()
-			time.Sleep(100 * time.Millisecond) // let the untag reach the lock
+			waitBlockedBy(t, url, conn.PgConn().PID(), func() bool { return len(done) > 0 })
 			if err := mover.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -85,5 +85,40 @@ func TestTagChangeWaitingForAMove(t *testing.T) {
 				t.Fatalf("tags left: %v", tags)
 			}
 		})
+	}
+}
+
+// waitBlockedBy waits until some backend waits for a lock held by the
+// backend pid: until then the change under test has not reached the lock.
+// finished reports whether that change already returned, which means it
+// did not wait at all.
+func waitBlockedBy(t *testing.T, url string, pid uint32, finished func() bool) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Each query is a transaction of its own, so it sees the lock
+		// table as it is now, not a snapshot from an earlier query.
+		var waiting bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks
+			WHERE NOT granted AND $1::int = ANY(pg_blocking_pids(pid)))`, int32(pid)).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		if finished() {
+			t.Fatalf("the change returned without waiting for the lock of backend %d", pid)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no backend waits for a lock of backend %d", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -159,16 +159,6 @@ func expectUnavailable(t *testing.T, method, url string) time.Duration {
 	return took
 }
 
-// waitUntil polls cond until it holds, failing the test after a minute.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 func status(method, url string) int {
 	req, _ := http.NewRequest(method, url, nil)
 	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)

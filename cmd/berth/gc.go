@@ -23,10 +23,11 @@ func maintenance(ctx context.Context, cmd string, args []string, getenv func(str
 }
 
 // openForMaintenance opens what `berth gc` and `berth check` work on: the
-// database (migrated, as serve would) and the blob store, with the
-// configured garbage collection settings.
+// database (migrated, as serve would; the embedded one through the running
+// berth's server if there is one) and the blob store, with the configured
+// garbage collection settings.
 func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Collector, func(), error) {
-	dbase, err := openDatabase(ctx, c, log)
+	dbase, err := joinDatabase(ctx, c, log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,7 +10,8 @@ import (
 )
 
 // migrateCommand runs `berth migrate up|down|version`. With no database URL
-// it works on the embedded database, like `berth serve`.
+// it works on the embedded database of the data directory: through the
+// server of the berth process running it, else one it starts itself.
 func migrateCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "version") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
@@ -25,7 +26,7 @@ func migrateCommand(ctx context.Context, args []string, getenv func(string) stri
 		return err
 	}
 	log := newLogger(c, stderr)
-	dbase, err := openDatabase(ctx, c, log)
+	dbase, err := joinDatabase(ctx, c, log)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,11 +36,23 @@ import (
 
 var (
 	buildOnce sync.Once
+	binDir    string // removed by TestMain
 	binPath   string
 	buildErr  error
 )
 
-// berthBinary builds cmd/berth once per test run.
+// TestMain removes the binary berthBinary built (about 27 MB) once every
+// test has run, so test runs do not fill /tmp. (A run killed by -timeout or
+// a signal still leaves it behind.)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// berthBinary builds cmd/berth once per test run, into binDir.
 func berthBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -47,7 +61,7 @@ func berthBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "berth")
+		binDir, binPath = dir, filepath.Join(dir, "berth")
 		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -86,7 +100,14 @@ func startReplica(t *testing.T, dbURL string, storage []string, extra ...string)
 	t.Helper()
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL,
 		"--data-dir", t.TempDir(), "--log-level", "info"}, storage...)
-	cmd := exec.Command(berthBinary(t), append(args, extra...)...)
+	return startBerth(t, append(args, extra...)...)
+}
+
+// startBerth runs `berth <args>`, a serve logging at info level, and
+// returns once it logs that it is serving. It is killed when the test ends.
+func startBerth(t *testing.T, args ...string) *replica {
+	t.Helper()
+	cmd := exec.Command(berthBinary(t), args...)
 	cmd.Env = append(os.Environ(),
 		"AWS_ACCESS_KEY_ID="+os.Getenv("BERTH_TEST_S3_ACCESS_KEY"),
 		"AWS_SECRET_ACCESS_KEY="+os.Getenv("BERTH_TEST_S3_SECRET_KEY"))
@@ -137,6 +158,55 @@ func (r *replica) logText() string {
 }
 
 func (r *replica) url() string { return "http://" + r.addr }
+
+// bytesRead is how many bytes the replica's process has read so far, from
+// sockets and files alike (rchar of /proc/<pid>/io).
+func (r *replica) bytesRead(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", r.cmd.Process.Pid))
+	if err != nil {
+		t.Fatalf("read the I/O counters of the replica: %v", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				t.Fatalf("rchar of the replica: %v", err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no rchar in /proc/%d/io:\n%s", r.cmd.Process.Pid, b)
+	return 0
+}
+
+// waitRead waits until the replica has read at least n bytes since
+// bytesRead returned before: a request body being sent to it has reached
+// its handler. The replica's other reads (its database connections) count
+// too, but they are far smaller than the bodies the tests wait for.
+func (r *replica) waitRead(t *testing.T, before, n int64) {
+	t.Helper()
+	waitUntil(t, fmt.Sprintf("the replica to read %d bytes", n), func() bool {
+		select {
+		case <-r.exited:
+			t.Fatalf("replica exited: %v\n%s", r.exitErr, r.logText())
+		default:
+		}
+		return r.bytesRead(t)-before >= n
+	})
+}
+
+// waitUntil polls cond until it holds, failing the test after 30 seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
 
 // roundRobin is a reverse proxy that sends each request to the next
 // replica, as a load balancer without sticky sessions does.
@@ -236,6 +306,7 @@ func TestKillReplicaMidUpload(t *testing.T) {
 	req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", first, len(content)-1))
 	req.ContentLength = int64(len(content) - first)
 	failed := make(chan error, 1)
+	bBefore := b.bytesRead(t)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
@@ -248,7 +319,7 @@ func TestKillReplicaMidUpload(t *testing.T) {
 	if _, err := pw.Write(content[first:half]); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // let b receive some of it
+	b.waitRead(t, bBefore, int64(half-first)) // b has received that much of it
 	if err := b.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -281,6 +352,7 @@ func TestGracefulShutdown(t *testing.T) {
 	req, _ := http.NewRequest("PATCH", r.url()+loc, pr)
 	req.ContentLength = int64(len(content))
 	result := make(chan *http.Response, 1)
+	before := r.bytesRead(t)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -291,11 +363,18 @@ func TestGracefulShutdown(t *testing.T) {
 		result <- resp
 	}()
 	pw.Write(content[:len(content)/2])
-	time.Sleep(100 * time.Millisecond)
+	r.waitRead(t, before, int64(len(content)/2)) // the request is in the handler
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	waitUntil(t, "berth to stop accepting connections after SIGTERM", func() bool {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	})
 	pw.Write(content[len(content)/2:])
 	pw.Close()
 	if resp := <-result; resp == nil || resp.StatusCode != http.StatusAccepted {

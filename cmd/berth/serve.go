@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	_ "net/http/pprof" // registers on http.DefaultServeMux, served only on --debug-listen
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -259,20 +260,25 @@ func newCollector(c Config, d *db.DB, store gc.Store, log *slog.Logger) *gc.Coll
 	})
 }
 
-// database is the PostgreSQL that berth uses: the configured URL, or an
-// embedded server that berth started and must stop.
+// database is the PostgreSQL that berth uses: the configured URL, an
+// embedded server that berth started and must stop, or the embedded server
+// that another berth process runs on the same data directory.
 type database struct {
 	url      string
 	embedded *pgembed.Server
-	lock     *os.File
+	lock     *os.File // <data dir>/berth.lock, flocked while embedded runs
+	owner    int      // pid of the berth process running the server, when not ours
 }
 
 // describe names the database for the start-up log: the embedded one by
 // its URL, so that `berth gc` or psql can reach it while berth runs; an
 // external one without its URL, which may hold a password.
 func (d *database) describe() string {
-	if d.embedded != nil {
+	switch {
+	case d.embedded != nil:
 		return "embedded " + d.url
+	case d.owner != 0:
+		return fmt.Sprintf("embedded, run by berth process %d, %s", d.owner, d.url)
 	}
 	return "external"
 }
@@ -280,6 +286,9 @@ func (d *database) describe() string {
 func (d *database) close(ctx context.Context) error {
 	var err error
 	if d.embedded != nil {
+		// Withdraw the URL first: a command starting now waits for the
+		// lock instead of connecting to a server that is stopping.
+		d.lock.Truncate(0)
 		err = d.embedded.Stop(ctx)
 	}
 	if d.lock != nil {
@@ -288,25 +297,98 @@ func (d *database) close(ctx context.Context) error {
 	return err
 }
 
+// lockFileName is the file in the data directory that the process running
+// the embedded PostgreSQL holds an exclusive flock on, and in which it
+// publishes the server's URL once the server accepts connections:
+//
+//	# berth: the process holding a lock on this file runs the embedded PostgreSQL of this data directory
+//	pid 1234
+//	url postgres://berth@/berth?host=/srv/berth/data/postgres&port=5432&sslmode=disable
+//
+// The kernel releases the flock when that process dies, however it dies, so
+// a record left behind is recognised as stale by the lock being free.
+const lockFileName = "berth.lock"
+
+// joinTimeout bounds how long a maintenance command waits for another
+// berth process to finish starting its embedded server (initdb included).
+const joinTimeout = 2 * time.Minute
+
 // openDatabase returns the configured database, or starts the embedded one
-// in <data dir>/postgres. A lock file keeps two berth processes from
-// sharing one embedded cluster: the second would take the first one's
-// server for a leftover and stop it.
+// in <data dir>/postgres, for `berth serve`. A second serve on the same
+// data directory is refused: it would take the first one's server for a
+// leftover and stop it.
 func openDatabase(ctx context.Context, c Config, log *slog.Logger) (*database, error) {
+	return embeddedDatabase(ctx, c, log, false)
+}
+
+// joinDatabase is openDatabase for the maintenance commands (berth migrate,
+// gc, check): when a berth process already runs the embedded database of
+// the data directory, they connect to that server instead of failing. It
+// stays that process's server: if the process stops, so does the server,
+// and the command's connections fail.
+func joinDatabase(ctx context.Context, c Config, log *slog.Logger) (*database, error) {
+	return embeddedDatabase(ctx, c, log, true)
+}
+
+func embeddedDatabase(ctx context.Context, c Config, log *slog.Logger, join bool) (*database, error) {
 	if c.DatabaseURL != "" {
 		return &database{url: c.DatabaseURL}, nil
 	}
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	lockPath := filepath.Join(c.DataDir, "berth.lock")
-	lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", lockPath, err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	lockPath := filepath.Join(c.DataDir, lockFileName)
+	var deadline time.Time
+	for {
+		lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", lockPath, err)
+		}
+		err = syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return startEmbedded(ctx, c, log, lock)
+		}
+		o := readOwner(lock)
 		lock.Close()
-		return nil, fmt.Errorf("another berth process is using the embedded database in %s; give each process its own --data-dir, or share an external database with --database-url", c.DataDir)
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+		}
+		if !join {
+			who := "another berth process"
+			if o.pid != 0 {
+				who += fmt.Sprintf(" (pid %d)", o.pid)
+			}
+			return nil, fmt.Errorf("%s is using the embedded database in %s; give each process its own --data-dir, or share an external database with --database-url", who, c.DataDir)
+		}
+		if o.url != "" {
+			d := &database{url: o.url, owner: o.pid}
+			log.Info("using the embedded PostgreSQL of the berth process running on this data directory", "database", d.describe())
+			return d, nil
+		}
+		// The lock is held but no URL published: the other process is
+		// starting its server, or stopping it and about to free the lock.
+		if deadline.IsZero() {
+			deadline = time.Now().Add(joinTimeout)
+			log.Info("waiting for the berth process holding the lock to start its embedded PostgreSQL", "lock", lockPath)
+		} else if time.Now().After(deadline) {
+			return nil, fmt.Errorf("another berth process holds %s but has not started the embedded database in %s after %s; see %s.log",
+				lockPath, c.DataDir, joinTimeout, filepath.Join(c.DataDir, "postgres"))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the embedded database in %s: %w", c.DataDir, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// startEmbedded starts the embedded server under lock, which this process
+// has just flocked, and publishes its URL there.
+func startEmbedded(ctx context.Context, c Config, log *slog.Logger, lock *os.File) (*database, error) {
+	// Whatever the file holds was written by a process that is gone.
+	if err := lock.Truncate(0); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("clear %s: %w", lock.Name(), err)
 	}
 	log.Info("no database URL configured: starting embedded PostgreSQL", "dir", filepath.Join(c.DataDir, "postgres"))
 	srv, err := pgembed.Start(ctx, pgembed.Options{
@@ -315,5 +397,40 @@ func openDatabase(ctx context.Context, c Config, log *slog.Logger) (*database, e
 		lock.Close()
 		return nil, err
 	}
-	return &database{url: srv.URL(), embedded: srv, lock: lock}, nil
+	d := &database{url: srv.URL(), embedded: srv, lock: lock}
+	// One write, the URL last: a reader takes the URL only from a complete
+	// line, so it never sees half of it.
+	record := fmt.Sprintf("# berth: the process holding a lock on this file runs the embedded PostgreSQL of this data directory\npid %d\nurl %s\n",
+		os.Getpid(), d.url)
+	if _, err := lock.WriteAt([]byte(record), 0); err != nil {
+		d.close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("write %s: %w", lock.Name(), err)
+	}
+	return d, nil
+}
+
+// owner is what the lock file says about the process running the embedded
+// server; url is empty until the server accepts connections.
+type owner struct {
+	pid int
+	url string
+}
+
+func readOwner(f *os.File) owner {
+	b, _ := io.ReadAll(io.NewSectionReader(f, 0, 64<<10))
+	var o owner
+	for line := range strings.Lines(string(b)) {
+		line, complete := strings.CutSuffix(line, "\n")
+		if !complete {
+			break // still being written
+		}
+		key, val, _ := strings.Cut(line, " ")
+		switch key {
+		case "pid":
+			o.pid, _ = strconv.Atoi(val)
+		case "url":
+			o.url = val
+		}
+	}
+	return o
 }
