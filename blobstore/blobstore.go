@@ -26,7 +26,8 @@
 // directory or file, writing or syncing a chunk, linking a blob into place
 // or copying an upload spread over several files into one. A file
 // too large for the filesystem (EFBIG) is not reported as full: freeing
-// space would not let it through.
+// space would not let it through. The S3 store reports so the answers of
+// the server that mean it has no room or is over a quota (see S3).
 //
 // A full store leaves nothing that a later request could take for data.
 // AppendChunk does not extend the bytes any saved state names, so once
