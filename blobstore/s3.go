@@ -98,6 +98,12 @@ import (
 // recognised by its 507. Codes that only look alike are not full:
 // EntityTooLarge is one object too large for any space, SlowDown and the
 // like are request rates. The codes are compared, never the messages.
+//
+// On such a failure AppendChunk deletes the objects it wrote before the
+// one that failed (they take the room that is missing and no state names
+// them), and Publish aborts its multipart upload, as on any failure. A
+// server that writes an object whole or not at all (versitygw, MinIO) then
+// holds nothing of the failed call.
 type S3 struct {
 	client        *s3.Client
 	presign       *s3.PresignClient
@@ -575,7 +581,7 @@ func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	return newState, n, storageFull(err, s3Full)
 }
 
-func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) ([]byte, int64, error) {
+func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) (_ []byte, _ int64, err error) {
 	st, err := decodeS3State(state)
 	if err != nil {
 		return nil, 0, err
@@ -599,6 +605,16 @@ func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r i
 	// The old tail goes first in the buffer, but it is fetched only once r
 	// has given a byte: an empty chunk costs no request.
 	token := randomHex(s3TokenBytes)
+	// The objects written so far: no state will name them if this call
+	// fails, and on a full store they hold room that is missing, so they
+	// go at once rather than with the upload (best effort: DeleteUpload
+	// removes what is left).
+	var mine []types.ObjectIdentifier
+	defer func() {
+		if err != nil && len(mine) > 0 {
+			s.deleteObjects(context.WithoutCancel(ctx), mine)
+		}
+	}()
 	fill := int(st.TailSize)
 	haveTail := st.TailSize == 0
 	k := st.parts()
@@ -626,9 +642,11 @@ func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r i
 				return nil, 0, fmt.Errorf("upload %s exceeds %d parts of %d bytes, the most S3 can join", uploadID, s3MaxParts, st.PartSize)
 			}
 			k++
-			if err := s.put(ctx, partKey(up, k, token), buf); err != nil {
+			key := partKey(up, k, token)
+			if err := s.put(ctx, key, buf); err != nil {
 				return nil, 0, fmt.Errorf("upload %s: write part %d: %w", uploadID, k, err)
 			}
+			mine = append(mine, types.ObjectIdentifier{Key: &key})
 			written++
 			fill = 0
 		}
@@ -641,9 +659,11 @@ func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r i
 	}
 	st.Tail, st.TailSize = "", int64(fill)
 	if fill > 0 {
-		if err := s.put(ctx, tailKey(up, token), buf[:fill]); err != nil {
+		key := tailKey(up, token)
+		if err := s.put(ctx, key, buf[:fill]); err != nil {
 			return nil, 0, fmt.Errorf("upload %s: write tail: %w", uploadID, err)
 		}
+		mine = append(mine, types.ObjectIdentifier{Key: &key})
 		st.Tail = token
 	}
 	if written > 0 {
