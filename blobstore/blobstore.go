@@ -15,11 +15,33 @@
 //	blobs/<algorithm>/<first two hex>/<hex>   published blobs, read-only
 //	uploads/<upload id>/data-<random>         an upload in progress, chunk after chunk
 //	uploads/<upload id>/assembling-<random>   the bytes being joined by Publish, when they are not one whole file
+//
+// # A full store
+//
+// When the store has no room for the bytes, AppendChunk and Publish return
+// an error that errors.Is reports as ErrStorageFull, so that the caller can
+// answer 507 rather than 500; it wraps the store's own error, which keeps
+// the cause for the log. The filesystem store reports ENOSPC (no space, or
+// no inodes left) and EDQUOT (a quota) so, from any write: creating a
+// directory or file, writing or syncing a chunk, linking a blob into place
+// or copying an upload spread over several files into one. A file
+// too large for the filesystem (EFBIG) is not reported as full: freeing
+// space would not let it through. The S3 store reports so the answers of
+// the server that mean it has no room or is over a quota (see S3).
+//
+// A full store leaves nothing that a later request could take for data.
+// AppendChunk does not extend the bytes any saved state names, so once
+// there is room again the upload goes on from its last saved state; the
+// bytes the failed call wrote itself are removed at once, since they hold
+// the very room that is missing (where that fails, they are garbage that
+// DeleteUpload removes, as for any failed chunk). Publish puts nothing at
+// the blob's address: a blob appears whole or not at all.
 package blobstore
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -28,6 +50,21 @@ import (
 
 // ErrNotFound reports a blob or upload part that is not in the store.
 var ErrNotFound = errors.New("not found in blob store")
+
+// ErrStorageFull means the store has no room for the bytes of an upload:
+// the disk or a quota is full. It is temporary in the sense that the same
+// request succeeds once space has been freed; nothing the failed call
+// wrote remains (see "A full store" above).
+var ErrStorageFull = errors.New("blob storage is full")
+
+// storageFull marks err with ErrStorageFull when full says it reports a
+// full store, keeping err in the chain (and in the message) as the cause.
+func storageFull(err error, full func(error) bool) error {
+	if err == nil || errors.Is(err, ErrStorageFull) || !full(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrStorageFull, err)
+}
 
 // ErrFileChanged means a blob's file shrank while CopyFile was sending it:
 // what was already sent cannot be completed.

@@ -177,7 +177,16 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); retur
 //
 // The bytes are fsynced before AppendChunk returns, because the caller
 // acknowledges the chunk to the client right after.
+//
+// On a full disk the same rule keeps the saved state good: a chunk that
+// fails half-written is cut off again (appendTo), or its new file removed,
+// so the file ends where the state ends and the next try appends to it.
 func (s *FS) AppendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) ([]byte, int64, error) {
+	newState, n, err := s.appendChunk(uploadID, state, r)
+	return newState, n, storageFull(err, fsFull)
+}
+
+func (s *FS) appendChunk(uploadID string, state []byte, r io.Reader) ([]byte, int64, error) {
 	st, err := decodeFSState(state)
 	if err != nil {
 		return nil, 0, err
@@ -364,7 +373,14 @@ func (m multiFile) Close() error {
 // address: no byte is copied. Otherwise it copies the ranges into a new file
 // and links that. A link, unlike a rename, leaves the upload's own data in
 // place so that Publish can run again.
+//
+// On a full disk the blob's name is never made: the link fails, or the
+// copy fails and is removed before anything is linked.
 func (s *FS) Publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error {
+	return storageFull(s.publish(uploadID, state, dgst), fsFull)
+}
+
+func (s *FS) publish(uploadID string, state []byte, dgst digest.Digest) error {
 	// Check the arguments even when the blob exists, so that a bad id or
 	// state is reported the same way every time.
 	st, err := decodeFSState(state)

@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
@@ -72,6 +73,37 @@ import (
 // multipart upload at the blob's own key: the blob appears whole or not at
 // all, no byte passes through Berth, and since the sources never change,
 // Publish can run again at any time, from any state, and give the same bytes.
+//
+// # A full store
+//
+// AppendChunk and Publish return ErrStorageFull, wrapping S3's error, when
+// the server answers HTTP 507 Insufficient Storage, whatever the code, or
+// one of these codes, whatever the status (s3Full):
+//
+//   - InsufficientStorage (507): versitygw's posix backend on ENOSPC, from
+//     PutObject, UploadPart, UploadPartCopy, CopyObject and
+//     CompleteMultipartUpload alike, with the message "No space left on
+//     device." (seen with v1.8.0 on a full tmpfs);
+//   - XMinioStorageFull: MinIO below its minimum free drive space, 507 (500
+//     in old releases, which the SDK retries before giving up);
+//   - QuotaExceeded (403): versitygw's posix backend on EDQUOT, and Ceph
+//     RGW over a bucket or user quota;
+//   - XMinioAdminBucketQuotaExceeded (400): MinIO over a bucket quota.
+//
+// A quota is counted as full, as EDQUOT is in FS: the store refuses the
+// bytes until space is freed or the limit raised, which is what the 507
+// the handlers answer says. Amazon S3 itself lists no such code (its
+// capacity is not the customer's problem); S3 on Outposts, which has a
+// capacity, documents an "insufficient capacity" error when out of space,
+// recognised by its 507. Codes that only look alike are not full:
+// EntityTooLarge is one object too large for any space, SlowDown and the
+// like are request rates. The codes are compared, never the messages.
+//
+// On such a failure AppendChunk deletes the objects it wrote before the
+// one that failed (they take the room that is missing and no state names
+// them), and Publish aborts its multipart upload, as on any failure. A
+// server that writes an object whole or not at all (versitygw, MinIO) then
+// holds nothing of the failed call.
 type S3 struct {
 	client        *s3.Client
 	presign       *s3.PresignClient
@@ -297,6 +329,20 @@ func isNotFound(err error) bool {
 		}
 	}
 	return false
+}
+
+// s3Full reports whether err is the server saying it has no room for the
+// bytes; the S3 documentation above lists what is recognised and why.
+func s3Full(err error) bool {
+	var api smithy.APIError
+	if errors.As(err, &api) {
+		switch api.ErrorCode() {
+		case "InsufficientStorage", "XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded":
+			return true
+		}
+	}
+	var resp *smithyhttp.ResponseError
+	return errors.As(err, &resp) && resp.HTTPStatusCode() == http.StatusInsufficientStorage
 }
 
 // notFoundErr makes S3's not-found errors the package's ErrNotFound,
@@ -531,6 +577,11 @@ func (st s3State) pieces(up string) []s3Piece {
 // memory is one part: a part must be whole before it is sent, since an S3
 // PUT needs its length up front.
 func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) ([]byte, int64, error) {
+	newState, n, err := s.appendChunk(ctx, uploadID, state, r)
+	return newState, n, storageFull(err, s3Full)
+}
+
+func (s *S3) appendChunk(ctx context.Context, uploadID string, state []byte, r io.Reader) (_ []byte, _ int64, err error) {
 	st, err := decodeS3State(state)
 	if err != nil {
 		return nil, 0, err
@@ -554,6 +605,16 @@ func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	// The old tail goes first in the buffer, but it is fetched only once r
 	// has given a byte: an empty chunk costs no request.
 	token := randomHex(s3TokenBytes)
+	// The objects written so far: no state will name them if this call
+	// fails, and on a full store they hold room that is missing, so they
+	// go at once rather than with the upload (best effort: DeleteUpload
+	// removes what is left).
+	var mine []types.ObjectIdentifier
+	defer func() {
+		if err != nil && len(mine) > 0 {
+			s.deleteObjects(context.WithoutCancel(ctx), mine)
+		}
+	}()
 	fill := int(st.TailSize)
 	haveTail := st.TailSize == 0
 	k := st.parts()
@@ -581,9 +642,11 @@ func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 				return nil, 0, fmt.Errorf("upload %s exceeds %d parts of %d bytes, the most S3 can join", uploadID, s3MaxParts, st.PartSize)
 			}
 			k++
-			if err := s.put(ctx, partKey(up, k, token), buf); err != nil {
+			key := partKey(up, k, token)
+			if err := s.put(ctx, key, buf); err != nil {
 				return nil, 0, fmt.Errorf("upload %s: write part %d: %w", uploadID, k, err)
 			}
+			mine = append(mine, types.ObjectIdentifier{Key: &key})
 			written++
 			fill = 0
 		}
@@ -596,9 +659,11 @@ func (s *S3) AppendChunk(ctx context.Context, uploadID string, state []byte, r i
 	}
 	st.Tail, st.TailSize = "", int64(fill)
 	if fill > 0 {
-		if err := s.put(ctx, tailKey(up, token), buf[:fill]); err != nil {
+		key := tailKey(up, token)
+		if err := s.put(ctx, key, buf[:fill]); err != nil {
 			return nil, 0, fmt.Errorf("upload %s: write tail: %w", uploadID, err)
 		}
+		mine = append(mine, types.ObjectIdentifier{Key: &key})
 		st.Tail = token
 	}
 	if written > 0 {
@@ -739,6 +804,10 @@ func (p *s3Pieces) Close() error {
 // (PutObject of nothing, CopyObject of one piece, or CompleteMultipartUpload
 // of a multipart copy), so it never exists half-written.
 func (s *S3) Publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error {
+	return storageFull(s.publish(ctx, uploadID, state, dgst), s3Full)
+}
+
+func (s *S3) publish(ctx context.Context, uploadID string, state []byte, dgst digest.Digest) error {
 	// Check the arguments even when the blob exists, so that a bad id or
 	// state is reported the same way every time.
 	st, err := decodeS3State(state)

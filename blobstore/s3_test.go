@@ -66,7 +66,12 @@ func s3Config(tb testing.TB) blobstore.S3Config {
 // random prefix, removed with everything under it when the test ends.
 func newS3(tb testing.TB, partSize int64, opts ...func(*blobstore.S3Config)) *s3Fixture {
 	tb.Helper()
-	cfg := s3Config(tb)
+	return newS3At(tb, s3Config(tb), partSize, opts...)
+}
+
+// newS3At is newS3 on the server and bucket of cfg.
+func newS3At(tb testing.TB, cfg blobstore.S3Config, partSize int64, opts ...func(*blobstore.S3Config)) *s3Fixture {
+	tb.Helper()
 	cfg.Prefix = "berth-test-" + s3RandomHex(tb, 8) + "/"
 	cfg.PartSize = partSize
 	for _, o := range opts {
