@@ -211,4 +211,76 @@ func TestClientIntegers(t *testing.T) {
 			})
 		}
 	})
+
+	t.Run("range", func(t *testing.T) {
+		content := []byte("0123456789")
+		path := "/v2/int/range/blobs/" + r.pushBlob("int/range", content).String()
+		tests := []struct {
+			value  string
+			header []string
+			status int    // 416 comes with the OCI body and Content-Range: bytes */10
+			body   string // of a 206 of one part; a 200 has the whole blob
+		}{
+			{value: "bytes=0-0", status: 206, body: "0"},
+			{value: "bytes=0-", status: 206, body: "0123456789"},
+			{value: "bytes=-1", status: 206, body: "9"},
+			{value: "bytes=-0", status: 416}, // a suffix of no byte selects nothing (RFC 9110, 14.1.1)
+			{value: "bytes=3-4", status: 206, body: "34"},
+			{value: "bytes=003-004", status: 206, body: "34"},
+			{value: "bytes= 3-4 ", status: 206, body: "34"},
+			{value: "bytes=,3-4,", status: 206, body: "34"},
+			{value: "bytes=10-", status: 416},
+			{value: "bytes=20-30,3-4", status: 206, body: "34"},
+			{value: "Bytes=3-4", status: 206, body: "34"},
+			{value: "bytes=0-" + maxInt64, status: 206, body: "0123456789"},
+			{value: "bytes=0-" + maxInt64Plus, status: 416},
+			{value: "bytes=" + maxInt64 + "-", status: 416},
+			{value: "bytes=" + maxInt64 + "-" + maxInt64, status: 416},
+			{value: "bytes=" + maxInt64Plus + "-", status: 416},
+			{value: "bytes=-" + maxInt64, status: 206, body: "0123456789"},
+			{value: "bytes=-" + maxInt64Plus, status: 416},
+			{value: "bytes=-1-5", status: 416},
+			{value: "bytes=+3-4", status: 416}, // net/http alone would serve it
+			{value: "bytes=3-+4", status: 416},
+			{value: "bytes=-+1", status: 416},
+			{value: "bytes=3 -4", status: 416},
+			{value: "bytes=4-3", status: 416},
+			{value: "bytes=3-4,+5-6", status: 416},
+			{value: "bytes=", status: 416},
+			{value: "bytes 3-4", status: 416},
+			{value: "items=3-4", status: 200},                                                // another unit: ignored (RFC 9110, 14.2)
+			{value: "bytes=+3-4", header: []string{`If-Range: "sha256:other"`}, status: 200}, // If-Range says: ignore the Range
+			{value: "bytes=+3-4", header: []string{"If-None-Match: *"}, status: 304},
+		}
+		for _, tt := range tests {
+			t.Run(tt.value+strings.Join(tt.header, ","), func(t *testing.T) {
+				resp := r.do("GET", path, nil, append(tt.header, "Range: "+tt.value)...)
+				switch tt.status {
+				case 416:
+					resp.expect(t, 416, "SIZE_INVALID")
+					if got := resp.Header.Get("Content-Range"); got != "bytes */10" {
+						t.Errorf("Content-Range %q", got)
+					}
+				case 206:
+					resp.expect(t, 206, "")
+					if string(resp.body) != tt.body {
+						t.Errorf("body %q, want %q", resp.body, tt.body)
+					}
+				case 200:
+					resp.expect(t, 200, "")
+					if !bytes.Equal(resp.body, content) {
+						t.Errorf("body %q, want the whole blob", resp.body)
+					}
+				default:
+					resp.expect(t, tt.status, "")
+				}
+			})
+		}
+		// Two satisfiable ranges: multipart, as net/http sends it.
+		resp := r.do("GET", path, nil, "Range: bytes=0-1, 8-")
+		resp.expect(t, 206, "")
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "multipart/byteranges") {
+			t.Errorf("two ranges: Content-Type %q", ct)
+		}
+	})
 }
