@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -281,6 +282,83 @@ func TestClientIntegers(t *testing.T) {
 		resp.expect(t, 206, "")
 		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "multipart/byteranges") {
 			t.Errorf("two ranges: Content-Type %q", ct)
+		}
+	})
+
+	t.Run("page", func(t *testing.T) {
+		one, two := r.image("int/page", "one"), r.image("int/page", "two")
+		r.pushBlob("int/page2", []byte("a second repository"))
+		for _, push := range []struct {
+			tag  string
+			body []byte
+		}{{"a", one}, {"b", one}, {"c", two}, {"a", two}, {"a", one}} {
+			r.pushManifest("int/page", push.tag, mtManifest, push.body)
+		}
+		routes := []struct{ path, list string }{ // each lists at least two entries
+			{"/v2/int/page/tags/list", "tags"},
+			{"/v2/_catalog", "repositories"},
+			{"/v2/int/page/manifests/_list", "manifests"},
+			{"/v2/int/page/tags/a/history", "history"},
+		}
+		tests := []struct {
+			query   string // as sent, URL-encoded
+			history bool   // only for the tag history (its last is an integer)
+			status  int
+			entries int // -1: all of them
+		}{
+			{query: "n=", status: 200, entries: -1},
+			{query: "n=0", status: 200, entries: 0},
+			{query: "n=1", status: 200, entries: 1},
+			{query: "n=001", status: 200, entries: 1},
+			{query: "n=" + maxInt64, status: 200, entries: -1}, // cut to the largest page
+			{query: "n=" + maxInt64Plus, status: 400},
+			{query: "n=99999999999999999999", status: 400},
+			{query: "n=-1", status: 400},
+			{query: "n=-0", status: 400},
+			{query: "n=%2B1", status: 400},
+			{query: "n=%201", status: 400},
+			{query: "n=1%20", status: 400},
+			{query: "n=1%201", status: 400},
+			{query: "n=0x10", status: 400},
+			{query: "n=1e3", status: 400},
+			{query: "last=" + maxInt64, history: true, status: 200, entries: -1},
+			{query: "last=001", history: true, status: 200, entries: 0},
+			{query: "last=" + maxInt64Plus, history: true, status: 400},
+			{query: "last=0", history: true, status: 400},
+			{query: "last=-1", history: true, status: 400},
+			{query: "last=%2B1", history: true, status: 400},
+			{query: "last=%201", history: true, status: 400},
+		}
+		for _, tt := range tests {
+			for _, rt := range routes {
+				if tt.history && rt.list != "history" {
+					continue
+				}
+				t.Run(rt.list+"?"+tt.query, func(t *testing.T) {
+					resp := r.do("GET", rt.path+"?"+tt.query, nil)
+					if tt.status != 200 {
+						resp.expect(t, tt.status, "UNSUPPORTED")
+						return
+					}
+					resp.expect(t, 200, "")
+					var body map[string]json.RawMessage
+					var list []json.RawMessage
+					if err := json.Unmarshal(resp.body, &body); err != nil || json.Unmarshal(body[rt.list], &list) != nil {
+						t.Fatalf("body %s", resp.body)
+					}
+					link := resp.Header.Get("Link")
+					switch {
+					case tt.entries < 0 && (len(list) < 2 || link != ""):
+						t.Errorf("%d entries, Link %q; want them all, no Link", len(list), link)
+					case tt.entries >= 0 && len(list) != tt.entries:
+						t.Errorf("%d entries, want %d", len(list), tt.entries)
+					case tt.entries > 0 && !strings.Contains(link, "n="+fmt.Sprint(tt.entries)+">"):
+						t.Errorf("Link %q, want the next page of n=%d", link, tt.entries)
+					case tt.entries == 0 && link != "":
+						t.Errorf("Link %q after an empty page", link)
+					}
+				})
+			}
 		}
 	})
 }

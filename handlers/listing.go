@@ -30,11 +30,12 @@ func page(r *http.Request, what string, validLast func(string) bool) (n int, las
 	q := r.URL.Query()
 	n = defaultPage
 	if s := q.Get("n"); s != "" {
-		v, convErr := strconv.Atoi(s)
-		if convErr != nil || v < 0 {
-			return 0, "", errorf(CodeUnsupported, "n must be a non-negative integer, not %q", s).withStatus(http.StatusBadRequest)
+		v, ok := parseDecimal(s)
+		if !ok {
+			return 0, "", errorf(CodeUnsupported, "n must be a number of entries in decimal digits, not %q", clip(s)).
+				withStatus(http.StatusBadRequest)
 		}
-		n = min(v, maxPage)
+		n = int(min(v, maxPage))
 	}
 	last = q.Get("last")
 	if last != "" && !validLast(last) {

@@ -194,15 +194,15 @@ func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) e
 		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
 	}
 	n, last, err := page(r, "history entry id", func(s string) bool {
-		v, err := strconv.ParseInt(s, 10, 64)
-		return err == nil && v > 0
+		v, ok := parseDecimal(s)
+		return ok && v > 0
 	})
 	if err != nil {
 		return err
 	}
 	var before int64
 	if last != "" {
-		before, _ = strconv.ParseInt(last, 10, 64) // checked by page
+		before, _ = parseDecimal(last) // checked by page
 	}
 	events, more, err := h.db.TagHistory(r.Context(), rt.name, rt.ref, before, n)
 	if errors.Is(err, db.ErrRepositoryUnknown) {
