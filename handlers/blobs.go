@@ -22,6 +22,16 @@ import (
 // parseDigest validates a digest from a path or query parameter.
 func parseDigest(s string) (digest.Digest, error) {
 	d, err := digests.Parse(s)
+	if err != nil && len(s) > maxEcho {
+		// digests.Parse quotes what it was given, whole; a digest that
+		// long is none Berth accepts, and the message says so, clipped.
+		alg, _, _ := strings.Cut(s, ":")
+		if errors.Is(err, digests.ErrUnsupported) {
+			err = fmt.Errorf("%w: %q (use sha256 or sha512)", digests.ErrUnsupported, clip(alg))
+		} else {
+			err = fmt.Errorf("%w: %q is longer than any sha256 or sha512 digest", digests.ErrMalformed, clip(s))
+		}
+	}
 	switch {
 	case errors.Is(err, digests.ErrUnsupported):
 		return "", errorf(CodeUnsupported, "%v", err).withStatus(http.StatusBadRequest)

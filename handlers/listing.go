@@ -39,7 +39,7 @@ func page(r *http.Request, what string, validLast func(string) bool) (n int, las
 	}
 	last = q.Get("last")
 	if last != "" && !validLast(last) {
-		return 0, "", errorf(CodeUnsupported, "last must be a %s, not %q", what, last).withStatus(http.StatusBadRequest)
+		return 0, "", errorf(CodeUnsupported, "last must be a %s, not %q", what, clip(last)).withStatus(http.StatusBadRequest)
 	}
 	return n, last, nil
 }
@@ -125,7 +125,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 	artifactType := r.URL.Query().Get("artifactType")
 	if artifactType != "" {
 		if _, _, err := mime.ParseMediaType(artifactType); err != nil {
-			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", artifactType).withStatus(http.StatusBadRequest)
+			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", clip(artifactType)).withStatus(http.StatusBadRequest)
 		}
 	}
 	refs, err := h.db.Referrers(r.Context(), rt.name, dgst.String(), artifactType)

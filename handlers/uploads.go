@@ -67,7 +67,7 @@ func (h *Handler) mountBlob(w http.ResponseWriter, r *http.Request, rt route, mo
 		return false, nil
 	}
 	if !validName(from) {
-		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", from)
+		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", clip(from))
 	}
 	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), actor(r))
 	if errors.Is(err, db.ErrBlobUnknown) {
@@ -329,7 +329,7 @@ func chunkBody(r *http.Request, u db.Upload) (*chunkReader, error) {
 	}
 	start, end, ok := parseContentRange(hdr)
 	if !ok {
-		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets in decimal digits", hdr)
+		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets in decimal digits", clip(hdr))
 	}
 	if start != u.Size {
 		return nil, outOfOrder(u.Repository, u.ID, u.Size,
@@ -339,11 +339,11 @@ func chunkBody(r *http.Request, u db.Upload) (*chunkReader, error) {
 		// The upload would hold end+1 bytes, more than an int64 counts:
 		// end-start+1 would wrap around, and the chunk be taken as empty.
 		return nil, outOfOrder(u.Repository, u.ID, u.Size,
-			fmt.Sprintf("Content-Range %s ends beyond the largest upload (%d bytes); upload %s holds %d bytes", hdr, int64(math.MaxInt64), u.ID, u.Size))
+			fmt.Sprintf("Content-Range %s ends beyond the largest upload (%d bytes); upload %s holds %d bytes", clip(hdr), int64(math.MaxInt64), u.ID, u.Size))
 	}
 	cr.want = end - start + 1
 	if r.ContentLength >= 0 && r.ContentLength != cr.want {
-		return nil, errorf(CodeSizeInvalid, "Content-Length %d does not match Content-Range %s", r.ContentLength, hdr)
+		return nil, errorf(CodeSizeInvalid, "Content-Length %d does not match Content-Range %s", r.ContentLength, clip(hdr))
 	}
 	// One byte more than announced (when that is still an int64), so that
 	// a (chunked) body longer than its Content-Range is refused rather than
@@ -421,7 +421,7 @@ func digestMismatch(got, want digest.Digest) error {
 
 func uploadError(err error, id string) error {
 	if errors.Is(err, db.ErrUploadUnknown) {
-		return errorf(CodeBlobUploadUnknown, "upload %s is not known in this repository (finished, cancelled or expired)", id)
+		return errorf(CodeBlobUploadUnknown, "upload %s is not known in this repository (finished, cancelled or expired)", clip(id))
 	}
 	return err
 }
