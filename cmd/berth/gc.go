@@ -110,7 +110,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 		return err
 	}
 	defer closeAll()
-	rep, err := collector.Check(ctx, repair)
+	rep, err := collector.Check(ctx, repair, collector.DefaultAges())
 	if err != nil {
 		return err
 	}
