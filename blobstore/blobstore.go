@@ -114,8 +114,8 @@ type Lister interface {
 	// An error from fn stops the walk and is returned.
 	WalkBlobs(ctx context.Context, fn func(dgst digest.Digest, size int64, modTime time.Time) error) error
 	// WalkUploads calls fn for every upload that has data in the store,
-	// with the time its data last changed.
-	WalkUploads(ctx context.Context, fn func(uploadID string, modTime time.Time) error) error
+	// with the bytes it holds and the time its data last changed.
+	WalkUploads(ctx context.Context, fn func(uploadID string, size int64, modTime time.Time) error) error
 }
 
 // Store is everything a blob store does.

@@ -611,9 +611,9 @@ func (s *FS) WalkBlobs(ctx context.Context, fn func(dgst digest.Digest, size int
 	})
 }
 
-// WalkUploads implements Lister: the time of an upload is the newest
-// modification among its directory and files.
-func (s *FS) WalkUploads(ctx context.Context, fn func(uploadID string, modTime time.Time) error) error {
+// WalkUploads implements Lister: the size of an upload is that of its
+// files, its time the newest modification among its directory and files.
+func (s *FS) WalkUploads(ctx context.Context, fn func(uploadID string, size int64, modTime time.Time) error) error {
 	entries, err := os.ReadDir(filepath.Join(s.root, "uploads"))
 	if err != nil {
 		return fmt.Errorf("list uploads: %w", err)
@@ -625,34 +625,39 @@ func (s *FS) WalkUploads(ctx context.Context, fn func(uploadID string, modTime t
 		if !e.IsDir() || !validName(e.Name()) {
 			continue
 		}
-		latest, err := newestModTime(filepath.Join(s.root, "uploads", e.Name()))
+		size, latest, err := uploadDirStat(filepath.Join(s.root, "uploads", e.Name()))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed while we walked
 		}
 		if err != nil {
 			return err
 		}
-		if err := fn(e.Name(), latest); err != nil {
+		if err := fn(e.Name(), size, latest); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func newestModTime(dir string) (time.Time, error) {
+func uploadDirStat(dir string) (size int64, latest time.Time, err error) {
 	info, err := os.Stat(dir)
 	if err != nil {
-		return time.Time{}, err
+		return 0, time.Time{}, err
 	}
-	latest := info.ModTime()
+	latest = info.ModTime()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return time.Time{}, err
+		return 0, time.Time{}, err
 	}
 	for _, e := range entries {
-		if fi, err := e.Info(); err == nil && fi.ModTime().After(latest) {
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed while we looked
+		}
+		size += fi.Size()
+		if fi.ModTime().After(latest) {
 			latest = fi.ModTime()
 		}
 	}
-	return latest, nil
+	return size, latest, nil
 }

@@ -1053,13 +1053,14 @@ func (s *S3) WalkBlobs(ctx context.Context, fn func(dgst digest.Digest, size int
 	return nil
 }
 
-// WalkUploads implements Lister: the time of an upload is that of its
-// newest object. An upload's multipart uploads need no listing of their
-// own: only Publish opens one, and records it in an object of the upload
-// first thing.
-func (s *S3) WalkUploads(ctx context.Context, fn func(uploadID string, modTime time.Time) error) error {
+// WalkUploads implements Lister: the size of an upload is that of its
+// objects, its time that of its newest object. An upload's multipart
+// uploads need no listing of their own: only Publish opens one, and
+// records it in an object of the upload first thing.
+func (s *S3) WalkUploads(ctx context.Context, fn func(uploadID string, size int64, modTime time.Time) error) error {
 	root := s.prefix + "uploads/"
 	latest := map[string]time.Time{}
+	sizes := map[string]int64{}
 	pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &root})
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
@@ -1075,10 +1076,11 @@ func (s *S3) WalkUploads(ctx context.Context, fn func(uploadID string, modTime t
 			if prev, seen := latest[id]; !seen || mod.After(prev) {
 				latest[id] = mod
 			}
+			sizes[id] += aws.ToInt64(obj.Size)
 		}
 	}
 	for id, mod := range latest {
-		if err := fn(id, mod); err != nil {
+		if err := fn(id, sizes[id], mod); err != nil {
 			return err
 		}
 	}

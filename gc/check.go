@@ -22,8 +22,10 @@ type CheckReport struct {
 	// blob with missing bytes.
 	Unpullable []string
 	// Orphans is the sweep for bytes without rows (a dry run unless
-	// repairing).
+	// repairing), with the ages it took them at: what is younger without
+	// a row is only counted, as skipped.
 	Orphans Report
+	Ages    Ages
 }
 
 func (c *Collector) bytesMissing(ctx context.Context, dgst digest.Digest) (bool, error) {
@@ -40,9 +42,11 @@ func (c *Collector) bytesMissing(ctx context.Context, dgst digest.Digest) (bool,
 // Check compares the database with the blob store. With repair, rows whose
 // bytes are gone are marked 'missing' (invisible, so clients upload the
 // blob again, and the next upload re-publishes the bytes), and orphaned
-// bytes are deleted.
-func (c *Collector) Check(ctx context.Context, repair bool) (CheckReport, error) {
-	rep := CheckReport{Repair: repair}
+// bytes are deleted: those older than ages (see Sweep; DefaultAges is what
+// Run uses, and only bytes that old are safe to delete while the registry
+// serves).
+func (c *Collector) Check(ctx context.Context, repair bool, ages Ages) (CheckReport, error) {
+	rep := CheckReport{Repair: repair, Ages: ages}
 	last := ""
 	for {
 		rows, err := c.db.BlobRows(ctx, last, sweepBatch)
@@ -82,7 +86,7 @@ func (c *Collector) Check(ctx context.Context, repair bool) (CheckReport, error)
 			break
 		}
 	}
-	orphans, err := c.Sweep(ctx, c.cfg.Policy.ReviewDelay, !repair)
+	orphans, err := c.Sweep(ctx, ages, !repair)
 	rep.Orphans = orphans
 	return rep, err
 }

@@ -142,8 +142,15 @@ type Report struct {
 	OrphanBlobs       int
 	OrphanBytes       int64
 	OrphanUploads     int
-	Kept              int // candidates examined and kept
-	Items             []string
+	// Bytes that no row describes but that the sweep left alone because
+	// they are younger than its Ages: they may belong to uploads in
+	// progress, or be orphans too young to tell.
+	SkippedBlobs       int
+	SkippedBlobBytes   int64
+	SkippedUploads     int
+	SkippedUploadBytes int64
+	Kept               int // candidates examined and kept
+	Items              []string
 }
 
 // Add merges o into r: counts and items.
@@ -158,6 +165,10 @@ func (r *Report) Add(o Report) {
 	r.OrphanBlobs += o.OrphanBlobs
 	r.OrphanBytes += o.OrphanBytes
 	r.OrphanUploads += o.OrphanUploads
+	r.SkippedBlobs += o.SkippedBlobs
+	r.SkippedBlobBytes += o.SkippedBlobBytes
+	r.SkippedUploads += o.SkippedUploads
+	r.SkippedUploadBytes += o.SkippedUploadBytes
 	r.Kept += o.Kept
 	r.Items = append(r.Items, o.Items...)
 }
@@ -179,7 +190,9 @@ func (r *Report) item(format string, args ...any) {
 func (r Report) LogAttrs() []any {
 	return []any{"dry_run", r.DryRun, "manifests_purged", r.ManifestsPurged, "manifests_untagged", r.ManifestsUntagged,
 		"links_removed", r.LinksRemoved, "blobs_deleted", r.BlobsDeleted, "uploads_expired", r.UploadsExpired,
-		"orphan_blobs", r.OrphanBlobs, "orphan_uploads", r.OrphanUploads, "kept", r.Kept, "bytes_freed", r.FreedBytes()}
+		"orphan_blobs", r.OrphanBlobs, "orphan_uploads", r.OrphanUploads,
+		"skipped_young_blobs", r.SkippedBlobs, "skipped_young_uploads", r.SkippedUploads,
+		"kept", r.Kept, "bytes_freed", r.FreedBytes()}
 }
 
 // Pass collects everything due now: it ends idle upload sessions, then
@@ -352,53 +365,77 @@ func (c *Collector) expireUploads(ctx context.Context, dryRun bool, rep *Report)
 // sweepBatch is how many digests or upload ids one database lookup checks.
 const sweepBatch = 1000
 
+// Ages are how old bytes that no database row describes must be before the
+// sweep takes them for orphans. Younger ones may belong to an upload in
+// progress — a blob published but not yet committed, the staging of a
+// monolithic upload, the data of a finished upload not yet discarded — so
+// the sweep leaves them alone and only counts them (Report.Skipped*).
+type Ages struct {
+	Blobs   time.Duration // published blobs
+	Uploads time.Duration // upload data
+}
+
+// DefaultAges are the ages Run sweeps with: the review delay for blobs, the
+// upload timeout for upload data.
+func (c *Collector) DefaultAges() Ages {
+	return Ages{Blobs: c.cfg.Policy.ReviewDelay, Uploads: c.cfg.UploadTimeout}
+}
+
 // Sweep walks the blob store for bytes that no database row describes —
 // blobs and upload data left behind by a crash — and removes those older
-// than minAge (the review delay in Run), so that bytes in the middle of
-// being committed are left alone; the commit protocol keeps even those
-// safe (see the package documentation).
-func (c *Collector) Sweep(ctx context.Context, minAge time.Duration, dryRun bool) (Report, error) {
+// than ages, so that bytes in the middle of being committed are left
+// alone (the commit protocol keeps even those safe; see the package
+// documentation). The younger ones without a row are counted as skipped.
+func (c *Collector) Sweep(ctx context.Context, ages Ages, dryRun bool) (Report, error) {
 	rep := Report{DryRun: dryRun}
-	cutoff := time.Now().Add(-minAge)
+	// found is a blob or an upload in the store, waiting for its lookup.
 	type found struct {
-		size int64
+		key   string
+		size  int64
+		young bool
 	}
-	pending := map[string]found{}
-	flushBlobs := func() error {
-		keys := make([]string, 0, len(pending))
-		for k := range pending {
-			keys = append(keys, k)
+	var pending []found
+	keys := func() []string {
+		k := make([]string, len(pending))
+		for i, f := range pending {
+			k[i] = f.key
 		}
-		known, err := c.db.BlobsKnown(ctx, keys)
+		return k
+	}
+	flushBlobs := func() error {
+		known, err := c.db.BlobsKnown(ctx, keys())
 		if err != nil {
 			return err
 		}
-		for _, k := range keys {
-			if known[k] {
+		for _, f := range pending {
+			switch {
+			case known[f.key]:
+				continue
+			case f.young:
+				rep.SkippedBlobs++
+				rep.SkippedBlobBytes += f.size
 				continue
 			}
 			deleted := true
 			if !dryRun {
-				dgst := digest.Digest(k)
-				deleted, err = c.db.GCDeleteOrphan(ctx, k, func(ctx context.Context) error { return c.store.Delete(ctx, dgst) })
+				dgst := digest.Digest(f.key)
+				deleted, err = c.db.GCDeleteOrphan(ctx, f.key, func(ctx context.Context) error { return c.store.Delete(ctx, dgst) })
 				if err != nil {
 					return err
 				}
 			}
 			if deleted {
 				rep.OrphanBlobs++
-				rep.OrphanBytes += pending[k].size
-				rep.item("delete orphaned bytes of %s (%d bytes): no blob row describes them", k, pending[k].size)
+				rep.OrphanBytes += f.size
+				rep.item("delete orphaned bytes of %s (%d bytes): no blob row describes them", f.key, f.size)
 			}
 		}
-		clear(pending)
+		pending = pending[:0]
 		return nil
 	}
+	blobCutoff := time.Now().Add(-ages.Blobs)
 	err := c.store.WalkBlobs(ctx, func(dgst digest.Digest, size int64, modTime time.Time) error {
-		if modTime.After(cutoff) {
-			return nil
-		}
-		pending[dgst.String()] = found{size}
+		pending = append(pending, found{dgst.String(), size, modTime.After(blobCutoff)})
 		if len(pending) >= sweepBatch {
 			return flushBlobs()
 		}
@@ -411,39 +448,40 @@ func (c *Collector) Sweep(ctx context.Context, minAge time.Duration, dryRun bool
 		return rep, fmt.Errorf("sweep blobs: %w", err)
 	}
 
-	uploadCutoff := time.Now().Add(-c.cfg.UploadTimeout)
-	var ids []string
 	flushUploads := func() error {
-		known, err := c.db.UploadsKnown(ctx, ids)
+		known, err := c.db.UploadsKnown(ctx, keys())
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
-			if known[id] {
+		for _, f := range pending {
+			switch {
+			case known[f.key]:
+				continue
+			case f.young:
+				rep.SkippedUploads++
+				rep.SkippedUploadBytes += f.size
 				continue
 			}
 			rep.OrphanUploads++
-			rep.item("delete orphaned upload data %s: no upload session", id)
+			rep.item("delete orphaned upload data %s: no upload session", f.key)
 			if !dryRun {
-				if err := c.store.DeleteUpload(ctx, id, nil); err != nil {
+				if err := c.store.DeleteUpload(ctx, f.key, nil); err != nil {
 					return err
 				}
 			}
 		}
-		ids = ids[:0]
+		pending = pending[:0]
 		return nil
 	}
-	err = c.store.WalkUploads(ctx, func(id string, modTime time.Time) error {
-		if modTime.After(uploadCutoff) {
-			return nil
-		}
-		ids = append(ids, id)
-		if len(ids) >= sweepBatch {
+	uploadCutoff := time.Now().Add(-ages.Uploads)
+	err = c.store.WalkUploads(ctx, func(id string, size int64, modTime time.Time) error {
+		pending = append(pending, found{id, size, modTime.After(uploadCutoff)})
+		if len(pending) >= sweepBatch {
 			return flushUploads()
 		}
 		return nil
 	})
-	if err == nil && len(ids) > 0 {
+	if err == nil && len(pending) > 0 {
 		err = flushUploads()
 	}
 	if err != nil {
@@ -479,7 +517,7 @@ func (c *Collector) Run(ctx context.Context) {
 	}
 }
 
-// SweepIfDue sweeps (see Sweep, with the review delay as minimum age) if
+// SweepIfDue sweeps (see Sweep, with DefaultAges) if
 // no replica has done so for interval (0: sweep now), holding the advisory
 // lock that keeps sweeps of the registry one at a time. ran is false when
 // another process holds the lock or the sweep is not due.
@@ -489,7 +527,7 @@ func (c *Collector) SweepIfDue(ctx context.Context, interval time.Duration, dryR
 		if err != nil || !due {
 			return err
 		}
-		rep, err = c.Sweep(ctx, c.cfg.Policy.ReviewDelay, dryRun)
+		rep, err = c.Sweep(ctx, c.DefaultAges(), dryRun)
 		c.logResult(ctx, "gc: sweep", rep, err)
 		if err != nil || dryRun {
 			return err

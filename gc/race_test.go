@@ -202,7 +202,7 @@ func TestGCRace(t *testing.T) {
 	for range 3 {
 		e.pass()
 	}
-	if _, err := e.collector.Sweep(context.Background(), 0, false); err != nil {
+	if _, err := e.collector.Sweep(context.Background(), gc.Ages{}, false); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := e.db.BlobRows(context.Background(), "", 100000)

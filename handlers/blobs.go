@@ -21,6 +21,16 @@ import (
 // parseDigest validates a digest from a path or query parameter.
 func parseDigest(s string) (digest.Digest, error) {
 	d, err := digests.Parse(s)
+	if err != nil && len(s) > maxEcho {
+		// digests.Parse quotes what it was given, whole; a digest that
+		// long is none Berth accepts, and the message says so, clipped.
+		alg, _, _ := strings.Cut(s, ":")
+		if errors.Is(err, digests.ErrUnsupported) {
+			err = fmt.Errorf("%w: %q (use sha256 or sha512)", digests.ErrUnsupported, clip(alg))
+		} else {
+			err = fmt.Errorf("%w: %q is longer than any sha256 or sha512 digest", digests.ErrMalformed, clip(s))
+		}
+	}
 	switch {
 	case errors.Is(err, digests.ErrUnsupported):
 		return "", errorf(CodeUnsupported, "%v", err).withStatus(http.StatusBadRequest)
@@ -53,11 +63,21 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		hdr.Set("Accept-Ranges", "bytes")
 		return nil
 	}
-	if rng := r.Header.Get("Range"); rng != "" && !satisfiable(rng, size) {
-		e := errorf(CodeSizeInvalid, "range %s is outside the blob's %d bytes", rng, size).
-			withStatus(http.StatusRequestedRangeNotSatisfiable)
-		e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
-		return e
+	if rng := r.Header.Get("Range"); rng != "" && rangeApplies(r, dgst) {
+		ranges, problem := byteRanges(rng, size)
+		if problem != "" {
+			e := errorf(CodeSizeInvalid, "%s", problem).withStatus(http.StatusRequestedRangeNotSatisfiable)
+			e.Header = http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}
+			return e
+		}
+		// http.ServeContent parses the header again, more leniently: hand
+		// it only what was read here.
+		r = r.Clone(r.Context())
+		if ranges == "" {
+			r.Header.Del("Range")
+		} else {
+			r.Header.Set("Range", ranges)
+		}
 	}
 	if h.redirect != nil {
 		url, err := h.redirect.PresignGet(r.Context(), dgst, redirectExpiry)
@@ -146,22 +166,110 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	return nil
 }
 
-// satisfiable reports whether a Range header selects any byte of a blob of
-// size bytes. Only the first range of a list is checked: net/http serves
-// the request either way, but an unsatisfiable one gets the OCI error body
-// here instead of net/http's plain text.
-func satisfiable(header string, size int64) bool {
-	spec, ok := strings.CutPrefix(header, "bytes=")
-	if !ok {
-		return true // not a byte range; net/http ignores it
+// rangeApplies reports whether http.ServeContent would act on the Range
+// of a GET of blob dgst (its ETag): not when a precondition answers first
+// (If-Match fails: 412; If-None-Match matches: 304), nor when If-Range
+// names another version (the whole blob is sent). Only then may a Range
+// that it cannot satisfy make the answer a 416.
+func rangeApplies(r *http.Request, dgst digest.Digest) bool {
+	etag := `"` + dgst.String() + `"`
+	if v := r.Header.Get("If-Match"); v != "" {
+		match := false
+		for _, e := range strings.Split(v, ",") {
+			if e = strings.TrimSpace(e); e == "*" || e == etag {
+				match = true
+			}
+		}
+		if !match {
+			return false
+		}
 	}
-	first, _, _ := strings.Cut(spec, ",")
-	startText, _, _ := strings.Cut(strings.TrimSpace(first), "-")
-	if startText == "" {
-		return size > 0 // suffix range "-n": any byte of a non-empty blob
+	if v := r.Header.Get("If-None-Match"); v != "" && etagMatches(v, dgst.String()) {
+		return false
 	}
-	start, err := strconv.ParseInt(startText, 10, 64)
-	return err != nil || start < size
+	if v := r.Header.Get("If-Range"); v != "" && strings.TrimSpace(v) != etag {
+		return false
+	}
+	return true
+}
+
+// byteRanges reads the Range header of a blob GET (RFC 9110, 14.1.2) for a
+// blob of size bytes, strictly: positions are decimal digits that fit an
+// int64 (parseDecimal), spaces are allowed only around the commas of the
+// list. http.ServeContent's own parser takes signs ("bytes=+1-2"), serves
+// "bytes=-0" as an empty part, and answers a header it cannot parse with
+// 416 in plain text; so the header is settled here and rewritten for it.
+//
+// It returns the satisfiable ranges as a clean header ("bytes=0-9,-5",
+// the others left out); "" and no problem for a header in another unit
+// than bytes, which RFC 9110 (14.2) says to ignore; or, for a 416, the
+// problem: the header is malformed or selects no byte of the blob.
+func byteRanges(header string, size int64) (ranges, problem string) {
+	unit, set, found := strings.Cut(header, "=")
+	if !found || !isToken(unit) {
+		return "", fmt.Sprintf("malformed Range %q: want bytes=<first>-<last>, bytes=<first>- or bytes=-<suffix length>", clip(header))
+	}
+	if !strings.EqualFold(unit, "bytes") {
+		return "", ""
+	}
+	malformed := func(spec string) (string, string) {
+		return "", fmt.Sprintf("malformed range %q in Range: want <first>-<last>, <first>- or -<suffix length>, in decimal digits", clip(spec))
+	}
+	var keep []string
+	for _, spec := range strings.Split(set, ",") {
+		spec = strings.Trim(spec, " \t")
+		if spec == "" {
+			continue // the list syntax allows empty elements
+		}
+		first, last, found := strings.Cut(spec, "-")
+		if !found {
+			return malformed(spec)
+		}
+		if first == "" { // the last n bytes
+			n, ok := parseDecimal(last)
+			if !ok {
+				return malformed(spec)
+			}
+			if n > 0 && size > 0 {
+				keep = append(keep, "-"+strconv.FormatInt(n, 10))
+			}
+			continue
+		}
+		from, ok := parseDecimal(first)
+		if !ok {
+			return malformed(spec)
+		}
+		to := ""
+		if last != "" {
+			v, ok := parseDecimal(last)
+			if !ok || v < from {
+				return malformed(spec)
+			}
+			to = strconv.FormatInt(v, 10)
+		}
+		if from < size {
+			keep = append(keep, strconv.FormatInt(from, 10)+"-"+to)
+		}
+	}
+	if len(keep) == 0 {
+		return "", fmt.Sprintf("Range %q selects no byte of the blob's %d bytes", clip(header), size)
+	}
+	return "bytes=" + strings.Join(keep, ","), ""
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110, 5.6.2), as a
+// range unit must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func blobLocation(name string, dgst digest.Digest) string {

@@ -127,10 +127,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	rt := parseRoute(chi.URLParam(r, "*"))
 	setRoute(r.Context(), routeNames[rt.kind])
 	if rt.kind == routeUnknown {
-		return errorf(CodeUnsupported, "no API route matches %s", r.URL.Path).withStatus(http.StatusNotFound)
+		return errorf(CodeUnsupported, "no API route matches %s", clip(r.URL.Path)).withStatus(http.StatusNotFound)
 	}
 	if !validName(rt.name) {
-		return errorf(CodeNameInvalid, "invalid repository name %q: lower-case letters and digits in components separated by '/', with '.', '_', '__' or '-' inside components, at most %d characters", rt.name, maxNameLength)
+		return errorf(CodeNameInvalid, "invalid repository name %q: lower-case letters and digits in components separated by '/', with '.', '_', '__' or '-' inside components, at most %d characters", clip(rt.name), maxNameLength)
 	}
 	m := r.Method
 	switch rt.kind {
@@ -188,7 +188,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 			return h.referrers(w, r, rt)
 		}
 	}
-	return errorf(CodeUnsupported, "%s is not supported on %s", m, r.URL.Path)
+	return errorf(CodeUnsupported, "%s is not supported on %s", clip(m), clip(r.URL.Path))
 }
 
 // actor identifies who makes a change, for the audit trail.

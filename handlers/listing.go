@@ -27,15 +27,16 @@ func page(r *http.Request, what string, validLast func(string) bool) (n int, las
 	q := r.URL.Query()
 	n = defaultPage
 	if s := q.Get("n"); s != "" {
-		v, convErr := strconv.Atoi(s)
-		if convErr != nil || v < 0 {
-			return 0, "", errorf(CodeUnsupported, "n must be a non-negative integer, not %q", s).withStatus(http.StatusBadRequest)
+		v, ok := parseDecimal(s)
+		if !ok {
+			return 0, "", errorf(CodeUnsupported, "n must be a number of entries in decimal digits, not %q", clip(s)).
+				withStatus(http.StatusBadRequest)
 		}
-		n = min(v, maxPage)
+		n = int(min(v, maxPage))
 	}
 	last = q.Get("last")
 	if last != "" && !validLast(last) {
-		return 0, "", errorf(CodeUnsupported, "last must be a %s, not %q", what, last).withStatus(http.StatusBadRequest)
+		return 0, "", errorf(CodeUnsupported, "last must be a %s, not %q", what, clip(last)).withStatus(http.StatusBadRequest)
 	}
 	return n, last, nil
 }
@@ -118,7 +119,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 	artifactType := r.URL.Query().Get("artifactType")
 	if artifactType != "" {
 		if _, _, err := mime.ParseMediaType(artifactType); err != nil {
-			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", artifactType).withStatus(http.StatusBadRequest)
+			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", clip(artifactType)).withStatus(http.StatusBadRequest)
 		}
 	}
 	refs, err := h.db.Referrers(r.Context(), rt.name, dgst.String(), artifactType)

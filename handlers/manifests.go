@@ -34,7 +34,7 @@ func parseReference(s string, badTag func(string) error) (reference, error) {
 		return reference{digest: d}, err
 	}
 	if !validTag(s) {
-		return reference{}, badTag(s)
+		return reference{}, badTag(clip(s)) // badTag only words a message
 	}
 	return reference{tag: s}, nil
 }

@@ -33,7 +33,7 @@ func tagCondition(r *http.Request) (db.TagCondition, error) {
 			}
 			d, err := parseDigest(strings.Trim(etag, `"`))
 			if err != nil || strings.HasPrefix(etag, "W/") {
-				return cond, errorf(CodeDigestInvalid, `If-Match must list quoted manifest digests ("sha256:…") or *, not %s`, etag)
+				return cond, errorf(CodeDigestInvalid, `If-Match must list quoted manifest digests ("sha256:…") or *, not %s`, clip(etag))
 			}
 			cond.IfMatch = append(cond.IfMatch, d.String())
 		}
@@ -52,7 +52,7 @@ func tagCondition(r *http.Request) (db.TagCondition, error) {
 // leaves the manifest, pullable by digest.
 func (h *Handler) deleteTag(w http.ResponseWriter, r *http.Request, rt route) error {
 	if !validTag(rt.ref) {
-		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
+		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", clip(rt.ref), rt.name)
 	}
 	return h.untag(w, r, rt.name, rt.ref)
 }
@@ -84,7 +84,7 @@ const maxRestoreBody = 4 << 10
 // digest from the tag's history. The conditional headers apply.
 func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) error {
 	if !validTag(rt.ref) {
-		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", rt.ref, maxTagLength)
+		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", clip(rt.ref), maxTagLength)
 	}
 	cond, err := tagCondition(r)
 	if err != nil {
@@ -164,18 +164,18 @@ type historyEntry struct {
 // the previous page, as the Link header says.
 func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) error {
 	if !validTag(rt.ref) {
-		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", rt.ref, rt.name)
+		return errorf(CodeManifestUnknown, "no tag %q in repository %s: not a valid tag", clip(rt.ref), rt.name)
 	}
 	n, last, err := page(r, "history entry id", func(s string) bool {
-		v, err := strconv.ParseInt(s, 10, 64)
-		return err == nil && v > 0
+		v, ok := parseDecimal(s)
+		return ok && v > 0
 	})
 	if err != nil {
 		return err
 	}
 	var before int64
 	if last != "" {
-		before, _ = strconv.ParseInt(last, 10, 64) // checked by page
+		before, _ = parseDecimal(last) // checked by page
 	}
 	events, more, err := h.db.TagHistory(r.Context(), rt.name, rt.ref, before, n)
 	if err != nil {
@@ -220,7 +220,7 @@ func (h *Handler) listManifests(w http.ResponseWriter, r *http.Request, rt route
 	untagged := false
 	if v := r.URL.Query().Get("untagged"); v != "" {
 		if untagged, err = strconv.ParseBool(v); err != nil {
-			return errorf(CodeUnsupported, "untagged must be true or false, not %q", v).withStatus(http.StatusBadRequest)
+			return errorf(CodeUnsupported, "untagged must be true or false, not %q", clip(v)).withStatus(http.StatusBadRequest)
 		}
 	}
 	list, more, err := h.db.ManifestList(r.Context(), rt.name, last, n, untagged)

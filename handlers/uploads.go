@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -67,7 +67,7 @@ func (h *Handler) mountBlob(w http.ResponseWriter, r *http.Request, rt route, mo
 		return false, nil
 	}
 	if !validName(from) {
-		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", from)
+		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", clip(from))
 	}
 	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), actor(r))
 	if errors.Is(err, db.ErrBlobUnknown) {
@@ -266,6 +266,9 @@ func (h *Handler) appendChunk(ctx context.Context, u db.Upload, body *chunkReade
 	if err != nil {
 		return nil, nil, 0, br.explain(err)
 	}
+	if want := body.want; want >= 0 && n > want {
+		return nil, nil, 0, errorf(CodeSizeInvalid, "the chunk holds more than the %d bytes Content-Range announced", want)
+	}
 	if want := body.want; want >= 0 && n != want {
 		return nil, nil, 0, errorf(CodeSizeInvalid, "the chunk held %d bytes but Content-Range announced %d", n, want)
 	}
@@ -326,22 +329,32 @@ func chunkBody(r *http.Request, u db.Upload) (*chunkReader, error) {
 	}
 	start, end, ok := parseContentRange(hdr)
 	if !ok {
-		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets", hdr)
+		return nil, errorf(CodeBlobUploadInvalid, "malformed Content-Range %q: want <start>-<end>, inclusive byte offsets in decimal digits", clip(hdr))
 	}
 	if start != u.Size {
 		return nil, outOfOrder(u.Repository, u.ID, u.Size,
 			fmt.Sprintf("chunk starts at byte %d but upload %s holds %d bytes; resume from byte %d", start, u.ID, u.Size, u.Size))
 	}
+	if end == math.MaxInt64 {
+		// The upload would hold end+1 bytes, more than an int64 counts:
+		// end-start+1 would wrap around, and the chunk be taken as empty.
+		return nil, outOfOrder(u.Repository, u.ID, u.Size,
+			fmt.Sprintf("Content-Range %s ends beyond the largest upload (%d bytes); upload %s holds %d bytes", clip(hdr), int64(math.MaxInt64), u.ID, u.Size))
+	}
 	cr.want = end - start + 1
 	if r.ContentLength >= 0 && r.ContentLength != cr.want {
-		return nil, errorf(CodeSizeInvalid, "Content-Length %d does not match Content-Range %s", r.ContentLength, hdr)
+		return nil, errorf(CodeSizeInvalid, "Content-Length %d does not match Content-Range %s", r.ContentLength, clip(hdr))
 	}
-	cr.r = io.LimitReader(r.Body, cr.want)
+	// One byte more than announced (when that is still an int64), so that
+	// a (chunked) body longer than its Content-Range is refused rather than
+	// silently cut.
+	cr.r = io.LimitReader(r.Body, cr.want+min(1, math.MaxInt64-cr.want))
 	return cr, nil
 }
 
 // chunkReader is a request body with the length Content-Range announced
-// (want < 0 when none did).
+// (want < 0 when none did). It yields at most one byte more than want,
+// which appendChunk then refuses.
 type chunkReader struct {
 	r    io.Reader
 	want int64
@@ -350,18 +363,30 @@ type chunkReader struct {
 func (c *chunkReader) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // parseContentRange accepts "<start>-<end>" as the spec writes it, and the
-// "bytes <start>-<end>/<total>" form of RFC 9110 that some clients send.
+// "bytes <start>-<end>/<total>" form of RFC 9110 that some clients send
+// (total "*" when unknown, else beyond end). Every number is strict
+// decimal digits that fit an int64 (parseDecimal), and end is not before
+// start.
 func parseContentRange(s string) (start, end int64, ok bool) {
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "bytes "), "bytes=")
-	s, _, _ = strings.Cut(s, "/")
+	if rest, found := strings.CutPrefix(s, "bytes "); found {
+		s = rest
+	} else {
+		s = strings.TrimPrefix(s, "bytes=")
+	}
+	s, total, hasTotal := strings.Cut(s, "/")
 	a, b, found := strings.Cut(s, "-")
 	if !found {
 		return 0, 0, false
 	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
+	start, ok1 := parseDecimal(a)
+	end, ok2 := parseDecimal(b)
+	if !ok1 || !ok2 || end < start {
 		return 0, 0, false
+	}
+	if hasTotal && total != "*" {
+		if t, ok := parseDecimal(total); !ok || t <= end {
+			return 0, 0, false
+		}
 	}
 	return start, end, true
 }

@@ -115,12 +115,23 @@ func testWalk(t *testing.T, s blobstore.Store) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("WalkBlobs listed %v, want %v", got, want)
 	}
-	uploads := map[string]bool{}
-	if err := s.WalkUploads(ctx, func(id string, _ time.Time) error { uploads[id] = true; return nil }); err != nil {
+	uploads := map[string]int64{}
+	err = s.WalkUploads(ctx, func(id string, size int64, mod time.Time) error {
+		if mod.Before(before) {
+			t.Errorf("upload %s has modification time %v", id, mod)
+		}
+		uploads[id] = size
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !uploads[pending] || len(uploads) != 4 { // three published but not deleted, one pending
+	size, ok := uploads[pending]
+	if !ok || len(uploads) != 4 { // three published but not deleted, one pending
 		t.Errorf("WalkUploads listed %v, want 4 including %s", uploads, pending)
+	}
+	if size < int64(len("in progress")) {
+		t.Errorf("WalkUploads gave the pending upload %d bytes, want at least the %d it holds", size, len("in progress"))
 	}
 	stop := errors.New("stop")
 	if err := s.WalkBlobs(ctx, func(digest.Digest, int64, time.Time) error { return stop }); !errors.Is(err, stop) {

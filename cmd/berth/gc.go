@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/gc"
@@ -97,21 +99,36 @@ func printReport(w io.Writer, rep gc.Report) {
 		"%d blobs deleted, %d uploads ended, %d orphaned blobs and %d orphaned uploads swept; %d bytes freed; %d candidates kept\n",
 		verb, rep.ManifestsPurged, rep.ManifestsUntagged, rep.LinksRemoved, rep.BlobsDeleted, rep.UploadsExpired,
 		rep.OrphanBlobs, rep.OrphanUploads, rep.FreedBytes(), rep.Kept)
+	if rep.SkippedBlobs+rep.SkippedUploads > 0 {
+		fmt.Fprintf(w, "left %d blobs (%d bytes) and %d uploads (%d bytes) without rows to a later sweep: "+
+			"too young to tell from uploads in progress (see berth check --min-age)\n",
+			rep.SkippedBlobs, rep.SkippedBlobBytes, rep.SkippedUploads, rep.SkippedUploadBytes)
+	}
 }
 
 // checkCommand runs `berth check`: it compares the blob store with the
 // database and reports blobs whose bytes are gone and bytes no row
-// describes; --repair fixes both (see gc.Collector.Check).
+// describes; --repair fixes both (see gc.Collector.Check). Bytes without a
+// row younger than --min-age are only counted: while the registry runs,
+// they may belong to uploads in progress.
 func checkCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var repair bool
+	var minAge optionalDuration
 	collector, closeAll, err := maintenance(ctx, "check", args, getenv, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&repair, "repair", false, "mark blobs whose bytes are gone as missing (clients then upload them again) and delete orphaned bytes")
+		fs.Var(&minAge, "min-age", "take bytes without a row for orphans only once they are this old; younger ones are counted as skipped, "+
+			"since they may belong to uploads in progress (default: --gc-review-delay for blobs, --gc-upload-timeout for upload data, "+
+			"as the sweep of serve and gc). 0s right after a crash, with the registry stopped")
 	})
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	rep, err := collector.Check(ctx, repair)
+	ages := collector.DefaultAges()
+	if minAge.set {
+		ages = gc.Ages{Blobs: minAge.d, Uploads: minAge.d}
+	}
+	rep, err := collector.Check(ctx, repair, ages)
 	if err != nil {
 		return err
 	}
@@ -139,5 +156,42 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	} else {
 		fmt.Fprintln(stdout)
 	}
+	o := rep.Orphans
+	age := rep.Ages.Blobs.String()
+	if rep.Ages.Uploads != rep.Ages.Blobs {
+		age = fmt.Sprintf("%s (blobs) or %s (upload data)", rep.Ages.Blobs, rep.Ages.Uploads)
+	}
+	fmt.Fprintf(stdout, "skipped %d blobs (%d bytes) and %d uploads (%d bytes) without rows, younger than %s: they may belong to uploads in progress",
+		o.SkippedBlobs, o.SkippedBlobBytes, o.SkippedUploads, o.SkippedUploadBytes, age)
+	if o.SkippedBlobs+o.SkippedUploads > 0 {
+		fmt.Fprint(stdout, "; with the registry stopped, --min-age 0s counts them as orphans")
+	}
+	fmt.Fprintln(stdout)
+	return nil
+}
+
+// optionalDuration is a duration flag that knows whether it was given, for
+// a default that depends on other settings.
+type optionalDuration struct {
+	d   time.Duration
+	set bool
+}
+
+func (o *optionalDuration) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return o.d.String()
+}
+
+func (o *optionalDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if d < 0 {
+		return errors.New("must not be negative")
+	}
+	o.d, o.set = d, true
 	return nil
 }

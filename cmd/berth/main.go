@@ -20,7 +20,7 @@ Usage:
   berth serve [flags]                 run the registry
   berth migrate up|down|version [flags]  manage the database schema
   berth gc [--once] [--dry-run] [flags]  garbage collection (continuous, or one pass)
-  berth check [--repair] [flags]      compare the blob store with the database
+  berth check [--repair] [--min-age D] [flags]  compare the blob store with the database
   berth healthcheck [--url U]         exit 0 if a running berth is ready (for containers)
   berth help <command>                flags of a command
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/pgembed"
 )
@@ -248,6 +250,83 @@ func TestGCAndCheckCommands(t *testing.T) {
 	}
 	if resp, _ := http.Head(base + "/v2/cmd/blobs/" + kd.String()); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("a blob without bytes is still served: HEAD %d", resp.StatusCode)
+	}
+}
+
+// Right after a crash, the bytes it left are as young as the uploads in
+// progress: berth check counts them as skipped and says why, and
+// --min-age 0s (for a stopped registry) takes them for orphans.
+func TestCheckAfterACrash(t *testing.T) {
+	t.Parallel()
+	url := dbtest.NewURL(t)
+	blobs := t.TempDir()
+	// What a crash between publishing a blob and committing its row leaves:
+	// the blob's bytes and its staging data, and no row.
+	store, err := blobstore.NewFS(blobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := []byte("published just before the crash")
+	d := digest.FromBytes(content)
+	state, _, err := store.AppendChunk(t.Context(), "m-crash", nil, bytes.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Publish(t.Context(), "m-crash", state, d); err != nil {
+		t.Fatal(err)
+	}
+	check := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		args = append([]string{"check", "--database-url", url, "--storage-dir", blobs, "--log-level", "error"}, args...)
+		if err := run(t.Context(), args, envOf(nil), &out, io.Discard); err != nil {
+			t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+		return out.String()
+	}
+	n := len(content)
+	out := check()
+	for _, want := range []string{
+		"0 blobs without bytes, 0 orphaned blobs (0 bytes), 0 orphaned uploads\n",
+		fmt.Sprintf("skipped 1 blobs (%d bytes) and 1 uploads (%d bytes) without rows, younger than 24h0m0s: "+
+			"they may belong to uploads in progress; with the registry stopped, --min-age 0s counts them as orphans\n", n, n),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("berth check printed\n%s\nwithout\n%s", out, want)
+		}
+	}
+	var gcOut bytes.Buffer
+	if err := run(t.Context(), []string{"gc", "--dry-run", "--database-url", url, "--storage-dir", blobs, "--log-level", "error"},
+		envOf(nil), &gcOut, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("left 1 blobs (%d bytes) and 1 uploads (%d bytes) without rows to a later sweep", n, n); !strings.Contains(gcOut.String(), want) {
+		t.Errorf("berth gc --dry-run printed\n%s\nwithout\n%s", gcOut.String(), want)
+	}
+	out = check("--min-age", "0s")
+	for _, want := range []string{
+		"found: delete orphaned bytes of " + d.String(),
+		fmt.Sprintf("0 blobs without bytes, 1 orphaned blobs (%d bytes), 1 orphaned uploads\n", n),
+		"skipped 0 blobs (0 bytes) and 0 uploads (0 bytes) without rows, younger than 0s: they may belong to uploads in progress\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("berth check --min-age 0s printed\n%s\nwithout\n%s", out, want)
+		}
+	}
+	if _, err := store.Stat(t.Context(), d); err != nil {
+		t.Fatalf("check without --repair deleted the orphan: %v", err)
+	}
+	out = check("--min-age", "0s", "--repair")
+	if !strings.Contains(out, "1 orphaned blobs") || !strings.Contains(out, "repaired") {
+		t.Fatalf("berth check --min-age 0s --repair printed\n%s", out)
+	}
+	if _, err := store.Stat(t.Context(), d); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Fatalf("the orphan is still there after --repair: %v", err)
+	}
+	for _, bad := range []string{"-1s", "soon"} {
+		if err := run(t.Context(), []string{"check", "--database-url", url, "--storage-dir", blobs, "--min-age", bad}, envOf(nil), io.Discard, io.Discard); err == nil {
+			t.Errorf("--min-age %s accepted", bad)
+		}
 	}
 }
 
