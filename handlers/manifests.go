@@ -111,8 +111,10 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if err != nil {
 		return err
 	}
+	var tags []string
 	var cond db.TagCondition
 	if ref.tag != "" {
+		tags = []string{ref.tag}
 		if cond, err = tagCondition(r); err != nil {
 			return err
 		}
@@ -135,7 +137,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if ref.digest != "" && dgst != ref.digest {
 		return digestMismatch(dgst, ref.digest)
 	}
-	m, _, err := h.storeManifest(r, rt.name, ref.tag, cond, r.Header.Get("Content-Type"), payload, dgst, false)
+	m, _, err := h.storeManifest(r, rt.name, tags, cond, r.Header.Get("Content-Type"), payload, dgst, false)
 	if err != nil {
 		return err
 	}
@@ -151,10 +153,11 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 }
 
 // storeManifest validates payload and stores it as manifest dgst of
-// repository name, pointing tag at it when tag is set; it returns where
-// the tag pointed before. A restore of a deleted manifest comes here too,
-// with the stored bytes: it is validated and recorded exactly like a push.
-func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCondition, contentType string,
+// repository name, pointing tags at it; it returns where the first tag
+// pointed before. A restore of a deleted manifest comes here too, with the
+// stored bytes and its one tag: it is validated and recorded exactly like
+// a push.
+func (h *Handler) storeManifest(r *http.Request, name string, tags []string, cond db.TagCondition, contentType string,
 	payload []byte, dgst digest.Digest, restore bool) (*manifest.Manifest, string, error) {
 	m, err := manifest.Parse(contentType, payload)
 	if err != nil {
@@ -167,7 +170,7 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 		ArtifactType: m.ArtifactType,
 		Annotations:  m.Annotations,
 		Payload:      payload,
-		Tag:          tag,
+		Tags:         tags,
 		TagCondition: cond,
 		Restore:      restore,
 	}
@@ -202,7 +205,10 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 	case err != nil:
 		return nil, "", err
 	}
-	return m, previous, nil
+	if len(tags) == 0 {
+		return m, "", nil
+	}
+	return m, previous[tags[0]], nil
 }
 
 func tooLarge() error {
