@@ -102,8 +102,8 @@ func etagMatches(header, dgst string) bool {
 	return false
 }
 
-// putManifest validates and stores a manifest, and tags it when pushed by
-// tag.
+// putManifest validates and stores a manifest, and points at it the tag it
+// was pushed by and the ?tag= parameters (see pushTags).
 func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) error {
 	ref, err := parseReference(rt.ref, func(tag string) error {
 		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", tag, maxTagLength)
@@ -111,10 +111,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if err != nil {
 		return err
 	}
-	var tags []string
+	tags, err := pushTags(r, ref)
+	if err != nil {
+		return err
+	}
 	var cond db.TagCondition
-	if ref.tag != "" {
-		tags = []string{ref.tag}
+	if len(tags) > 0 {
 		if cond, err = tagCondition(r); err != nil {
 			return err
 		}
@@ -147,6 +149,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if m.Subject != nil {
 		hdr.Set("OCI-Subject", m.Subject.Digest.String())
 	}
+	setTagHeaders(w, tags)
 	hdr.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
