@@ -163,32 +163,39 @@ type ManifestPut struct {
 	Payload       []byte
 	Blobs         []BlobRef // config and layers that must be present in the repository
 	Children      []string  // digests of child manifests (index, manifest list)
-	Tag           string    // tag to point at the manifest; empty for a push by digest
+	// Tags to point at the manifest: none for a plain push by digest, one
+	// for a push by tag, several for a push with ?tag= parameters.
+	// Repeats count once.
+	Tags []string
 	// TagCondition, when set, makes the whole push conditional on the
-	// current state of Tag.
+	// current state of every tag in Tags.
 	TagCondition TagCondition
 	// Restore records the tag change as a restore rather than a push.
 	Restore bool
 }
 
 // ManifestStore stores manifest p (or revives its tombstone) and points
-// p.Tag at it, in one transaction. Every referenced blob must be linked into
-// the repository and every child manifest must be live there, otherwise a
-// *MissingReferenceError names the first one missing. When p.TagCondition
-// does not hold, nothing changes and a *PreconditionError says where the tag
-// points.
+// every tag of p.Tags at it, in one transaction: all of it happens, or
+// none. Every referenced blob must be linked into the repository and every
+// child manifest must be live there, otherwise a *MissingReferenceError
+// names the first one missing. When p.TagCondition does not hold for one
+// of the tags, nothing changes and a *PreconditionError names that tag and
+// says where it points.
 //
 // Locks, in the package's order: child manifest rows FOR SHARE (a delete of
 // a child, which takes FOR UPDATE, waits or is waited for, so no index can
 // reference a deleted child); the manifest's own row FOR UPDATE; the tag
-// row; the referenced blob rows FOR SHARE, so garbage collection cannot
-// claim them before the references are recorded.
+// rows, in ascending name order, so that two pushes of overlapping tag
+// sets wait for each other instead of deadlocking; the referenced blob
+// rows FOR SHARE, so garbage collection cannot claim them before the
+// references are recorded.
 //
-// It returns the digest p.Tag pointed at before, if any.
-func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous string, err error) {
+// It returns, for each tag that pointed at a manifest before, that
+// manifest's digest.
+func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous map[string]string, err error) {
 	annotations, err := json.Marshal(p.Annotations)
 	if err != nil {
-		return "", fmt.Errorf("encode annotations: %w", err)
+		return nil, fmt.Errorf("encode annotations: %w", err)
 	}
 	if p.Annotations == nil {
 		annotations = nil
@@ -199,9 +206,12 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 	children := slices.Clone(p.Children)
 	slices.Sort(children)
 	children = slices.Compact(children)
+	tags := slices.Clone(p.Tags)
+	slices.Sort(tags) // byte order, as the tags.name column (COLLATE "C") sorts
+	tags = slices.Compact(tags)
 
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
-		previous = ""
+		previous = make(map[string]string, len(tags))
 		repoID, err := repositoryEnsure(ctx, tx, p.Repository)
 		if err != nil {
 			return err
@@ -217,16 +227,22 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 		if err != nil {
 			return err
 		}
-		var movedFrom int64
-		if p.Tag != "" {
-			action := ActionTagMove
-			if p.Restore {
-				action = ActionTagRestore
-			}
-			movedFrom, previous, err = tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: p.Tag, manifestID: id, digest: p.Digest},
+		action := ActionTagMove
+		if p.Restore {
+			action = ActionTagRestore
+		}
+		var movedFrom []int64
+		for _, tag := range tags {
+			from, prev, err := tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: tag, manifestID: id, digest: p.Digest},
 				p.TagCondition, action, actor)
 			if err != nil {
 				return err
+			}
+			if prev != "" {
+				previous[tag] = prev
+			}
+			if from != 0 {
+				movedFrom = append(movedFrom, from)
 			}
 		}
 		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
@@ -244,18 +260,25 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 			}
 		}
 		// Garbage candidates last: a manifest pushed without a tag, and the
-		// manifest a tag moved away from, may be untagged now.
-		if p.Tag == "" && change != manifestUnchanged {
+		// manifests the tags moved away from, may be untagged now. In
+		// ascending id order, as enqueueDependents queues them.
+		if len(tags) == 0 && change != manifestUnchanged {
 			if err := d.enqueueUntagged(ctx, tx, id); err != nil {
 				return err
 			}
 		}
-		if movedFrom != 0 {
-			return d.enqueueUntagged(ctx, tx, movedFrom)
+		slices.Sort(movedFrom)
+		for _, from := range slices.Compact(movedFrom) {
+			if err := d.enqueueUntagged(ctx, tx, from); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
-	return previous, err
+	if err != nil {
+		return nil, err
+	}
+	return previous, nil
 }
 
 // manifestLockChildren locks the live child manifests FOR SHARE, in digest
@@ -482,7 +505,13 @@ ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("check referrers of %s: %w", dgst, err)
 		}
-		rows, err := tx.Query(ctx, `DELETE FROM tags WHERE manifest_id = $1 RETURNING name`, id)
+		// The tag rows are locked in name order, as a push of several tags
+		// locks them: deleting them in scan order could take one tag, wait
+		// for a push holding another, and be waited for by that push.
+		rows, err := tx.Query(ctx, `
+DELETE FROM tags WHERE manifest_id = $1 AND name IN (
+	SELECT name FROM tags WHERE manifest_id = $1 ORDER BY name FOR UPDATE)
+RETURNING name`, id)
 		if err != nil {
 			return fmt.Errorf("remove tags of %s: %w", dgst, err)
 		}

@@ -11,11 +11,11 @@ import (
 	"github.com/berth-registry/berth/db/dbtest"
 )
 
-// pushBare stores a manifest that references nothing, tagged tag.
-func pushBare(t *testing.T, d *db.DB, repo, dgst, tag string) {
+// pushBare stores a manifest that references nothing, tagged with tags.
+func pushBare(t *testing.T, d *db.DB, repo, dgst string, tags ...string) {
 	t.Helper()
 	_, err := d.ManifestStore(context.Background(), db.ManifestPut{Repository: repo, Digest: dgst,
-		MediaType: "application/vnd.oci.image.index.v1+json", Payload: []byte(dgst), Tag: tag}, db.Actor{Name: "test"})
+		MediaType: "application/vnd.oci.image.index.v1+json", Payload: []byte(dgst), Tags: tags}, db.Actor{Name: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestTagChangeWaitingForAMove(t *testing.T) {
 			}
 			defer d.Close()
 			pushBare(t, d, "repo", digestM, "t")
-			pushBare(t, d, "repo", digestN, "")
+			pushBare(t, d, "repo", digestN)
 
 			// Another transaction moves t to N and holds the row.
 			conn, err := pgx.Connect(ctx, url)

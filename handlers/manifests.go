@@ -98,8 +98,8 @@ func etagMatches(header, dgst string) bool {
 	return false
 }
 
-// putManifest validates and stores a manifest, and tags it when pushed by
-// tag.
+// putManifest validates and stores a manifest, and points at it the tag it
+// was pushed by and the ?tag= parameters (see pushTags).
 func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) error {
 	ref, err := parseReference(rt.ref, func(tag string) error {
 		return errorf(CodeManifestInvalid, "invalid tag %q: up to %d letters, digits, '_', '.' and '-', not starting with '.' or '-'", tag, maxTagLength)
@@ -107,8 +107,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if err != nil {
 		return err
 	}
+	tags, err := pushTags(r, ref)
+	if err != nil {
+		return err
+	}
 	var cond db.TagCondition
-	if ref.tag != "" {
+	if len(tags) > 0 {
 		if cond, err = tagCondition(r); err != nil {
 			return err
 		}
@@ -131,7 +135,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if ref.digest != "" && dgst != ref.digest {
 		return digestMismatch(dgst, ref.digest)
 	}
-	m, _, err := h.storeManifest(r, rt.name, ref.tag, cond, r.Header.Get("Content-Type"), payload, dgst, false)
+	m, _, err := h.storeManifest(r, rt.name, tags, cond, r.Header.Get("Content-Type"), payload, dgst, false)
 	if err != nil {
 		return err
 	}
@@ -141,16 +145,18 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if m.Subject != nil {
 		hdr.Set("OCI-Subject", m.Subject.Digest.String())
 	}
+	setTagHeaders(w, tags)
 	hdr.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
 }
 
 // storeManifest validates payload and stores it as manifest dgst of
-// repository name, pointing tag at it when tag is set; it returns where
-// the tag pointed before. A restore of a deleted manifest comes here too,
-// with the stored bytes: it is validated and recorded exactly like a push.
-func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCondition, contentType string,
+// repository name, pointing tags at it; it returns where the first tag
+// pointed before. A restore of a deleted manifest comes here too, with the
+// stored bytes and its one tag: it is validated and recorded exactly like
+// a push.
+func (h *Handler) storeManifest(r *http.Request, name string, tags []string, cond db.TagCondition, contentType string,
 	payload []byte, dgst digest.Digest, restore bool) (*manifest.Manifest, string, error) {
 	m, err := manifest.Parse(contentType, payload)
 	if err != nil {
@@ -163,7 +169,7 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 		ArtifactType: m.ArtifactType,
 		Annotations:  m.Annotations,
 		Payload:      payload,
-		Tag:          tag,
+		Tags:         tags,
 		TagCondition: cond,
 		Restore:      restore,
 	}
@@ -183,7 +189,10 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 	if err != nil {
 		return nil, "", err
 	}
-	return m, previous, nil
+	if len(tags) == 0 {
+		return m, "", nil
+	}
+	return m, previous[tags[0]], nil
 }
 
 func tooLarge() error {

@@ -137,7 +137,7 @@ func (h *Handler) undelete(r *http.Request, rt route, dgst digest.Digest, cond d
 	if err != nil {
 		return "", err
 	}
-	_, previous, err = h.storeManifest(r, rt.name, rt.ref, cond, m.MediaType, m.Payload, dgst, true)
+	_, previous, err = h.storeManifest(r, rt.name, []string{rt.ref}, cond, m.MediaType, m.Payload, dgst, true)
 	return previous, err
 }
 

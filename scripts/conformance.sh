@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Runs the official OCI distribution-spec conformance suite against live
-# `berth serve` processes, with pull, push, content discovery and content
-# management enabled, in both teardown orders (OCI_DELETE_MANIFEST_BEFORE_BLOBS
-# =1 and =0) and with a cross-mount namespace, in two deployments:
+# Runs the official OCI distribution-spec conformance suites against live
+# `berth serve` processes, in two deployments:
 #
 #   single    one replica, filesystem blob store
 #   replicas  three replicas behind a round-robin proxy, sharing one database
 #             and one S3 bucket (or one directory when no S3 server is given)
+#
+# Against each deployment run:
+#
+#   - the 2023 suite (a ginkgo test binary from the Go module proxy), with
+#     pull, push, content discovery and content management enabled, in both
+#     teardown orders (OCI_DELETE_MANIFEST_BEFORE_BLOBS=1 and =0) and with a
+#     cross-mount namespace;
+#   - the newest suite (a plain Go program, not on the module proxy: built
+#     from the copy in shared/third_party/oci-conformance), with every
+#     optional API and data set switched on except sparse manifests, whose
+#     descriptors reference blobs that were never pushed and which Berth
+#     refuses by design (MANIFEST_BLOB_UNKNOWN). Every API and data set
+#     must pass, except the exceptions listed in LATEST_EXPECTED, which are
+#     printed with their reasons on every run.
 #
 # Fails unless every run reports zero failures.
 #
@@ -18,8 +30,17 @@
 #   BERTH_TEST_S3_SECRET_KEY
 #                            the S3 server for the replicas deployment
 #                            (scripts/versitygw.sh start prints them)
-#   BERTH_CACHE_DIR          where the built suite is kept (default ./.cache)
-#   BERTH_CONFORMANCE_KEEP=1 keep the replicas' logs and the suite's reports
+#   BERTH_CACHE_DIR          where the built suites are kept (default ./.cache)
+#   BERTH_OCI_CONFORMANCE_DIR
+#                            the newest suite's source: a directory holding
+#                            conformance/ (or the conformance directory
+#                            itself); default ../shared/third_party/
+#                            oci-conformance beside the repository, else
+#                            /work/shared/third_party/oci-conformance. When
+#                            none is found, the newest suite is skipped with
+#                            a warning; a BERTH_OCI_CONFORMANCE_DIR that
+#                            holds no suite is an error.
+#   BERTH_CONFORMANCE_KEEP=1 keep the replicas' logs and the suites' reports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +63,47 @@ if [ ! -x "$suite" ]; then
 	chmod -R u+w "$work/src"
 	(cd "$work/src" && GOFLAGS=-mod=mod go test -c -o "$suite" .)
 	rm -rf "$work"
+fi
+
+# The newest suite. Built once per content (the copy has no .git, so the
+# key is the commit its README names plus a hash of the source) from a
+# writable copy, as the source may be read-only.
+latest_suite=
+latest_missing=
+find_latest_source() {
+	local dir
+	if [ -n "${BERTH_OCI_CONFORMANCE_DIR:-}" ]; then
+		for dir in "$BERTH_OCI_CONFORMANCE_DIR/conformance" "$BERTH_OCI_CONFORMANCE_DIR"; do
+			[ -f "$dir/go.mod" ] && [ -f "$dir/config.go" ] && latest_src=$dir && return
+		done
+		echo "conformance: BERTH_OCI_CONFORMANCE_DIR=$BERTH_OCI_CONFORMANCE_DIR holds no conformance suite (no go.mod and config.go)" >&2
+		exit 1
+	fi
+	for dir in "$PWD/../shared/third_party/oci-conformance" /work/shared/third_party/oci-conformance; do
+		[ -f "$dir/conformance/go.mod" ] && [ -f "$dir/conformance/config.go" ] && latest_src=$dir/conformance && return
+	done
+	latest_src=
+}
+find_latest_source
+if [ -z "$latest_src" ]; then
+	latest_missing="the newest OCI conformance suite was not found (set BERTH_OCI_CONFORMANCE_DIR, or put it in ../shared/third_party/oci-conformance)"
+	echo "conformance: !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+	echo "conformance: !!! SKIPPING: $latest_missing" >&2
+	echo "conformance: !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" >&2
+else
+	latest_commit=$(sed -n 's/.*[Cc]ommit \([0-9a-f]\{7,40\}\).*/\1/p' "$latest_src/../README.md" 2>/dev/null | head -1 | cut -c1-12 || true)
+	latest_hash=$(cd "$latest_src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+	latest_suite=$CACHE/oci-conformance-${latest_commit:-unknown}-$latest_hash
+	if [ ! -x "$latest_suite" ]; then
+		echo "conformance: building the newest suite (commit ${latest_commit:-unknown}) from $latest_src"
+		work=$(mktemp -d)
+		cp -r "$latest_src/." "$work/src"
+		chmod -R u+w "$work/src"
+		(cd "$work/src" && GOFLAGS=-mod=mod go build -buildvcs=false \
+			-ldflags "-X main.Version=${latest_commit:-unknown}" -o "$latest_suite.tmp" .)
+		mv "$latest_suite.tmp" "$latest_suite"
+		rm -rf "$work"
+	fi
 fi
 
 go build -o "$CACHE/berth" ./cmd/berth
@@ -135,10 +197,94 @@ run_suite() {
 	done
 }
 
+# What the newest suite may report other than Pass, as "<name in its
+# summary>|<status>|<why>": an API or data set absent from this list must
+# pass, and one in it must have exactly this status.
+LATEST_EXPECTED=(
+	"Blob anonymous mount|Skip|a mount without from= is answered 202 (a new upload session), as the spec allows: \"The registry MAY treat the from parameter as optional\"; mounting whatever repository holds the digest would make any blob readable to whoever knows its digest"
+	"Sparse Manifests|Disabled|OCI_DATA_SPARSE=false: Berth refuses manifests whose blobs were not pushed (400 MANIFEST_BLOB_UNKNOWN), as the spec allows: \"A registry MAY reject a manifest uploaded to the manifest endpoint with descriptors in other fields that reference a manifest or blob that does not exist in the registry\""
+)
+
+# run_latest <deployment> <host:port>: the newest suite against the
+# deployment, every optional API and data set on but sparse manifests.
+run_latest() {
+	local deployment=$1 registry=$2 status=0 start
+	local results=$run/latest-$deployment
+	if [ -z "$latest_suite" ]; then
+		echo "conformance: !!! SKIPPING the newest suite against $deployment: $latest_missing" >&2
+		return
+	fi
+	mkdir -p "$results"
+	echo "conformance: $deployment, newest suite (commit ${latest_commit:-unknown}) against $registry"
+	start=$SECONDS
+	# Only the settings below: no OCI_* of the caller's environment (nor a
+	# configuration file, hence the directory) may change what runs.
+	(cd "$results" && env $(env | sed -n 's/^\(OCI_[A-Za-z0-9_]*\)=.*/-u \1/p') \
+		OCI_REGISTRY="$registry" OCI_TLS=disabled OCI_VERSION=1.1 \
+		OCI_REPO1="conformance/$deployment-latest/repo1" OCI_REPO2="conformance/$deployment-latest/repo2" \
+		OCI_RESULTS_DIR="$results" OCI_LOG=warn \
+		OCI_API_PING=true OCI_API_PULL=true OCI_API_PUSH=true OCI_API_REFERRER=true \
+		OCI_API_BLOBS_ATOMIC=true OCI_API_BLOBS_DELETE=true OCI_API_BLOBS_DIGEST_HEADER=true \
+		OCI_API_BLOBS_MOUNT_ANONYMOUS=true OCI_API_BLOBS_UPLOAD_CANCEL=true \
+		OCI_API_MANIFESTS_ATOMIC=true OCI_API_MANIFESTS_DELETE=true OCI_API_MANIFESTS_DIGEST_HEADER=true \
+		OCI_API_MANIFESTS_TAG_PARAM=true \
+		OCI_API_TAGS_ATOMIC=true OCI_API_TAGS_DELETE=true OCI_API_TAGS_LIST=true \
+		OCI_DATA_IMAGE=true OCI_DATA_INDEX=true OCI_DATA_INDEX_LIST=true OCI_DATA_SPARSE=false \
+		OCI_DATA_ARTIFACT=true OCI_DATA_SUBJECT=true OCI_DATA_SUBJECT_MISSING=true \
+		OCI_DATA_ARTIFACT_LIST=true OCI_DATA_SUBJECT_LIST=true OCI_DATA_DATA_FIELD=true \
+		OCI_DATA_NONDISTRIBUTABLE=true OCI_DATA_CUSTOM_FIELDS=true OCI_DATA_NO_LAYERS=true \
+		OCI_DATA_EMPTY_BLOB=true OCI_DATA_SHA512=true \
+		"$latest_suite" >"$results/output.txt" 2>&1) || status=1
+	# The summary: counts, then the status of every API and data set.
+	sed -n '/^OCI Conformance Result:/,$p' "$results/output.txt"
+	echo "conformance: $deployment, newest suite took $((SECONDS - start))s"
+	# The suite exits 0 when it cannot even load its configuration, so
+	# demand its summary and its reports as well.
+	grep -q '^OCI Conformance Result: Pass$' "$results/output.txt" || status=1
+	grep -Eq '^  FAIL\.+: +0$' "$results/output.txt" || status=1
+	grep -Eq '^  Error\.+: +0$' "$results/output.txt" || status=1
+	grep -q 'failures="0"' "$results/junit.xml" 2>/dev/null || status=1
+	# Every API and data set passes, but for the expected exceptions, which
+	# must be exactly as expected.
+	local name got expected entry why
+	while IFS='|' read -r name got; do
+		expected=Pass
+		why=
+		for entry in "${LATEST_EXPECTED[@]}"; do
+			if [ "${entry%%|*}" = "$name" ]; then
+				expected=${entry#*|}
+				why=${expected#*|}
+				expected=${expected%%|*}
+			fi
+		done
+		if [ "$got" != "$expected" ]; then
+			echo "conformance: $deployment, newest suite: $name is $got, expected $expected" >&2
+			status=1
+		elif [ -n "$why" ]; then
+			echo "  expected exception: $name: $got: $why"
+		fi
+	done < <(sed -n '/^API conformance:/,$s/^  \([^.][^.]*[^. ]\)\.\.*: *\([A-Za-z]*\)$/\1|\2/p' "$results/output.txt")
+	# Every test the suite skipped, with its reason (the line after it).
+	awk 'skip != "" { r = $0; sub(/^ *- */, "", r); print "  skipped: " skip ": " r; skip = "" }
+		/: Skip$/ { skip = $0; sub(/^ */, "", skip); sub(/: Skip$/, "", skip) }' "$results/output.txt"
+	if [ $status -ne 0 ]; then
+		grep -E ': (FAIL|Error)$' -A3 "$results/output.txt" || true
+		grep 'level=WARN\|level=ERROR' "$results/output.txt" | head -40 || true
+		for log in "$run"/*.log; do
+			echo "--- $log"
+			grep -v 'level=DEBUG' "$log" | tail -40 || true
+		done
+		echo "conformance: the newest suite failed against $deployment; report in $results (kept)" >&2
+		BERTH_CONFORMANCE_KEEP=1
+		exit 1
+	fi
+}
+
 # One replica on the filesystem.
 new_schema
 start_berth "$run/single.log" --database-url "$schema_url"
 run_suite single "http://$addr"
+run_latest single "$addr"
 
 # Three replicas on one database and one blob store, round robin.
 new_schema
@@ -161,5 +307,10 @@ done
 pids+=($!)
 wait_for "$run/rrproxy.log" 'rrproxy listening on \(.*\)' $!
 run_suite replicas "http://$found"
+run_latest replicas "$found"
 
-echo "conformance: all runs passed"
+if [ -n "$latest_missing" ]; then
+	echo "conformance: the 2023 suite passed; !!! the newest suite was NOT run: $latest_missing" >&2
+else
+	echo "conformance: all runs passed"
+fi
