@@ -28,7 +28,9 @@
 //  3. manifests: child manifests before their index, which cannot form a
 //     cycle because an index cannot list itself or an ancestor (digests are
 //     computed over the content); siblings in ascending digest order;
-//  4. tags;
+//  4. tags, in ascending name order (byte order, as tags.name sorts), so
+//     that two pushes of overlapping tag sets, or a push and the delete of
+//     a manifest those tags point at, wait instead of deadlocking;
 //  5. blobs, in ascending digest order;
 //  6. garbage collection candidates (gc_queue), always last: a transaction
 //     queues its candidates at the very end, and the collector claims
@@ -36,10 +38,10 @@
 //
 // What each operation locks, and why that is enough:
 //
-//	manifest push   children FOR SHARE → the manifest FOR UPDATE → its tag FOR UPDATE → blobs FOR SHARE
+//	manifest push   children FOR SHARE → the manifest FOR UPDATE → its tags FOR UPDATE, by name → blobs FOR SHARE
 //	tag restore     the manifest FOR SHARE → the tag FOR UPDATE
 //	untag           the tag FOR UPDATE
-//	manifest delete the manifest FOR UPDATE → the tags pointing at it (deleted)
+//	manifest delete the manifest FOR UPDATE → the tags pointing at it FOR UPDATE, by name (deleted)
 //	blob commit     the upload session FOR UPDATE → the blob FOR UPDATE
 //	blob mount      the blob FOR SHARE
 //	blob unlink     the repository link (deleted)
