@@ -24,7 +24,8 @@
 //
 //  1. repositories: a row is inserted once (ON CONFLICT) and never locked
 //     afterwards, so it takes no part in any wait;
-//  2. upload sessions;
+//  2. upload sessions (opening one first takes an advisory lock on the
+//     repository's sessions, to count them; see UploadCreate);
 //  3. manifests: child manifests before their index, which cannot form a
 //     cycle because an index cannot list itself or an ancestor (digests are
 //     computed over the content); siblings in ascending digest order;

@@ -23,6 +23,9 @@ var (
 	// ErrUploadOffset means an upload chunk did not start where the session
 	// stands, typically because another request appended first.
 	ErrUploadOffset = errors.New("upload chunk does not start at the session's current offset")
+	// ErrTooManyUploads means a repository has as many open upload
+	// sessions as it may (see UploadCreate).
+	ErrTooManyUploads = errors.New("too many open upload sessions")
 	// ErrInvalidInput means PostgreSQL refused a value as text (a NUL
 	// byte, an invalid encoding): the client's input, not a server fault.
 	// The API validates input before it gets here; this is the backstop

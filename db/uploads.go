@@ -21,12 +21,25 @@ type Upload struct {
 }
 
 // UploadCreate opens a session in repository repo, creating the repository
-// on first use.
-func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte, actor Actor) error {
+// on first use. With limit > 0, a repository holds at most limit open
+// sessions: past it, the error wraps ErrTooManyUploads.
+//
+// Locks: an advisory lock on the repository's sessions, so that the
+// sessions opened at once in one repository, by any replica, are counted
+// one after the other and the limit holds exactly. It is taken after the
+// repository row (never locked, see the package documentation) and before
+// the new session row; closing a session only frees a slot and needs it
+// not.
+func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte, limit int, actor Actor) error {
 	return d.withTx(ctx, func(tx pgx.Tx) error {
 		repoID, err := repositoryEnsure(ctx, tx, repo)
 		if err != nil {
 			return err
+		}
+		if limit > 0 {
+			if err := uploadsWithinLimit(ctx, tx, repo, repoID, limit); err != nil {
+				return err
+			}
 		}
 		_, err = tx.Exec(ctx,
 			`INSERT INTO uploads (id, repository_id, hash_state) VALUES ($1, $2, $3)`,
@@ -36,6 +49,28 @@ func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte
 		}
 		return audit(ctx, tx, actor, event{action: ActionUploadStart, repository: repo, detail: map[string]any{"upload": id}})
 	})
+}
+
+// uploadLockSpace is the first key of the advisory locks on a repository's
+// upload sessions (the second is the repository id). The two-key form
+// cannot collide with the one-key locks of the sweep and the migrations.
+const uploadLockSpace = 0x6265 // "be"
+
+func uploadsWithinLimit(ctx context.Context, tx pgx.Tx, repo string, repoID int64, limit int) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1::int, ($2 % 2147483647)::int)`, uploadLockSpace, repoID); err != nil {
+		return fmt.Errorf("lock the upload sessions of %s: %w", repo, err)
+	}
+	// After the lock, so that it counts every session committed by the
+	// transaction that held it before.
+	var open int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM uploads WHERE repository_id = $1`, repoID).Scan(&open); err != nil {
+		return fmt.Errorf("count the upload sessions of %s: %w", repo, err)
+	}
+	if open >= limit {
+		return notFound(ErrTooManyUploads, "repository %s has %d open upload sessions, the limit (--max-upload-sessions); "+
+			"finish or cancel one (DELETE its location) first, or wait for idle ones to expire", repo, open)
+	}
+	return nil
 }
 
 // UploadGet returns session id of repository repo.
@@ -125,13 +160,13 @@ func uploadClose(ctx context.Context, tx pgx.Tx, repoID int64, id string, size i
 	return nil
 }
 
-// UploadCount counts the open upload sessions, for metrics.
-func (d *DB) UploadCount(ctx context.Context) (int64, error) {
-	var n int64
-	if err := d.q.QueryRow(ctx, `SELECT count(*) FROM uploads`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count uploads: %w", err)
+// UploadStats counts the open upload sessions and the bytes they hold, for
+// metrics.
+func (d *DB) UploadStats(ctx context.Context) (sessions, bytes int64, err error) {
+	if err := d.q.QueryRow(ctx, `SELECT count(*), coalesce(sum(size), 0) FROM uploads`).Scan(&sessions, &bytes); err != nil {
+		return 0, 0, fmt.Errorf("count uploads: %w", err)
 	}
-	return n, nil
+	return sessions, bytes, nil
 }
 
 // GCExpireUploads ends up to limit upload sessions idle for longer than

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 )
 
@@ -123,14 +124,27 @@ var domainErrors = []struct {
 	// Range (rangeConflict); this is the fallback without it.
 	{err: db.ErrUploadOffset, code: CodeBlobUploadInvalid, status: http.StatusRequestedRangeNotSatisfiable},
 	{err: db.ErrInvalidInput, code: CodeUnsupported, status: http.StatusBadRequest},
+	{err: db.ErrTooManyUploads, code: CodeTooManyRequests, retryAfter: retryAfterUploads},
 	{err: db.ErrUnavailable, code: CodeUnavailable, retryAfter: retryAfterUnavailable,
 		message: "the registry's metadata database is unreachable; nothing was changed, retry later"},
+	{err: blobstore.ErrStorageFull, code: CodeStorageFull, retryAfter: retryAfterFull,
+		message: "the registry's blob storage is full; nothing of this request was stored, retry once space has been freed"},
 }
+
+// retryAfterFull is what a client is told to wait when the blob store is
+// full: space comes back when an operator or garbage collection frees it,
+// not in seconds.
+const retryAfterFull = "60"
 
 // retryAfterUnavailable is what a client is told to wait when the database
 // is unreachable: long enough not to hammer a database coming back, short
 // enough that a blip costs a pull a few seconds.
 const retryAfterUnavailable = "5"
+
+// retryAfterUploads is what a client that found a repository's upload
+// sessions at their limit is told to wait: sessions end when clients
+// finish or cancel them, or after --gc-upload-timeout.
+const retryAfterUploads = "30"
 
 // toWire turns any error a handler returns into what the client gets.
 // Anything not known here is a server fault: logged with the request id,
@@ -158,8 +172,13 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		missing  *db.MissingReferenceError
 		mismatch *db.SizeMismatchError
 		refd     *db.ReferencedError
+		slow     *slowBodyError
 	)
 	switch {
+	case errors.As(err, &slow):
+		e := errorf(CodeBlobUploadInvalid, "%v", slow).withStatus(http.StatusRequestTimeout)
+		e.Header = http.Header{"Connection": {"close"}}
+		return e
 	case errors.As(err, &pe):
 		var current any // JSON null when the tag does not exist
 		if pe.Current != "" {

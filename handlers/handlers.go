@@ -53,6 +53,8 @@ type Options struct {
 	// AdminSeparate moves /metrics off the API port, to the handler that
 	// Admin returns (served on --admin-listen).
 	AdminSeparate bool
+	// Limits bound what clients may take; the zero value bounds nothing.
+	Limits Limits
 	// Redirect, when set, answers blob downloads with a 307 to a presigned
 	// URL of the store instead of streaming the bytes through Berth.
 	Redirect Presigner
@@ -67,6 +69,8 @@ type Handler struct {
 	router   chi.Router
 	ready    func(context.Context) error
 	registry *prometheus.Registry
+	limits   Limits
+	storage  *storageWatch
 }
 
 // redirectExpiry is how long a presigned blob URL stays valid: long enough
@@ -76,7 +80,7 @@ const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready}
+	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -85,9 +89,11 @@ func New(opts Options) *Handler {
 		reg = prometheus.NewRegistry()
 	}
 	h.registry = reg
+	h.storage = newStorageWatch(h.log, reg)
+	h.blobs = watchedStore{opts.Blobs, h.storage}
 	metrics := newHTTPMetrics(reg)
 	r := chi.NewRouter()
-	r.Use(requestID, metrics.instrument, h.accessLog, h.recoverer)
+	r.Use(requestID, metrics.instrument, h.accessLog, h.recoverer, h.bodyRate)
 	r.Route("/v2", func(r chi.Router) {
 		r.Use(apiVersion)
 		r.Get("/", h.serve(h.base))

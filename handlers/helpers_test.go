@@ -8,10 +8,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
@@ -21,13 +25,22 @@ import (
 
 // registry is a Berth API on a fresh database schema and blob directory.
 type registry struct {
-	t     *testing.T
-	srv   *httptest.Server
-	db    *db.DB
-	dbURL string
+	t       *testing.T
+	srv     *httptest.Server
+	db      *db.DB
+	dbURL   string
+	logs    *syncBuffer
+	metrics *prometheus.Registry
 }
 
 func newRegistry(t *testing.T) *registry {
+	t.Helper()
+	return newRegistryWith(t, nil)
+}
+
+// newRegistryWith is newRegistry with options changed by configure before
+// the API is built (nil: none). The API logs at debug level into r.logs.
+func newRegistryWith(t *testing.T, configure func(*handlers.Options)) *registry {
 	t.Helper()
 	url := dbtest.NewURL(t)
 	d, err := db.Open(t.Context(), url, db.Options{})
@@ -39,13 +52,61 @@ func newRegistry(t *testing.T) *registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logs := &syncBuffer{}
+	var out io.Writer = logs
 	if testing.Verbose() {
-		log = slog.New(handlers.LogHandler(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+		out = io.MultiWriter(logs, &testWriter{t})
 	}
-	srv := httptest.NewServer(handlers.New(handlers.Options{DB: d, Blobs: store, Logger: log}))
+	log := slog.New(handlers.LogHandler(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	opts := handlers.Options{DB: d, Blobs: store, Logger: log, Registry: prometheus.NewRegistry()}
+	if configure != nil {
+		configure(&opts)
+	}
+	srv := httptest.NewServer(handlers.New(opts))
 	t.Cleanup(srv.Close)
-	return &registry{t: t, srv: srv, db: d, dbURL: url}
+	return &registry{t: t, srv: srv, db: d, dbURL: url, logs: logs, metrics: opts.Registry}
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// metric returns the value of the metric series whose text form starts
+// with series (name and labels), or -1 when there is none.
+func (r *registry) metric(series string) float64 {
+	r.t.Helper()
+	families, err := r.metrics.Gather()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var text strings.Builder
+	for _, f := range families {
+		expfmt.MetricFamilyToText(&text, f)
+	}
+	for _, line := range strings.Split(text.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				r.t.Fatal(err)
+			}
+			return f
+		}
+	}
+	return -1
 }
 
 type testWriter struct{ t *testing.T }

@@ -122,7 +122,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	payload, err := io.ReadAll(io.LimitReader(r.Body, manifest.MaxSize+1))
 	if err != nil {
-		return errorf(CodeManifestInvalid, "reading the manifest body failed: %v", err)
+		return bodyFailed(CodeManifestInvalid, err)
 	}
 	if len(payload) > manifest.MaxSize {
 		return tooLarge()

@@ -120,20 +120,22 @@ func wrapWriter(w http.ResponseWriter, r *http.Request) middleware.WrapResponseW
 // statusOf is the status of a finished request for logs and metrics: the
 // one the handler sent (200 when it only wrote a body), or 499 when the
 // client went away before it got its answer: before any status was sent,
-// or in the middle of a body shorter than its Content-Length.
+// with an error it caused by leaving (a body cut short), or in the middle
+// of a body shorter than its Content-Length.
 func statusOf(ww middleware.WrapResponseWriter, r *http.Request) int {
-	gone := r.Context().Err() != nil
 	if info := infoOf(r.Context()); info != nil && info.clientGone {
 		return statusClientClosed
 	}
+	// Only the client's connection closing cancels the request's context
+	// before the handler returns.
+	gone := r.Context().Err() != nil
 	s := ww.Status()
-	if s == 0 {
-		if gone {
-			return statusClientClosed
-		}
+	switch {
+	case s == 0 && gone, s >= 400 && gone:
+		return statusClientClosed
+	case s == 0:
 		return http.StatusOK
-	}
-	if gone && r.Method != http.MethodHead {
+	case gone && r.Method != http.MethodHead:
 		if n, err := strconv.ParseInt(ww.Header().Get("Content-Length"), 10, 64); err == nil && int64(ww.BytesWritten()) < n {
 			return statusClientClosed
 		}

@@ -95,7 +95,7 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 	}
 	raw, err := io.ReadAll(io.LimitReader(r.Body, maxRestoreBody+1))
 	if err != nil {
-		return errorf(CodeManifestInvalid, "reading the request body failed: %v", err)
+		return bodyFailed(CodeManifestInvalid, err)
 	}
 	if len(raw) > maxRestoreBody || json.Unmarshal(raw, &body) != nil || body.Digest == "" {
 		return errorf(CodeManifestInvalid, `the body must be {"digest": "<manifest digest>"}`)

@@ -45,7 +45,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		return h.monolithicUpload(w, r, rt, dgst)
 	}
 	id := newUploadID()
-	if err := h.db.UploadCreate(r.Context(), rt.name, id, digests.EmptySha256(), actor(r)); err != nil {
+	if err := h.db.UploadCreate(r.Context(), rt.name, id, digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
 		return err
 	}
 	uploadHeaders(w, rt.name, id, 0)
@@ -411,7 +411,16 @@ func (b *bodyReader) explain(err error) error {
 	if b.err == nil {
 		return err
 	}
-	return errorf(CodeBlobUploadInvalid, "reading the request body failed: %v", b.err)
+	return bodyFailed(CodeBlobUploadInvalid, b.err)
+}
+
+// bodyFailed is the error of a request body that could not be read: the
+// client's fault, with code, or too slow (see slowBodyError).
+func bodyFailed(code Code, err error) error {
+	if errors.As(err, new(*slowBodyError)) {
+		return err
+	}
+	return errorf(code, "reading the request body failed: %v", err)
 }
 
 func digestMismatch(got, want digest.Digest) error {

@@ -51,6 +51,8 @@ var (
 		"Database statements of this replica that failed because the database was unreachable or did not answer in time.", nil, nil)
 	uploads = prometheus.NewDesc("berth_upload_sessions",
 		"Open upload sessions in the registry.", nil, nil)
+	uploadBytes = prometheus.NewDesc("berth_upload_session_bytes",
+		"Bytes received by the open upload sessions of the registry: partial data that garbage collection deletes when a session expires.", nil, nil)
 	gcQueue = prometheus.NewDesc("berth_gc_candidates",
 		"Garbage collection candidates queued in the registry, and those due now.", []string{"state"}, nil)
 	gcItems = prometheus.NewDesc("berth_gc_items_total",
@@ -68,7 +70,7 @@ type berth struct {
 
 func (b *berth) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds,
-		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, gcQueue, gcItems, gcBytes} {
+		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, uploadBytes, gcQueue, gcItems, gcBytes} {
 		ch <- d
 	}
 }
@@ -109,8 +111,9 @@ func (b *berth) Collect(ch chan<- prometheus.Metric) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
-	if n, err := b.db.UploadCount(ctx); err == nil {
+	if n, size, err := b.db.UploadStats(ctx); err == nil {
 		ch <- prometheus.MustNewConstMetric(uploads, prometheus.GaugeValue, float64(n))
+		ch <- prometheus.MustNewConstMetric(uploadBytes, prometheus.GaugeValue, float64(size))
 	} else {
 		b.warn("metrics: count upload sessions", err)
 	}

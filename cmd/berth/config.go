@@ -41,6 +41,11 @@ type Config struct {
 	DebugListen     string
 	AdminListen     string
 
+	MaxConnections    int   // 0: automatic, see connectionLimit
+	MaxUploadSessions int   // per repository; 0: no limit
+	MinBodyRate       int64 // bytes per second; 0: no minimum
+	BodyRateWindow    time.Duration
+
 	GCDisabled           bool
 	GCReviewDelay        time.Duration
 	GCTombstoneRetention time.Duration
@@ -85,6 +90,52 @@ func duration(p func(*Config) *time.Duration) func(*Config, string) error {
 		*p(c) = d
 		return nil
 	}
+}
+
+// nonNegativeInt parses an integer of at least 0.
+func nonNegativeInt(p func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return err
+		}
+		if n < 0 {
+			return fmt.Errorf("must not be negative: %s", v)
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+// byteSize parses a number of bytes with an optional binary unit: "512",
+// "64KiB", "4MiB", "1GiB".
+func byteSize(p func(*Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := parseByteSize(v)
+		if err != nil {
+			return err
+		}
+		*p(c) = n
+		return nil
+	}
+}
+
+func parseByteSize(v string) (int64, error) {
+	num, mult := v, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
+		if s, ok := strings.CutSuffix(v, u.suffix); ok {
+			num, mult = s, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("want a number of bytes, optionally with KiB, MiB or GiB (e.g. 64MiB), not %q", v)
+	}
+	return n * mult, nil
 }
 
 func positiveInt(p func(*Config) *int) func(*Config, string) error {
@@ -164,6 +215,22 @@ var settings = []setting{
 		str(func(c *Config) *string { return &c.AdminListen })},
 	{"debug-listen", "", "deprecated: use --admin-listen; address for Go's profiling endpoints /debug/pprof/ alone",
 		str(func(c *Config) *string { return &c.DebugListen })},
+	{"max-connections", "0", "most client connections served at once; more are answered 503 at once (0: a quarter of the open-file limit, at most 10000)",
+		nonNegativeInt(func(c *Config) *int { return &c.MaxConnections })},
+	{"max-upload-sessions", "1000", "most open upload sessions per repository; more are refused with 429 until some finish, are cancelled or expire (0: no limit)",
+		nonNegativeInt(func(c *Config) *int { return &c.MaxUploadSessions })},
+	{"min-body-rate", "1KiB", "least average rate of a request body, per second, over --body-rate-window; a slower body is cut off with 408 (0: no minimum)",
+		byteSize(func(c *Config) *int64 { return &c.MinBodyRate })},
+	{"body-rate-window", "60s", "window over which --min-body-rate is averaged",
+		func(c *Config, v string) error {
+			if err := duration(func(c *Config) *time.Duration { return &c.BodyRateWindow })(c, v); err != nil {
+				return err
+			}
+			if c.BodyRateWindow == 0 {
+				return errors.New("must be positive")
+			}
+			return nil
+		}},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 

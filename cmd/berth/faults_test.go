@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/pgembed"
 )
 
@@ -339,3 +342,51 @@ func TestDatabaseHung(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// With --max-connections N, the N+1st connection is answered 503 with the
+// OCI body at once and closed, instead of waiting unanswered; once a
+// connection closes, a new one is served.
+func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
+	m := startMain(t, dbtest.NewURL(t), "--max-connections", "3")
+	addr := m.Addr().String()
+	var held []net.Conn
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	get := func() (*http.Response, string) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second)) // a hang detector
+		fmt.Fprintf(c, "GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	resp, body := get()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(body, `"code":"UNAVAILABLE"`) || !strings.Contains(body, "--max-connections") {
+		t.Fatalf("over the limit: %d %s", resp.StatusCode, body)
+	}
+	held[0].Close()
+	waitUntil(t, "a connection to be served again", func() bool {
+		resp, _ := get()
+		return resp.StatusCode == http.StatusOK
+	})
+	// /metrics needs a connection too: retried until one is free.
+	waitUntil(t, "berth_connections_refused_total to count the refusal", func() bool {
+		got := metric(t, "http://"+addr, "berth_connections_refused_total")
+		return got != "" && got != "0"
+	})
+}

@@ -107,9 +107,10 @@ func (m *Main) Run(ctx context.Context) error {
 			collector.Run(gcCtx)
 		}()
 	}
+	registry := metrics.Registry(m.db, collector, m.Logger)
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
-		Registry: metrics.Registry(m.db, collector, m.Logger),
+		Registry: registry,
 		Ready: func(ctx context.Context) error {
 			if err := m.db.Ping(ctx); err != nil {
 				return &handlers.NotReadyError{Part: "database", Err: err}
@@ -124,11 +125,17 @@ func (m *Main) Run(ctx context.Context) error {
 		},
 		Redirect:      redirector(c, store),
 		AdminSeparate: c.AdminListen != "",
+		Limits: handlers.Limits{
+			UploadSessions: c.MaxUploadSessions,
+			MinBodyRate:    c.MinBodyRate,
+			BodyRateWindow: c.BodyRateWindow,
+		},
 	})
-	m.listener, err = net.Listen("tcp", c.Listen)
+	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.Listen, err)
 	}
+	m.listener = handlers.LimitConnections(ln, connectionLimit(c.MaxConnections), m.Logger, registry)
 	m.server = &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -157,8 +164,24 @@ func (m *Main) Run(ctx context.Context) error {
 		where = "s3://" + c.S3.Bucket + "/" + c.S3.Prefix
 	}
 	m.Logger.Info("berth serving", "addr", m.listener.Addr().String(),
-		"storage", c.Storage, "blobs", where, "database", dbase.describe(), "gc", !c.GCDisabled)
+		"storage", c.Storage, "blobs", where, "database", dbase.describe(), "gc", !c.GCDisabled,
+		"max_connections", connectionLimit(c.MaxConnections))
 	return nil
+}
+
+// connectionLimit is the --max-connections to enforce: as configured, or
+// by default a quarter of the open-file limit (every connection holds a
+// file, an upload one more, and blobs being served one each), at most
+// 10,000.
+func connectionLimit(configured int) int {
+	if configured > 0 {
+		return configured
+	}
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == 0 {
+		return 10000
+	}
+	return int(min(rl.Cur/4, 10000))
 }
 
 // serveAside serves h on its own listener at addr (the admin or debug

@@ -1,0 +1,3 @@
+BEGIN;
+DROP INDEX uploads_repository;
+COMMIT;
