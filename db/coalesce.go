@@ -127,9 +127,18 @@ func (c *coalescer[K, V]) lead(ctx context.Context, batch []*read[K, V]) {
 	}
 	// One request's cancellation must not fail the others' reads; the
 	// timeout stands in for theirs, so a hung connection cannot hold a
-	// batch forever.
+	// batch forever. The leader's own deadline, when it has one, still
+	// applies: it queued first, so every other read of the batch has as
+	// long or longer, and a read that waited in the queue must not get a
+	// whole timeout more for its statement.
+	deadline, hasDeadline := ctx.Deadline()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 	defer cancel()
+	if hasDeadline {
+		var cancelDeadline context.CancelFunc
+		ctx, cancelDeadline = context.WithDeadline(ctx, deadline)
+		defer cancelDeadline()
+	}
 	vals, errs, err := c.run(ctx, keys)
 	if err != nil && ctx.Err() == nil {
 		// Once more: a connection the server closed (a restart, a
