@@ -166,13 +166,8 @@ type ManifestPut struct {
 //
 // It returns the digest p.Tag pointed at before, if any.
 func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous string, err error) {
-	annotations, err := json.Marshal(p.Annotations)
-	if err != nil {
-		return "", fmt.Errorf("encode annotations: %w", err)
-	}
-	if p.Annotations == nil {
-		annotations = nil
-	}
+	annotations := encodeAnnotations(p.Annotations)
+	p.Annotations = nil // encoded: the map (6 MB for the largest) can go before the transaction
 	blobs := slices.Clone(p.Blobs)
 	slices.SortFunc(blobs, func(a, b BlobRef) int { return strings.Compare(a.Digest, b.Digest) })
 	blobs = slices.CompactFunc(blobs, func(a, b BlobRef) bool { return a.Digest == b.Digest })

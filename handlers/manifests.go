@@ -189,10 +189,10 @@ func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCo
 			put.Children[i] = c.Digest.String()
 		}
 	}
-	// From here the database needs only put: let the descriptors go (3 MB
-	// for 27,000 layers) before its statements run. Callers use the
-	// manifest's type and subject.
-	m.Blobs, m.Children = nil, nil
+	// From here the database needs only put: let the descriptors (3 MB
+	// for 27,000 layers) and the annotations go before its statements
+	// run. Callers use the manifest's type and subject.
+	m.Blobs, m.Children, m.Annotations = nil, nil, nil
 	previous, err := h.db.ManifestStore(r.Context(), put, actor(r))
 	var missing *db.MissingReferenceError
 	var mismatch *db.SizeMismatchError
