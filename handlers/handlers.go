@@ -51,6 +51,10 @@ type Options struct {
 	// Redirect, when set, answers blob downloads with a 307 to a presigned
 	// URL of the store instead of streaming the bytes through Berth.
 	Redirect Presigner
+	// ManifestBudget is how many bytes of manifest bodies this process
+	// takes in at once (see DefaultManifestBudget); 0 means the default,
+	// less than MinManifestBudget means MinManifestBudget.
+	ManifestBudget int64
 }
 
 // Handler serves the OCI distribution API.
@@ -60,6 +64,8 @@ type Handler struct {
 	log      *slog.Logger
 	redirect Presigner
 	router   chi.Router
+	// manifests is the budget of manifest bytes in flight.
+	manifests *manifestBudget
 }
 
 // redirectExpiry is how long a presigned blob URL stays valid: long enough
@@ -70,6 +76,10 @@ const redirectExpiry = 20 * time.Minute
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
 	h := &Handler{db: opts.DB, blobs: opts.Blobs, log: opts.Logger, redirect: opts.Redirect}
+	if opts.ManifestBudget == 0 {
+		opts.ManifestBudget = DefaultManifestBudget
+	}
+	h.manifests = newManifestBudget(opts.ManifestBudget)
 	if h.log == nil {
 		h.log = slog.Default()
 	}

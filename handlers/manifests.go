@@ -120,6 +120,11 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if r.ContentLength > manifest.MaxSize {
 		return tooLarge()
 	}
+	release, err := h.reserveManifest(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	payload, err := readManifest(r)
 	if err != nil {
 		return errorf(CodeManifestInvalid, "reading the manifest body failed: %v", err)
