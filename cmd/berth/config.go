@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/handlers"
 )
 
 // Config is every setting of berth. Each one can come from a flag, an
@@ -38,6 +39,7 @@ type Config struct {
 	LogFormat       string
 	ShutdownTimeout time.Duration
 	DebugListen     string
+	ManifestBudget  int64 // bytes of manifest bodies in flight
 
 	GCDisabled           bool
 	GCReviewDelay        time.Duration
@@ -152,6 +154,18 @@ var settings = []setting{
 		str(func(c *Config) *string { return &c.DebugListen })},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+	{"manifest-budget", formatSize(handlers.DefaultManifestBudget), "manifest bytes this process takes in at once (bytes, or with a KiB, MiB or GiB suffix); further manifest PUTs wait up to 2s, then get 429",
+		func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err != nil {
+				return err
+			}
+			if n < handlers.MinManifestBudget {
+				return fmt.Errorf("%s is less than %s, a manifest of the largest size and the room kept for small ones", v, formatSize(handlers.MinManifestBudget))
+			}
+			c.ManifestBudget = n
+			return nil
+		}},
 
 	{"gc-disabled", "false", "do not run online garbage collection in this process (run `berth gc` elsewhere)",
 		func(c *Config, v string) (err error) { c.GCDisabled, err = strconv.ParseBool(v); return err }},

@@ -110,7 +110,8 @@ func (m *Main) Run(ctx context.Context) error {
 			}
 			return store.Ping(ctx)
 		},
-		Redirect: redirector(c, store),
+		Redirect:       redirector(c, store),
+		ManifestBudget: c.ManifestBudget,
 	})
 	m.listener, err = net.Listen("tcp", c.Listen)
 	if err != nil {
