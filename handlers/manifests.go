@@ -156,9 +156,11 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 }
 
 // storeManifest validates payload and stores it as manifest dgst of
-// repository name, pointing tag at it when tag is set; it returns where
-// the tag pointed before. A restore of a deleted manifest comes here too,
-// with the stored bytes: it is validated and recorded exactly like a push.
+// repository name, pointing tag at it when tag is set; it returns the
+// manifest, without its blobs, children and annotations (let go once
+// handed to the database), and where the tag pointed before. A restore of
+// a deleted manifest comes here too, with the stored bytes: it is
+// validated and recorded exactly like a push.
 func (h *Handler) storeManifest(r *http.Request, name, tag string, cond db.TagCondition, contentType string,
 	payload []byte, dgst digest.Digest, restore bool) (*manifest.Manifest, string, error) {
 	m, err := manifest.Parse(contentType, payload)
