@@ -193,16 +193,17 @@ type ManifestPut struct {
 // It returns, for each tag that pointed at a manifest before, that
 // manifest's digest.
 func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous map[string]string, err error) {
-	annotations, err := json.Marshal(p.Annotations)
-	if err != nil {
-		return nil, fmt.Errorf("encode annotations: %w", err)
-	}
-	if p.Annotations == nil {
-		annotations = nil
-	}
+	annotations := encodeAnnotations(p.Annotations)
+	p.Annotations = nil // encoded: the map (6 MB for the largest) can go before the transaction
 	blobs := slices.Clone(p.Blobs)
 	slices.SortFunc(blobs, func(a, b BlobRef) int { return strings.Compare(a.Digest, b.Digest) })
 	blobs = slices.CompactFunc(blobs, func(a, b BlobRef) bool { return a.Digest == b.Digest })
+	// The digests as the statements take them, built once for the three
+	// that need them (27,000 for the largest manifests).
+	blobDigests := make([]string, len(blobs))
+	for i, b := range blobs {
+		blobDigests[i] = b.Digest
+	}
 	children := slices.Clone(p.Children)
 	slices.Sort(children)
 	children = slices.Compact(children)
@@ -245,13 +246,13 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 				movedFrom = append(movedFrom, from)
 			}
 		}
-		if err := blobLockShared(ctx, tx, repoID, blobs); err != nil {
+		if err := blobLockShared(ctx, tx, repoID, blobs, blobDigests); err != nil {
 			return err
 		}
 		if change != manifestUnchanged {
 			// A revived row may have lost child rows to the purge of a
 			// child; recording is idempotent, so record in both cases.
-			if err := manifestRecordRefs(ctx, tx, id, blobs, childIDs); err != nil {
+			if err := manifestRecordRefs(ctx, tx, id, blobDigests, childIDs); err != nil {
 				return err
 			}
 			if err := audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
@@ -336,21 +337,25 @@ SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 AND deleted_at 
 
 // blobLockShared checks that every blob is linked into the repository and
 // ready, with the declared size, and locks the rows FOR SHARE in digest
-// order.
+// order. blobs are sorted by digest, without repeats, and digests are
+// their digests.
 //
 // The link is checked in a second statement, after the locks are held: a
 // collector may have removed the link while we waited for the lock (it
 // holds the blob FOR UPDATE while it does), and under READ COMMITTED only a
 // statement that starts after the wait sees that. Once the blob is locked
 // FOR SHARE, no collector can change its links until we commit.
-func blobLockShared(ctx context.Context, tx pgx.Tx, repoID int64, blobs []BlobRef) error {
+//
+// Both statements return rows in digest order, as blobs are, so the rows
+// are matched to blobs walking both in step, reading each digest in the
+// driver's buffer: no digest string or map entry per blob (27,000 of them
+// for the largest manifests).
+func blobLockShared(ctx context.Context, tx pgx.Tx, repoID int64, blobs []BlobRef, digests []string) error {
 	if len(blobs) == 0 {
 		return nil
 	}
-	digests := make([]string, len(blobs))
-	for i, b := range blobs {
-		digests[i] = b.Digest
-	}
+	sizes := make([]int64, len(blobs))
+	ready := make([]bool, len(blobs))
 	rows, err := tx.Query(ctx, `
 SELECT digest, size FROM blobs
 WHERE digest = ANY($1) AND state = 'ready'
@@ -359,41 +364,53 @@ FOR SHARE`, digests)
 	if err != nil {
 		return fmt.Errorf("lock referenced blobs: %w", err)
 	}
-	sizes := make(map[string]int64, len(blobs))
-	for rows.Next() {
-		var dgst string
-		var size int64
-		if err := rows.Scan(&dgst, &size); err != nil {
-			return fmt.Errorf("lock referenced blobs: %w", err)
-		}
-		sizes[dgst] = size
-	}
-	if err := rows.Err(); err != nil {
+	err = inDigestOrder(rows, blobs, func(i int, row pgx.Rows) error {
+		ready[i] = true
+		return row.Scan(nil, &sizes[i])
+	})
+	if err != nil {
 		return fmt.Errorf("lock referenced blobs: %w", err)
 	}
+	linked := make([]bool, len(blobs))
 	rows, err = tx.Query(ctx, `
-SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2)`, repoID, digests)
+SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2)
+ORDER BY digest`, repoID, digests)
 	if err != nil {
 		return fmt.Errorf("check blob links: %w", err)
 	}
-	linked, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	if err := inDigestOrder(rows, blobs, func(i int, _ pgx.Rows) error { linked[i] = true; return nil }); err != nil {
 		return fmt.Errorf("check blob links: %w", err)
 	}
-	isLinked := make(map[string]bool, len(linked))
-	for _, d := range linked {
-		isLinked[d] = true
-	}
-	for _, b := range blobs {
-		size, ok := sizes[b.Digest]
-		if !ok || !isLinked[b.Digest] {
+	for i, b := range blobs {
+		if !ready[i] || !linked[i] {
 			return &MissingReferenceError{Digest: b.Digest}
 		}
-		if size != b.Size {
-			return &SizeMismatchError{Digest: b.Digest, Declared: b.Size, Real: size}
+		if sizes[i] != b.Size {
+			return &SizeMismatchError{Digest: b.Digest, Declared: b.Size, Real: sizes[i]}
 		}
 	}
 	return nil
+}
+
+// inDigestOrder calls fn for each row, whose first column is a digest,
+// with the index of that digest in blobs; rows and blobs are both in
+// digest order (byte order: the column is COLLATE "C"). It closes rows.
+func inDigestOrder(rows pgx.Rows, blobs []BlobRef, fn func(i int, row pgx.Rows) error) error {
+	defer rows.Close()
+	j := 0
+	for rows.Next() {
+		dgst := rows.RawValues()[0] // text, in either format the digest's bytes
+		for j < len(blobs) && blobs[j].Digest < string(dgst) {
+			j++
+		}
+		if j < len(blobs) && blobs[j].Digest == string(dgst) {
+			if err := fn(j, rows); err != nil {
+				return err
+			}
+			j++
+		}
+	}
+	return rows.Err()
 }
 
 // manifestChange says what manifestUpsert did.
@@ -449,12 +466,8 @@ RETURNING id`,
 	return 0, 0, fmt.Errorf("store manifest %s: %w", p.Digest, errContended)
 }
 
-func manifestRecordRefs(ctx context.Context, tx pgx.Tx, id int64, blobs []BlobRef, childIDs []int64) error {
-	if len(blobs) > 0 {
-		digests := make([]string, len(blobs))
-		for i, b := range blobs {
-			digests[i] = b.Digest
-		}
+func manifestRecordRefs(ctx context.Context, tx pgx.Tx, id int64, digests []string, childIDs []int64) error {
+	if len(digests) > 0 {
 		if _, err := tx.Exec(ctx, `
 INSERT INTO manifest_blobs (manifest_id, digest) SELECT $1, unnest($2::text[])
 ON CONFLICT DO NOTHING`, id, digests); err != nil {

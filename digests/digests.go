@@ -23,6 +23,18 @@ var supported = map[digest.Algorithm]func() hash.Hash{
 	digest.SHA512: sha512.New,
 }
 
+// hexLen is the length of the hex part of each supported algorithm's
+// digests. Parse runs once per descriptor of a manifest, tens of thousands
+// of times for a large one: asking a new hash its size each time cost an
+// allocation every time.
+var hexLen = func() map[digest.Algorithm]int {
+	m := make(map[digest.Algorithm]int, len(supported))
+	for alg, newHash := range supported {
+		m[alg] = newHash().Size() * 2
+	}
+	return m
+}()
+
 var (
 	// ErrMalformed is a string that is not algorithm:hex of the right length.
 	ErrMalformed = errors.New("malformed digest")
@@ -38,11 +50,11 @@ func Parse(s string) (digest.Digest, error) {
 	if !ok || alg == "" || hexPart == "" {
 		return "", fmt.Errorf("%w: %q is not of the form algorithm:hex", ErrMalformed, s)
 	}
-	newHash, ok := supported[digest.Algorithm(alg)]
+	want, ok := hexLen[digest.Algorithm(alg)]
 	if !ok {
 		return "", fmt.Errorf("%w: %q (use sha256 or sha512)", ErrUnsupported, alg)
 	}
-	if want := newHash().Size() * 2; len(hexPart) != want {
+	if len(hexPart) != want {
 		return "", fmt.Errorf("%w: a %s digest has %d hex characters, %q has %d", ErrMalformed, alg, want, s, len(hexPart))
 	}
 	for i := 0; i < len(hexPart); i++ {

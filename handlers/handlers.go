@@ -58,6 +58,10 @@ type Options struct {
 	// Redirect, when set, answers blob downloads with a 307 to a presigned
 	// URL of the store instead of streaming the bytes through Berth.
 	Redirect Presigner
+	// ManifestBudget is how many bytes of manifest bodies this process
+	// takes in at once (see DefaultManifestBudget); 0 means the default,
+	// less than MinManifestBudget means MinManifestBudget.
+	ManifestBudget int64
 }
 
 // Handler serves the OCI distribution API.
@@ -71,6 +75,8 @@ type Handler struct {
 	registry *prometheus.Registry
 	limits   Limits
 	storage  *storageWatch
+	// manifests is the budget of manifest bytes in flight.
+	manifests *manifestBudget
 }
 
 // redirectExpiry is how long a presigned blob URL stays valid: long enough
@@ -81,6 +87,10 @@ const redirectExpiry = 20 * time.Minute
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
 	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits}
+	if opts.ManifestBudget == 0 {
+		opts.ManifestBudget = DefaultManifestBudget
+	}
+	h.manifests = newManifestBudget(opts.ManifestBudget)
 	if h.log == nil {
 		h.log = slog.Default()
 	}

@@ -120,7 +120,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if r.ContentLength > manifest.MaxSize {
 		return tooLarge()
 	}
-	payload, err := io.ReadAll(io.LimitReader(r.Body, manifest.MaxSize+1))
+	release, err := h.reserveManifest(r)
+	if err != nil {
+		return err
+	}
+	defer release()
+	payload, err := readManifest(r)
 	if err != nil {
 		return bodyFailed(CodeManifestInvalid, err)
 	}
@@ -152,10 +157,11 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 }
 
 // storeManifest validates payload and stores it as manifest dgst of
-// repository name, pointing tags at it; it returns where the first tag
-// pointed before. A restore of a deleted manifest comes here too, with the
-// stored bytes and its one tag: it is validated and recorded exactly like
-// a push.
+// repository name, pointing tags at it; it returns the manifest, without
+// its blobs, children and annotations (let go once handed to the
+// database), and where the first tag pointed before. A restore of a
+// deleted manifest comes here too, with the stored bytes and its one tag:
+// it is validated and recorded exactly like a push.
 func (h *Handler) storeManifest(r *http.Request, name string, tags []string, cond db.TagCondition, contentType string,
 	payload []byte, dgst digest.Digest, restore bool) (*manifest.Manifest, string, error) {
 	m, err := manifest.Parse(contentType, payload)
@@ -179,12 +185,22 @@ func (h *Handler) storeManifest(r *http.Request, name string, tags []string, con
 	if m.Subject != nil {
 		put.SubjectDigest = m.Subject.Digest.String()
 	}
-	for _, b := range m.Blobs {
-		put.Blobs = append(put.Blobs, db.BlobRef{Digest: b.Digest.String(), Size: b.Size})
+	if len(m.Blobs) > 0 {
+		put.Blobs = make([]db.BlobRef, len(m.Blobs))
+		for i, b := range m.Blobs {
+			put.Blobs[i] = db.BlobRef{Digest: b.Digest.String(), Size: b.Size}
+		}
 	}
-	for _, c := range m.Children {
-		put.Children = append(put.Children, c.Digest.String())
+	if len(m.Children) > 0 {
+		put.Children = make([]string, len(m.Children))
+		for i, c := range m.Children {
+			put.Children[i] = c.Digest.String()
+		}
 	}
+	// From here the database needs only put: let the descriptors (3 MB
+	// for 27,000 layers) and the annotations go before its statements
+	// run. Callers use the manifest's type and subject.
+	m.Blobs, m.Children, m.Annotations = nil, nil, nil
 	previous, err := h.db.ManifestStore(r.Context(), put, actor(r))
 	if err != nil {
 		return nil, "", err
@@ -193,6 +209,47 @@ func (h *Handler) storeManifest(r *http.Request, name string, tags []string, con
 		return m, "", nil
 	}
 	return m, previous[tags[0]], nil
+}
+
+// readManifest reads a manifest body. Like io.ReadAll of the body cut at
+// manifest.MaxSize+1 bytes, which it replaces, it returns more than
+// MaxSize bytes for a body that is too large (a larger Content-Length is
+// refused before). With a Content-Length it reads into one buffer of that
+// size, without into chunks joined once at the end: io.ReadAll grows its
+// buffer step by step, which for 4 MiB allocated more than twice that.
+func readManifest(r *http.Request) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 {
+		// net/http ends the body at Content-Length; a shorter one is an
+		// io.ErrUnexpectedEOF.
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, payload); err != nil {
+			return nil, err
+		}
+		return payload, nil
+	}
+	body := io.LimitReader(r.Body, manifest.MaxSize+1)
+	var chunks [][]byte
+	total := 0
+	for size := 16 << 10; ; size = min(2*size, 1<<20) {
+		chunk := make([]byte, size)
+		n, err := io.ReadFull(body, chunk)
+		total += n
+		chunks = append(chunks, chunk[:n])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(chunks) == 1 {
+		return chunks[0], nil
+	}
+	payload := make([]byte, 0, total)
+	for _, c := range chunks {
+		payload = append(payload, c...)
+	}
+	return payload, nil
 }
 
 func tooLarge() error {

@@ -44,7 +44,10 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-// Manifest is what Berth records about a valid manifest.
+// Manifest is what Berth records about a valid manifest. Its descriptors
+// carry the fields Berth reads (mediaType, digest, size, urls, data,
+// artifactType), not their annotations or platform, which Berth checks but
+// does not record.
 type Manifest struct {
 	MediaType string
 	// ArtifactType is the manifest's artifactType or, for an image manifest
@@ -62,16 +65,43 @@ type Manifest struct {
 }
 
 // wire is the union of the fields of every accepted format.
+//
+// A 4 MiB manifest can hold 27,000 layers, so the descriptors are decoded
+// into a lean type (see descriptor), the two lists are allocated once at
+// their final size (see listHint), and schema 1's fsLayers is only noted,
+// not copied.
 type wire struct {
-	SchemaVersion *int                 `json:"schemaVersion"`
-	MediaType     string               `json:"mediaType"`
-	ArtifactType  string               `json:"artifactType"`
-	Config        *ocispec.Descriptor  `json:"config"`
-	Layers        []ocispec.Descriptor `json:"layers"`
-	Manifests     []ocispec.Descriptor `json:"manifests"`
-	Subject       *ocispec.Descriptor  `json:"subject"`
-	Annotations   map[string]string    `json:"annotations"`
-	FSLayers      json.RawMessage      `json:"fsLayers"` // schema 1 only
+	SchemaVersion *int              `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Config        *descriptor       `json:"config"`
+	Layers        []descriptor      `json:"layers"`
+	Manifests     []descriptor      `json:"manifests"`
+	Subject       *descriptor       `json:"subject"`
+	Annotations   map[string]string `json:"annotations"`
+	FSLayers      nonNull           `json:"fsLayers"` // schema 1 only
+}
+
+// descriptor is ocispec.Descriptor as Berth decodes it: the fields Berth
+// reads, and the two it does not (annotations and platform) checked by
+// types that accept exactly the JSON ocispec's types accept, without
+// keeping anything. So a body is accepted or refused exactly as when it
+// was decoded into ocispec.Descriptor, at a fraction of the allocations.
+type descriptor struct {
+	MediaType    string         `json:"mediaType"`
+	Digest       digest.Digest  `json:"digest"`
+	Size         int64          `json:"size"`
+	URLs         []string       `json:"urls"`
+	Annotations  stringMapShape `json:"annotations"`
+	Data         []byte         `json:"data"`
+	Platform     *platformShape `json:"platform"`
+	ArtifactType string         `json:"artifactType"`
+}
+
+// oci returns the fields Berth records, as the OCI type.
+func (d *descriptor) oci() ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, URLs: d.URLs,
+		Data: d.Data, ArtifactType: d.ArtifactType}
 }
 
 // Parse validates payload, pushed with the given Content-Type header, and
@@ -86,13 +116,28 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 		return nil, schema1Error()
 	}
 	var w wire
+	if layers, manifests := listHint(payload); layers > 0 || manifests > 0 {
+		w.Layers = make([]descriptor, 0, max(layers, 1))
+		w.Manifests = make([]descriptor, 0, max(manifests, 1))
+	}
 	if err := json.Unmarshal(payload, &w); err != nil {
 		return nil, invalid("body is not valid JSON: %v", err)
 	}
-	// json.RawMessage keeps a literal null, so "fsLayers": null is not
-	// taken for the schema 1 field.
-	hasFSLayers := w.FSLayers != nil && string(w.FSLayers) != "null"
-	if isSchema1(w.MediaType) || (w.SchemaVersion != nil && *w.SchemaVersion == 1) || hasFSLayers {
+	// encoding/json leaves a list it did not find as it was, and makes
+	// every list it decodes nil (null), empty with no capacity ([]) or
+	// non-empty: so an empty list with capacity is one the body does not
+	// have, which must read as nil, as it did without the hint. (A hint
+	// of 0 makes a list with no capacity that the body may not have: the
+	// lists are made only when one hint is not 0, and then both have
+	// capacity.)
+	if len(w.Layers) == 0 && cap(w.Layers) > 0 {
+		w.Layers = nil
+	}
+	if len(w.Manifests) == 0 && cap(w.Manifests) > 0 {
+		w.Manifests = nil
+	}
+	// A literal null is no fsLayers field (see nonNull).
+	if isSchema1(w.MediaType) || (w.SchemaVersion != nil && *w.SchemaVersion == 1) || bool(w.FSLayers) {
 		return nil, schema1Error()
 	}
 	if w.SchemaVersion == nil || *w.SchemaVersion != 2 {
@@ -124,10 +169,11 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 		if mediaType != MediaTypeOCIManifest && mediaType != MediaTypeOCIIndex {
 			return nil, invalid("subject is only defined for OCI manifests and indexes")
 		}
-		if err := checkDescriptor("subject", *w.Subject); err != nil {
+		if err := checkDescriptor("subject", -1, w.Subject); err != nil {
 			return nil, err
 		}
-		m.Subject = w.Subject
+		subject := w.Subject.oci()
+		m.Subject = &subject
 	}
 	return m, nil
 }
@@ -137,16 +183,16 @@ func Parse(contentType string, payload []byte) (*Manifest, error) {
 // PostgreSQL text and jsonb cannot hold it, and no real manifest has one.
 func checkText(w *wire) error {
 	bad := func(s string) bool { return strings.IndexByte(s, 0) >= 0 }
-	descriptors := append(append([]ocispec.Descriptor{}, w.Layers...), w.Manifests...)
-	for _, d := range []*ocispec.Descriptor{w.Config, w.Subject} {
-		if d != nil {
-			descriptors = append(descriptors, *d)
+	badDesc := func(d *descriptor) bool { return d != nil && (bad(d.MediaType) || bad(d.ArtifactType)) }
+	for _, list := range [][]descriptor{w.Layers, w.Manifests} {
+		for i := range list {
+			if badDesc(&list[i]) {
+				return invalid("a media type contains a NUL character")
+			}
 		}
 	}
-	for _, d := range descriptors {
-		if bad(d.MediaType) || bad(d.ArtifactType) {
-			return invalid("a media type contains a NUL character")
-		}
+	if badDesc(w.Config) || badDesc(w.Subject) {
+		return invalid("a media type contains a NUL character")
 	}
 	if bad(w.MediaType) || bad(w.ArtifactType) {
 		return invalid("mediaType or artifactType contains a NUL character")
@@ -197,17 +243,20 @@ func (m *Manifest) image(w *wire) error {
 	if w.Config == nil {
 		return invalid("an image manifest needs a config descriptor")
 	}
-	if err := checkDescriptor("config", *w.Config); err != nil {
+	if err := checkDescriptor("config", -1, w.Config); err != nil {
 		return err
 	}
-	m.Config = w.Config
-	m.Blobs = append(m.Blobs, *w.Config)
-	for i, l := range w.Layers {
-		if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l); err != nil {
+	config := w.Config.oci()
+	m.Config = &config
+	m.Blobs = make([]ocispec.Descriptor, 1, 1+len(w.Layers))
+	m.Blobs[0] = config
+	for i := range w.Layers {
+		l := &w.Layers[i]
+		if err := checkDescriptor("layers", i, l); err != nil {
 			return err
 		}
 		if len(l.URLs) == 0 {
-			m.Blobs = append(m.Blobs, l)
+			m.Blobs = append(m.Blobs, l.oci())
 		}
 	}
 	m.ArtifactType = w.ArtifactType
@@ -224,35 +273,53 @@ func (m *Manifest) index(w *wire) error {
 	if w.Manifests == nil {
 		return invalid("an index needs a manifests list")
 	}
-	for i, c := range w.Manifests {
-		if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), c); err != nil {
+	m.Children = make([]ocispec.Descriptor, len(w.Manifests))
+	for i := range w.Manifests {
+		c := &w.Manifests[i]
+		if err := checkDescriptor("manifests", i, c); err != nil {
 			return err
 		}
+		m.Children[i] = c.oci()
 	}
-	m.Children = w.Manifests
 	m.ArtifactType = w.ArtifactType
 	return nil
 }
 
-func checkDescriptor(field string, d ocispec.Descriptor) error {
+// checkDescriptor checks descriptor d, element i of list field (i < 0: not
+// a list).
+func checkDescriptor(field string, i int, d *descriptor) error {
+	problem := descriptorProblem(d)
+	if problem == "" {
+		return nil
+	}
+	// Formatted only now: a manifest can have tens of thousands of
+	// descriptors.
+	if i >= 0 {
+		field = fmt.Sprintf("%s[%d]", field, i)
+	}
+	return invalid("%s: %s", field, problem)
+}
+
+// descriptorProblem says what is wrong with d, or "".
+func descriptorProblem(d *descriptor) string {
 	if d.MediaType == "" {
-		return invalid("%s: mediaType is required", field)
+		return "mediaType is required"
 	}
 	if _, err := digests.Parse(string(d.Digest)); err != nil {
-		return invalid("%s: %v", field, err)
+		return err.Error()
 	}
 	if d.Size < 0 {
-		return invalid("%s: size must not be negative", field)
+		return "size must not be negative"
 	}
 	if d.Data != nil {
 		if int64(len(d.Data)) != d.Size {
-			return invalid("%s: embedded data holds %d bytes but size says %d", field, len(d.Data), d.Size)
+			return fmt.Sprintf("embedded data holds %d bytes but size says %d", len(d.Data), d.Size)
 		}
 		if got := d.Digest.Algorithm().FromBytes(d.Data); got != d.Digest {
-			return invalid("%s: embedded data has digest %s, not %s", field, got, d.Digest)
+			return fmt.Sprintf("embedded data has digest %s, not %s", got, d.Digest)
 		}
 	}
-	return nil
+	return ""
 }
 
 // Digest computes the digest of payload with algorithm alg, so that a

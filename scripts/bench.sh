@@ -11,6 +11,9 @@
 #   scripts/bench.sh --quick -only 'manifest/' -out /tmp/r.md
 #   scripts/bench.sh -list
 #   scripts/bench.sh --quick -profile 'manifest/tag/c32'   (perf summaries in bench/profiles/)
+#   scripts/bench.sh -only 'manifest/put' -registries berth   (64 concurrent
+#       PUTs of 4 MiB manifests: peak RSS, 201/429/5xx; add
+#       -berth-args=--manifest-budget=1GiB to see it without the budget)
 #
 # Environment:
 #   BERTH_TEST_DATABASE_URL  PostgreSQL for Berth (default: the local

@@ -17,6 +17,7 @@ import (
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/handlers"
 )
 
 // Config is every setting of berth. Each one can come from a flag, an
@@ -45,6 +46,7 @@ type Config struct {
 	MaxUploadSessions int   // per repository; 0: no limit
 	MinBodyRate       int64 // bytes per second; 0: no minimum
 	BodyRateWindow    time.Duration
+	ManifestBudget    int64 // bytes of manifest bodies in flight
 
 	GCDisabled           bool
 	GCReviewDelay        time.Duration
@@ -111,31 +113,13 @@ func nonNegativeInt(p func(*Config) *int) func(*Config, string) error {
 // "64KiB", "4MiB", "1GiB".
 func byteSize(p func(*Config) *int64) func(*Config, string) error {
 	return func(c *Config, v string) error {
-		n, err := parseByteSize(v)
+		n, err := parseSize(v)
 		if err != nil {
 			return err
 		}
 		*p(c) = n
 		return nil
 	}
-}
-
-func parseByteSize(v string) (int64, error) {
-	num, mult := v, int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}} {
-		if s, ok := strings.CutSuffix(v, u.suffix); ok {
-			num, mult = s, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("want a number of bytes, optionally with KiB, MiB or GiB (e.g. 64MiB), not %q", v)
-	}
-	return n * mult, nil
 }
 
 func positiveInt(p func(*Config) *int) func(*Config, string) error {
@@ -233,6 +217,18 @@ var settings = []setting{
 		}},
 	{"shutdown-timeout", "30s", "on SIGTERM or SIGINT, how long in-flight requests may take to finish",
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+	{"manifest-budget", formatSize(handlers.DefaultManifestBudget), "manifest bytes this process takes in at once (bytes, or with a KiB, MiB or GiB suffix); further manifest PUTs wait up to 2s, then get 429",
+		func(c *Config, v string) error {
+			n, err := parseSize(v)
+			if err != nil {
+				return err
+			}
+			if n < handlers.MinManifestBudget {
+				return fmt.Errorf("%s is less than %s, a manifest of the largest size and the room kept for small ones", v, formatSize(handlers.MinManifestBudget))
+			}
+			c.ManifestBudget = n
+			return nil
+		}},
 
 	{"gc-disabled", "false", "do not run online garbage collection in this process (run `berth gc` elsewhere)",
 		func(c *Config, v string) (err error) { c.GCDisabled, err = strconv.ParseBool(v); return err }},

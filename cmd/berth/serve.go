@@ -130,6 +130,7 @@ func (m *Main) Run(ctx context.Context) error {
 			MinBodyRate:    c.MinBodyRate,
 			BodyRateWindow: c.BodyRateWindow,
 		},
+		ManifestBudget: c.ManifestBudget,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {

@@ -1,6 +1,7 @@
 // Command bench measures Berth against the reference registry, CNCF
-// Distribution, on this machine, in one run: manifest GETs, blob pushes and
-// pulls, tag lists, deletes and the catalog, each against both registries
+// Distribution, on this machine, in one run: manifest GETs, PUTs of the
+// largest manifests many at once, blob pushes and pulls, tag lists,
+// deletes and the catalog, each against both registries
 // one at a time, plus the physical limits of the machine (hashing, copying,
 // loopback HTTP) for context. It writes a markdown report with the ratios
 // and prints it.
@@ -34,6 +35,7 @@ type options struct {
 	registries  string
 	seedConns   int
 	profile     string
+	berthArgs   string
 }
 
 func logf(format string, args ...any) {
@@ -62,6 +64,7 @@ func main() {
 	flag.StringVar(&o.workDir, "work-dir", "", "directory for the blob stores and test files (default: a new temporary directory, removed afterwards)")
 	flag.StringVar(&o.registries, "registries", "berth,distribution", "which registries to measure, comma-separated")
 	flag.IntVar(&o.seedConns, "seed-conns", 16, "concurrent requests while seeding")
+	flag.StringVar(&o.berthArgs, "berth-args", "", "more arguments for berth serve, space-separated (e.g. --manifest-budget=1GiB)")
 	flag.StringVar(&o.profile, "profile", "", "record a system-wide perf profile of the scenarios matching this regexp, summarised in <dir of -out>/profiles/")
 	list := flag.Bool("list", false, "print the scenario names and exit")
 	flag.Parse()

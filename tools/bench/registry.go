@@ -210,6 +210,7 @@ func startBerth(ctx context.Context, o *options, work string) (*server, error) {
 		"--log-level", "warn",
 		"--gc-disabled",
 	}
+	args = append(args, strings.Fields(o.berthArgs)...)
 	if err := s.start(ctx, o.berthBin, args, nil); err != nil {
 		s.stop()
 		return nil, err

@@ -129,7 +129,7 @@ func (r *report) phys(id string) (float64, bool) {
 
 func fmtVal(unit string, v float64) string {
 	switch unit {
-	case "req/s", "MiB":
+	case "req/s", "MiB", "PUTs":
 		return fmt.Sprintf("%.0f", v)
 	case "ms":
 		switch {
@@ -203,6 +203,9 @@ func (r *report) markdown() string {
 	w("| load average before / after | %s / %s |\n", r.LoadBefore, r.LoadAfter)
 	w("\nThe load generator (this Go program, HTTP/1.1 keep-alive, every request recorded), the registry under test and PostgreSQL share the same %d cores; both registries are started, then each scenario runs against Berth and right after against Distribution, the other registry idle (so both face the same background load), each on 127.0.0.1, each seeded through its own API. Berth: `berth serve` on a fresh schema of the local PostgreSQL, filesystem blob store, `--log-level warn --gc-disabled`. Distribution: `registry serve` with the filesystem driver, `storage.delete.enabled: true`, the inmemory blob descriptor cache (as in its example configuration and image), access log off, log level warn, upload purging off, `OTEL_TRACES_EXPORTER=none` (its documented way to stop exporting traces; spans are still created).\n\n", numCPU())
 
+	if r.o.berthArgs != "" {
+		w("Berth ran with the extra arguments `%s`.\n\n", r.o.berthArgs)
+	}
 	w("How to read: **Berth/Dist.** is the plain ratio of the two numbers. **Berth vs Dist.** says which registry is better on that row and by how much, whatever the direction (throughput: higher is better; latency, time, memory: lower is better); within 2%% it says even. Fixed-duration points on a shared 2-core machine vary by about ±10%% from run to run: read single-digit percentages as noise. MiB = 2^20 bytes.\n\n")
 
 	r.targets(&b)
@@ -439,6 +442,13 @@ func (r *report) targets(b *strings.Builder) {
 		if ok1 && ok2 {
 			ts = append(ts, target{fmt.Sprintf("flat server memory, %s: peak RSS with %s ≤ with %s + 32 MiB", pair[1], mib(r.p.BigSize), mib(r.p.SmallSize)),
 				fmt.Sprintf("%.0f MiB vs %.0f MiB", big, small), pass(big <= small+32)})
+		}
+	}
+	for _, m := range []struct{ id, what string }{{"manifestput.c64", "27k layers"}, {"manifestput.annotations.c64", "40k annotations"}} {
+		if peak, ok := r.value(m.id+".peakrss", berthName); ok {
+			fives, _ := r.value(m.id+".5xx", berthName)
+			ts = append(ts, target{fmt.Sprintf("64 concurrent PUTs of 4 MiB manifests (%s): server peak RSS < 256 MiB, no 5xx", m.what),
+				fmt.Sprintf("%.0f MiB, %.0f answered 5xx", peak, fives), pass(peak < 256 && fives == 0)})
 		}
 	}
 	if len(ts) == 0 {

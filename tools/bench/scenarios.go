@@ -28,6 +28,7 @@ type params struct {
 	PullReps    int           // large blob downloads
 	Untags      int           // tags removed one by one
 	SeedConns   int           // concurrency of the seeding
+	PutLayers   int           // distinct layer blobs of the 4 MiB manifests
 }
 
 func fullParams() params {
@@ -36,6 +37,7 @@ func fullParams() params {
 		Tags: 100_000, DeleteTags: 20_000, Repos: 10_000,
 		SmallSize: 1 << 20, BigSize: 256 << 20, ChunkSize: 5 << 20,
 		SmallPushes: 1000, BigReps: 4, PullReps: 10, Untags: 100, SeedConns: 16,
+		PutLayers: 30_000, // more than fit: every layer distinct
 	}
 }
 
@@ -46,6 +48,7 @@ func quickParams() params {
 		Tags: 10_000, DeleteTags: 2_000, Repos: 1_000,
 		SmallSize: 1 << 20, BigSize: 64 << 20, ChunkSize: 5 << 20,
 		SmallPushes: 300, BigReps: 4, PullReps: 10, Untags: 30, SeedConns: 16,
+		PutLayers: 2_000,
 	}
 }
 
@@ -58,7 +61,8 @@ type env struct {
 	img          image
 	appDigest    digest.Digest
 	deleteDigest digest.Digest
-	notes        []string // oddities to report
+	bigManifests *bigManifests // of the manifest PUT scenarios, once seeded
+	notes        []string      // oddities to report
 }
 
 func (e *env) notef(format string, args ...any) {
@@ -150,6 +154,9 @@ func scenarios(p params) []scenario {
 			})
 		}
 	}
+
+	// Manifest PUT of the largest manifests, many at once.
+	list = append(list, manifestPutScenario(p, false), manifestPutScenario(p, true))
 
 	// Blob push.
 	type push struct {

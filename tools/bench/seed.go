@@ -20,6 +20,7 @@ import (
 //	bench/catalog/rNNNNN     p.Repos repositories of one image each: catalog
 //	bench/pull               blobs for the pull scenarios
 //	bench/push               where the push scenarios upload
+//	bench/bigmanifest        the ~27,000 layers of the 4 MiB manifests
 
 const (
 	mtManifest = "application/vnd.oci.image.manifest.v1+json"
@@ -158,6 +159,8 @@ func (e *env) seed(ctx context.Context, step string) error {
 			}
 			return c.putManifest(ctx, repoName(i), "latest", mtManifest, m)
 		})
+	case "bigmanifest":
+		return e.seedBigManifests(ctx)
 	case "pull":
 		err := parallel(ctx, e.pullSmall(), 4, func(ctx context.Context, i int) error {
 			d := genDigest(smallSeed(i), e.p.SmallSize)
