@@ -103,6 +103,12 @@ func (h *Handler) reserveManifest(r *http.Request) (release func(), err error) {
 	if n < 0 {
 		n = manifest.MaxSize
 	}
+	return h.reserveManifestBytes(r, n)
+}
+
+// reserveManifestBytes reserves n bytes of the budget for a manifest the
+// request handles (a push, or the stored payload a restore parses again).
+func (h *Handler) reserveManifestBytes(r *http.Request, n int64) (release func(), err error) {
 	ctx, cancel := context.WithTimeout(r.Context(), manifestBudgetWait)
 	defer cancel()
 	release, err = h.manifests.acquire(ctx, n)

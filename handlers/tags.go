@@ -137,6 +137,11 @@ func (h *Handler) undelete(r *http.Request, rt route, dgst digest.Digest, cond d
 	if err != nil {
 		return "", err
 	}
+	release, err := h.reserveManifestBytes(r, m.Size) // parsed again, like a push
+	if err != nil {
+		return "", err
+	}
+	defer release()
 	_, previous, err = h.storeManifest(r, rt.name, []string{rt.ref}, cond, m.MediaType, m.Payload, dgst, true)
 	return previous, err
 }
