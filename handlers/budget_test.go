@@ -5,17 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/berth-registry/berth/blobstore"
-	"github.com/berth-registry/berth/db"
-	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/manifest"
 )
@@ -26,20 +21,7 @@ import (
 // from then on.
 func newBudgetRegistry(t *testing.T) *registry {
 	t.Helper()
-	url := dbtest.NewURL(t)
-	d, err := db.Open(t.Context(), url, db.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	store, err := blobstore.NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(handlers.New(handlers.Options{DB: d, Blobs: store,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ManifestBudget: handlers.MinManifestBudget}))
-	t.Cleanup(srv.Close)
-	return &registry{t: t, srv: srv, db: d, dbURL: url}
+	return newRegistryWith(t, func(o *handlers.Options) { o.ManifestBudget = handlers.MinManifestBudget })
 }
 
 // fullSize returns a valid manifest of exactly manifest.MaxSize bytes,
