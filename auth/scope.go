@@ -135,17 +135,21 @@ func ParseActions(s string) ([]string, error) {
 	return sortedSet(out), nil
 }
 
-// ParseGrantScope parses the scope of an API token as given to
+// ParseGrantScope parses a scope of an API token as given to
 // "berth token create --scope": strictly "repository:GLOB:ACTIONS", with a
-// valid glob and known actions, because, unlike a token request, a mistake
-// here should be reported to the operator, not quietly dropped.
+// valid glob and known actions, or "registry:catalog:*" (which only an
+// admin's token can use). Unlike a token request, a mistake here is
+// reported to the operator, not quietly dropped.
 func ParseGrantScope(s string) (Scope, error) {
 	sc, err := ParseScope(s)
 	if err != nil {
 		return Scope{}, err
 	}
+	if sc.Type == TypeRegistry && sc.Name == CatalogName && slices.Equal(sc.Actions, []string{CatalogAction}) {
+		return sc, nil
+	}
 	if sc.Type != TypeRepository {
-		return Scope{}, fmt.Errorf("scope %q: only repository:GLOB:ACTIONS scopes can be given to a token", s)
+		return Scope{}, fmt.Errorf("scope %q: want repository:GLOB:ACTIONS or registry:catalog:*", s)
 	}
 	if err := ValidGlob(sc.Name); err != nil {
 		return Scope{}, fmt.Errorf("scope %q: %w", s, err)
