@@ -2,21 +2,24 @@ package auth
 
 import (
 	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/netip"
 	"sync"
 	"time"
 )
 
 const (
-	// FailureWindow is how long a failed login is remembered: a
-	// counter is forgotten 15 minutes after its last failure, the lockout
-	// window OWASP suggests, so a user who mistyped is soon back to full
-	// speed while a guesser stays slowed as long as he keeps guessing.
+	// FailureWindow is how long a failed login is remembered: a counter
+	// is forgotten 15 minutes (the figure) after its last failure,
+	// so a user who mistyped is soon back to full speed while a guesser
+	// stays slowed as long as he keeps guessing.
 	FailureWindow = 15 * time.Minute
 	// MaxThrottleKeys bounds the users and, separately, the addresses a
 	// Throttle tracks, so that a flood of made-up names or addresses
-	// cannot exhaust memory: 10,000 entries of about 100 bytes each is
-	// about 1 MB. Past it the entry failed longest ago is forgotten.
+	// cannot exhaust memory: with keys of at most 128 bytes (longer ones
+	// are hashed), 10,000 entries take a few MB at most. Past it the entry
+	// that failed longest ago is forgotten.
 	MaxThrottleKeys = 10_000
 )
 
@@ -66,7 +69,7 @@ func NewThrottle(base, maxDelay time.Duration) *Throttle {
 func (t *Throttle) Delay(user, addr string, now time.Time) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return max(t.delay(t.users.get(user, now)), t.delay(t.addrs.get(addrKey(addr), now)))
+	return max(t.delay(t.users.get(userKey(user), now)), t.delay(t.addrs.get(addrKey(addr), now)))
 }
 
 func (t *Throttle) delay(failures int) time.Duration {
@@ -85,7 +88,7 @@ func (t *Throttle) delay(failures int) time.Duration {
 func (t *Throttle) Failed(user, addr string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.users.fail(user, now, t.maxKeys)
+	t.users.fail(userKey(user), now, t.maxKeys)
 	t.addrs.fail(addrKey(addr), now, t.maxKeys)
 }
 
@@ -97,18 +100,30 @@ func (t *Throttle) Failed(user, addr string, now time.Time) {
 func (t *Throttle) Succeeded(user, addr string, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.users.remove(user)
+	t.users.remove(userKey(user))
+}
+
+// userKey is the key of a user name: the name, or the SHA-256 of a name
+// too long to be valid, so that made-up names cannot make entries large.
+// (The name is not otherwise normalised: the caller passes it as users are
+// looked up.)
+func userKey(user string) string {
+	if len(user) <= MaxNameLength {
+		return user
+	}
+	h := sha256.Sum256([]byte(user))
+	return "sha256:" + hex.EncodeToString(h[:])
 }
 
 // addrKey is the key of a client address: the IP without port, and for
 // IPv6 its /64, since one client commonly holds a whole /64. Anything that
-// is not an IP is used as it is.
+// is not an IP is used as it is, or hashed if long.
 func addrKey(addr string) string {
 	ip, err := netip.ParseAddr(addr)
 	if err != nil {
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil {
-			return addr
+			return userKey(addr)
 		}
 		ip = ap.Addr()
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -90,6 +91,12 @@ func TestThrottle(t *testing.T) {
 			{"delay", "d", "2001:db8:1:3::1", 0, 0},
 			{"delay", "d", "10.0.0.1", 0, 100 * ms},
 		}},
+		{"long names hashed, still counted", []step{
+			{"fail", strings.Repeat("x", 5000), "10.0.0.1", 0, 0},
+			{"fail", strings.Repeat("x", 5000), "10.0.0.2", 0, 0},
+			{"delay", strings.Repeat("x", 5000), "10.0.0.3", 0, 200 * ms},
+			{"delay", strings.Repeat("x", 4999) + "y", "10.0.0.3", 0, 0},
+		}},
 		{"no address", []step{
 			{"fail", "a", "", 0, 0},
 			{"fail", "b", "", 0, 0},
@@ -143,6 +150,15 @@ func TestThrottleBounded(t *testing.T) {
 	th.Failed("user5", "10.0.0.5", testNow.Add(11*time.Second))
 	if n := th.users.order.Len(); n != 3 || len(th.users.byKey) != 3 {
 		t.Fatalf("%d users tracked", n)
+	}
+	long := NewThrottle(0, 0)
+	long.Failed(strings.Repeat("u", 10_000), strings.Repeat("a", 10_000), testNow)
+	for _, c := range []failureCounts{long.users, long.addrs} {
+		for k := range c.byKey {
+			if len(k) > MaxNameLength {
+				t.Fatalf("a key of %d bytes", len(k))
+			}
+		}
 	}
 	for i, want := range []time.Duration{0, 0, 200 * time.Millisecond, 0, 100 * time.Millisecond, 100 * time.Millisecond} {
 		now := testNow.Add(time.Minute)

@@ -308,6 +308,11 @@ func (v *Verifier) Verify(raw string, now time.Time) (Token, error) {
 	var c claims
 	own := false
 	keyfunc := func(t *jwt.Token) (any, error) {
+		if _, ok := t.Header["crit"]; ok {
+			// RFC 7515 section 4.1.11: extensions the recipient does not
+			// understand make the token invalid, and none are understood.
+			return nil, errors.New("crit header: no extensions are supported")
+		}
 		alg := t.Method.Alg()
 		kid, _ := t.Header["kid"].(string)
 		var pub crypto.PublicKey

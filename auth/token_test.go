@@ -455,6 +455,7 @@ func TestVerifyRefuses(t *testing.T) {
 		{"x5c not base64", sign(t, jwt.SigningMethodRS256, e.key, map[string]any{"x5c": []string{"!!"}}, dockerAuthClaims(testNow)), ErrTokenInvalid, "x5c[0]"},
 		{"x5c not a list", sign(t, jwt.SigningMethodRS256, e.key, map[string]any{"x5c": "abc"}, dockerAuthClaims(testNow)), ErrTokenInvalid, "x5c"},
 		{"x5c too long", sign(t, jwt.SigningMethodRS256, e.key, map[string]any{"x5c": x5c(e.leaf, e.inter, e.inter, e.inter, e.inter, e.inter, e.inter, e.inter, e.inter)}, dockerAuthClaims(testNow)), ErrTokenInvalid, "x5c"},
+		{"crit header", sign(t, jwt.SigningMethodRS256, e.key, map[string]any{"kid": "gitlab-1", "crit": []string{"exp"}}, dockerAuthClaims(testNow)), ErrTokenInvalid, "crit"},
 		{"garbage", "a.b.c", ErrTokenInvalid, "malformed"},
 		{"empty", "", ErrTokenInvalid, "malformed"},
 		{"access claim of the wrong shape", rs(with("access", "everything")), ErrTokenInvalid, "malformed"},
