@@ -5,9 +5,10 @@ import (
 	"strings"
 )
 
-// MaxGlobLength bounds a repository glob: a glob longer than the longest
+// MaxGlobLength bounds a repository glob at the length of the longest
 // repository name (255 bytes, what the reference registry and Docker
-// enforce, as handlers does) could only match by its stars matching nothing.
+// enforce, as handlers does): a longer glob is a mistake, and the bound
+// keeps MatchGlob's work small.
 const MaxGlobLength = 255
 
 // ValidGlob reports whether glob is a repository glob: the characters of

@@ -8,7 +8,7 @@ import (
 type Grant struct {
 	Subject  string // a user name, "group:<name>", "anonymous" or "authenticated"
 	RepoGlob string
-	Actions  []string
+	Actions  []string // as ParseActions returns them; anything else (even "*") grants nothing
 }
 
 // Principal is who a request acts for, as the handlers found out from its
