@@ -253,6 +253,7 @@ func (d *DB) ManifestReadStats() (reads, statements int64) {
 type Actor struct {
 	Name      string // authenticated user, or the client address when anonymous
 	RequestID string
+	TokenID   string // the API token the request authenticated with, if any
 }
 
 // maxAttempts bounds the retries of a transaction that PostgreSQL aborted
