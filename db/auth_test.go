@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/db/dbtest"
 )
@@ -529,5 +530,55 @@ func TestRepositoryListVisible(t *testing.T) {
 	mustDo(t, err)
 	if !slices.Contains(page, "a") || slices.ContainsFunc(page, func(n string) bool { return strings.HasPrefix(n, "a/") }) {
 		t.Errorf("a shown by s2: %q", page)
+	}
+}
+
+// The catalog statement with the globs of package auth, as the API calls
+// it, agrees with auth.Allowed: PostgreSQL's regular expressions read
+// auth.GlobRegex as MatchGlob does.
+func TestRepositoryListVisibleAgreesWithAuth(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.NewURL(t)
+	d, err := db.Open(ctx, url, db.Options{})
+	mustDo(t, err)
+	defer d.Close()
+	names := []string{"a", "a.b", "a-b", "a_b", "a/b", "a/b/c", "a/bc", "ab", "axb", "team-a/app", "team-a/frozen/app",
+		"team-a/frozen", "team-a", "team-ab/x", "x/cache", "x/y/cache", "cache", "public/busybox", "b/a.b/c"}
+	dbtest.Exec(t, url, `INSERT INTO repositories (name) SELECT unnest($1::text[])`, names)
+	slices.Sort(names)
+	globs := []string{"a", "a.b", "a*", "a/*", "a/**", "**", "*", "team-a/**", "team-a/frozen/**", "team-a**",
+		"**/cache", "a/**/c", "*/*", "a?b", "a.*", "b/a.b/*"}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for round := range 200 {
+		var grants []auth.Grant
+		var patterns []db.GrantPattern
+		for range 1 + rng.IntN(5) {
+			g := auth.Grant{Subject: fmt.Sprintf("s%d", rng.IntN(3)), RepoGlob: globs[rng.IntN(len(globs))]}
+			if rng.IntN(2) == 0 {
+				g.Actions = []string{auth.Pull}
+			} else if rng.IntN(2) == 0 {
+				g.Actions = []string{auth.Push}
+			}
+			grants = append(grants, g)
+			patterns = append(patterns, db.GrantPattern{Subject: g.Subject, Regex: auth.GlobRegex(g.RepoGlob),
+				Length: len(g.RepoGlob), Pull: slices.Contains(g.Actions, auth.Pull)})
+		}
+		var want []string
+		for _, n := range names {
+			for _, s := range []string{"s0", "s1", "s2"} {
+				// Each subject alone, as a user with no groups would be
+				// were the subject its name.
+				if slices.Contains(auth.Allowed(auth.Principal{Name: s}, grants, n), auth.Pull) {
+					want = append(want, n)
+					break
+				}
+			}
+		}
+		got, _, err := d.RepositoryListVisible(ctx, "", 100, patterns)
+		mustDo(t, err)
+		if !slices.Equal(got, want) && len(got)+len(want) > 0 {
+			t.Fatalf("round %d, grants %+v:\ngot  %q\nwant %q", round, grants, got, want)
+		}
 	}
 }
