@@ -52,9 +52,9 @@ func audit(ctx context.Context, tx pgx.Tx, actor Actor, e event) error {
 		}
 	}
 	_, err := tx.Exec(ctx, `
-INSERT INTO audit_log (actor, request_id, action, repository, tag, digest, old_digest, detail)
-VALUES ($1, $2, $3, $4, NULLIF($5, ''), NULLIF($6, ''), NULLIF($7, ''), $8)`,
-		actor.Name, actor.RequestID, e.action, e.repository, e.tag, e.digest, e.oldDigest, detail)
+INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, digest, old_digest, detail)
+VALUES ($1, $2, NULLIF($3, ''), $4, $5, NULLIF($6, ''), NULLIF($7, ''), NULLIF($8, ''), $9)`,
+		actor.Name, actor.RequestID, actor.TokenID, e.action, e.repository, e.tag, e.digest, e.oldDigest, detail)
 	if err != nil {
 		return fmt.Errorf("write audit log (%s): %w", e.action, err)
 	}
@@ -69,9 +69,9 @@ func auditTagsRemoved(ctx context.Context, tx pgx.Tx, actor Actor, repo string, 
 		return nil
 	}
 	_, err := tx.Exec(ctx, `
-INSERT INTO audit_log (actor, request_id, action, repository, tag, old_digest)
-SELECT $1, $2, $3, $4, t, $5 FROM unnest($6::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n`,
-		actor.Name, actor.RequestID, ActionTagDelete, repo, dgst, tags)
+INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, old_digest)
+SELECT $1, $2, NULLIF($3, ''), $4, $5, t, $6 FROM unnest($7::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n`,
+		actor.Name, actor.RequestID, actor.TokenID, ActionTagDelete, repo, dgst, tags)
 	if err != nil {
 		return fmt.Errorf("write audit log (%s): %w", ActionTagDelete, err)
 	}
@@ -87,6 +87,7 @@ type TagEvent struct {
 	OldDigest string // where it pointed before; empty when created
 	Actor     string
 	RequestID string
+	TokenID   string // the API token the change was made with, if any
 }
 
 // TagHistory returns up to n changes of tag in repo, newest first, older
@@ -97,7 +98,7 @@ func (d *DB) TagHistory(ctx context.Context, repo, tag string, before int64, n i
 		before = 1<<63 - 1
 	}
 	rows, err := d.q.Query(ctx, `
-SELECT a.id, a.at, a.action, coalesce(a.digest, ''), coalesce(a.old_digest, ''), a.actor, a.request_id
+SELECT a.id, a.at, a.action, coalesce(a.digest, ''), coalesce(a.old_digest, ''), a.actor, a.request_id, a.token_id
 FROM repositories r
 LEFT JOIN LATERAL (
     SELECT * FROM audit_log
@@ -115,14 +116,17 @@ WHERE r.name = $1`, repo, tag, before, n+1)
 		var id *int64
 		var at *time.Time
 		var e TagEvent
-		var action, actor, reqID *string
-		if err := rows.Scan(&id, &at, &action, &e.Digest, &e.OldDigest, &actor, &reqID); err != nil {
+		var action, actor, reqID, tokenID *string
+		if err := rows.Scan(&id, &at, &action, &e.Digest, &e.OldDigest, &actor, &reqID, &tokenID); err != nil {
 			return nil, false, fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
 		}
 		if id == nil {
 			continue // the repository exists but the tag has no history
 		}
 		e.ID, e.At, e.Action, e.Actor, e.RequestID = *id, *at, *action, *actor, *reqID
+		if tokenID != nil {
+			e.TokenID = *tokenID
+		}
 		events = append(events, e)
 	}
 	if err := rows.Err(); err != nil {

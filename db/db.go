@@ -12,6 +12,12 @@
 //	              ├─< tags ──> manifests                │
 //	              └─< uploads   (bytes in the blob store, not here)
 //
+//	users ─┬─< group_members >── groups
+//	       └─< api_tokens
+//	grants (subject: a user name, "group:<name>", "anonymous" or
+//	        "authenticated"; text, not a key: see auth.go)
+//	signing_keys
+//
 // A blob is visible in a repository only through repository_blobs. A
 // manifest row is live while deleted_at is NULL; a delete by digest writes a
 // tombstone and removes the manifest's tags in the same transaction.
@@ -37,6 +43,18 @@
 //     queues its candidates at the very end, and the collector claims
 //     candidates in a transaction of their own that locks nothing else.
 //
+// The authentication tables are never locked in a transaction that locks
+// any of the above, and among themselves in this order:
+//
+//  7. users, in name order (FOR KEY SHARE while a grant, membership or
+//     token is written for them; deleted with what belongs to them);
+//  8. groups, likewise;
+//  9. grants, and API tokens in id order (TokenTouch, and UserDelete
+//     before its cascade deletes them);
+//  10. the advisory lock (0x6175, 1) under which the first signing key is
+//     created (SigningKeys): taken alone, so that replicas starting at
+//     once create one key between them.
+//
 // What each operation locks, and why that is enough:
 //
 //	manifest push   children FOR SHARE → the manifest FOR UPDATE → its tags FOR UPDATE, by name → blobs FOR SHARE
@@ -47,6 +65,9 @@
 //	blob mount      the blob FOR SHARE
 //	blob unlink     the repository link (deleted)
 //	upload chunk    nothing: a compare-and-set on the session's size
+//	grant, token    the user or group FOR KEY SHARE → the grant (token insert)
+//	user delete     the user FOR UPDATE → its tokens FOR UPDATE, by id → (deleted, with memberships) → its grants (deleted)
+//	token touch     the tokens FOR UPDATE, by id
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
 //	gc of manifest  the manifest FOR UPDATE → candidates
 //
@@ -253,6 +274,7 @@ func (d *DB) ManifestReadStats() (reads, statements int64) {
 type Actor struct {
 	Name      string // authenticated user, or the client address when anonymous
 	RequestID string
+	TokenID   string // the API token the request authenticated with, if any
 }
 
 // maxAttempts bounds the retries of a transaction that PostgreSQL aborted

@@ -20,6 +20,12 @@ var (
 	ErrBlobUnknown       = errors.New("blob not known")
 	ErrUploadUnknown     = errors.New("upload session not known")
 	ErrTagUnknown        = errors.New("tag not known")
+	ErrUserUnknown       = errors.New("user not known")
+	ErrGroupUnknown      = errors.New("group not known")
+	ErrGrantUnknown      = errors.New("grant not known")
+	ErrTokenUnknown      = errors.New("API token not known")
+	// ErrUserExists means a user of that name already exists.
+	ErrUserExists = errors.New("user already exists")
 	// ErrUploadOffset means an upload chunk did not start where the session
 	// stands, typically because another request appended first.
 	ErrUploadOffset = errors.New("upload chunk does not start at the session's current offset")
@@ -71,6 +77,14 @@ func uploadUnknown(repo, id string) error {
 
 func tagUnknown(repo, tag string) error {
 	return notFound(ErrTagUnknown, "tag %s is not in repository %s", tag, repo)
+}
+
+func userUnknown(name string) error {
+	return notFound(ErrUserUnknown, "user %s does not exist", name)
+}
+
+func groupUnknown(name string) error {
+	return notFound(ErrGroupUnknown, "group %s does not exist; create it with berth group add", name)
 }
 
 // MissingReferenceError reports a manifest that references a blob or child

@@ -13,6 +13,7 @@ import (
 type Upload struct {
 	ID         string
 	Repository string
+	Owner      string // the principal that opened the session; empty if none was recorded
 	Size       int64  // bytes received so far
 	HashState  []byte // marshalled sha256 state of those bytes
 	StoreState []byte // the blob store's own record of where they are
@@ -22,7 +23,9 @@ type Upload struct {
 
 // UploadCreate opens a session in repository repo, creating the repository
 // on first use. With limit > 0, a repository holds at most limit open
-// sessions: past it, the error wraps ErrTooManyUploads.
+// sessions: past it, the error wraps ErrTooManyUploads. owner is the
+// principal opening the session, recorded so that the API can refuse the
+// session to anyone else ("" records none).
 //
 // Locks: an advisory lock on the repository's sessions, so that the
 // sessions opened at once in one repository, by any replica, are counted
@@ -30,7 +33,7 @@ type Upload struct {
 // repository row (never locked, see the package documentation) and before
 // the new session row; closing a session only frees a slot and needs it
 // not.
-func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte, limit int, actor Actor) error {
+func (d *DB) UploadCreate(ctx context.Context, repo, id, owner string, hashState []byte, limit int, actor Actor) error {
 	return d.withTx(ctx, func(tx pgx.Tx) error {
 		repoID, err := repositoryEnsure(ctx, tx, repo)
 		if err != nil {
@@ -42,8 +45,8 @@ func (d *DB) UploadCreate(ctx context.Context, repo, id string, hashState []byte
 			}
 		}
 		_, err = tx.Exec(ctx,
-			`INSERT INTO uploads (id, repository_id, hash_state) VALUES ($1, $2, $3)`,
-			id, repoID, hashState)
+			`INSERT INTO uploads (id, repository_id, owner, hash_state) VALUES ($1, $2, NULLIF($3, ''), $4)`,
+			id, repoID, owner, hashState)
 		if err != nil {
 			return fmt.Errorf("create upload %s: %w", id, err)
 		}
@@ -77,10 +80,10 @@ func uploadsWithinLimit(ctx context.Context, tx pgx.Tx, repo string, repoID int6
 func (d *DB) UploadGet(ctx context.Context, repo, id string) (Upload, error) {
 	u := Upload{ID: id, Repository: repo}
 	err := d.q.QueryRow(ctx, `
-SELECT u.size, u.hash_state, u.store_state, u.created_at, u.updated_at
+SELECT coalesce(u.owner, ''), u.size, u.hash_state, u.store_state, u.created_at, u.updated_at
 FROM uploads u JOIN repositories r ON r.id = u.repository_id
 WHERE u.id = $1 AND r.name = $2`, id, repo).Scan(
-		&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+		&u.Owner, &u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Upload{}, uploadUnknown(repo, id)
 	}
@@ -121,8 +124,8 @@ func (d *DB) UploadDelete(ctx context.Context, repo, id string, actor Actor) (Up
 		err := tx.QueryRow(ctx, `
 DELETE FROM uploads u USING repositories r
 WHERE r.id = u.repository_id AND u.id = $1 AND r.name = $2
-RETURNING u.size, u.hash_state, u.store_state, u.created_at, u.updated_at`, id, repo).Scan(
-			&u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+RETURNING coalesce(u.owner, ''), u.size, u.hash_state, u.store_state, u.created_at, u.updated_at`, id, repo).Scan(
+			&u.Owner, &u.Size, &u.HashState, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return uploadUnknown(repo, id)
 		}
@@ -183,13 +186,13 @@ DELETE FROM uploads u USING repositories r
 WHERE r.id = u.repository_id AND u.id IN (
     SELECT id FROM uploads WHERE updated_at <= now() - $1 * interval '1 microsecond'
     ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-RETURNING u.id, r.name, u.size, u.store_state, u.created_at, u.updated_at`, timeout.Microseconds(), limit)
+RETURNING u.id, r.name, coalesce(u.owner, ''), u.size, u.store_state, u.created_at, u.updated_at`, timeout.Microseconds(), limit)
 		if err != nil {
 			return fmt.Errorf("expire uploads: %w", err)
 		}
 		expired, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Upload, error) {
 			var u Upload
-			err := row.Scan(&u.ID, &u.Repository, &u.Size, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
+			err := row.Scan(&u.ID, &u.Repository, &u.Owner, &u.Size, &u.StoreState, &u.CreatedAt, &u.UpdatedAt)
 			return u, err
 		})
 		if err != nil {

@@ -45,7 +45,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		return h.monolithicUpload(w, r, rt, dgst)
 	}
 	id := newUploadID()
-	if err := h.db.UploadCreate(r.Context(), rt.name, id, digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
+	if err := h.db.UploadCreate(r.Context(), rt.name, id, "", digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
 		return err
 	}
 	uploadHeaders(w, rt.name, id, 0)

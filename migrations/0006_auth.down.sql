@@ -1,0 +1,10 @@
+BEGIN;
+ALTER TABLE uploads DROP COLUMN owner;
+ALTER TABLE audit_log DROP COLUMN token_id;
+DROP TABLE signing_keys;
+DROP TABLE api_tokens;
+DROP TABLE grants;
+DROP TABLE group_members;
+DROP TABLE groups;
+DROP TABLE users;
+COMMIT;
