@@ -154,6 +154,10 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 	if errors.As(err, &oe) {
 		return oe
 	}
+	var ae *authError
+	if errors.As(err, &ae) {
+		return ae.wire()
+	}
 	for _, d := range domainErrors {
 		if !errors.Is(err, d.err) {
 			continue

@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 )
@@ -62,6 +63,8 @@ type Options struct {
 	// takes in at once (see DefaultManifestBudget); 0 means the default,
 	// less than MinManifestBudget means MinManifestBudget.
 	ManifestBudget int64
+	// Auth configures authentication; the zero value is none.
+	Auth AuthConfig
 }
 
 // Handler serves the OCI distribution API.
@@ -77,6 +80,13 @@ type Handler struct {
 	storage  *storageWatch
 	// manifests is the budget of manifest bytes in flight.
 	manifests *manifestBudget
+
+	auth      AuthConfig
+	throttle  *auth.Throttle
+	passwords passwordCache
+	tokenUses *tokenUses
+	stopFlush chan struct{}
+	flushed   chan struct{}
 }
 
 // redirectExpiry is how long a presigned blob URL stays valid: long enough
@@ -86,7 +96,7 @@ const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits}
+	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth}
 	if opts.ManifestBudget == 0 {
 		opts.ManifestBudget = DefaultManifestBudget
 	}
@@ -101,6 +111,15 @@ func New(opts Options) *Handler {
 	h.registry = reg
 	h.storage = newStorageWatch(h.log, reg)
 	h.blobs = watchedStore{opts.Blobs, h.storage}
+	if h.auth.enabled() {
+		h.throttle = h.auth.Throttle
+		if h.throttle == nil {
+			h.throttle = auth.NewThrottle(0, 0)
+		}
+		h.tokenUses = &tokenUses{db: h.db}
+		h.stopFlush, h.flushed = make(chan struct{}), make(chan struct{})
+		go h.flushTokenUses()
+	}
 	metrics := newHTTPMetrics(reg)
 	r := chi.NewRouter()
 	r.Use(requestID, metrics.instrument, h.accessLog, h.recoverer, h.bodyRate)
@@ -113,6 +132,11 @@ func New(opts Options) *Handler {
 	})
 	// /v2 without the slash is what some clients probe first.
 	r.With(apiVersion).Get("/v2", h.serve(h.base))
+	if h.auth.Mode == AuthToken {
+		r.Get("/auth/token", h.serve(h.tokenService))
+		r.Post("/auth/token", h.serve(h.tokenService))
+		r.Get("/auth/jwks", h.serve(h.jwks))
+	}
 	r.Get("/healthz", healthz)
 	r.Get("/readyz", h.readyz(false))
 	if !opts.AdminSeparate {
@@ -124,10 +148,42 @@ func New(opts Options) *Handler {
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.router.ServeHTTP(w, r) }
 
+// Close stops the background work of the API and writes what it buffered
+// (the last uses of API tokens). Call it once the server has stopped.
+func (h *Handler) Close(ctx context.Context) error {
+	if h.stopFlush == nil {
+		return nil
+	}
+	close(h.stopFlush)
+	<-h.flushed
+	return h.tokenUses.flush(ctx)
+}
+
+func (h *Handler) flushTokenUses() {
+	defer close(h.flushed)
+	t := time.NewTicker(tokenUseFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stopFlush:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), tokenUseFlush)
+			if err := h.tokenUses.flush(ctx); err != nil {
+				h.log.Warn("record the last use of API tokens", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
 // base answers the version check: 200 means "this is a v2 registry and you
 // may use it".
 func (h *Handler) base(w http.ResponseWriter, r *http.Request) error {
 	setRoute(r.Context(), "base")
+	if _, err := h.authorizeRequest(r, nil, nil); err != nil {
+		return err
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")
 	if r.Method != http.MethodHead {
@@ -147,6 +203,11 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !validName(rt.name) {
 		return errorf(CodeNameInvalid, "invalid repository name %q: lower-case letters and digits in components separated by '/', with '.', '_', '__' or '-' inside components, at most %d characters", clip(rt.name), maxNameLength)
+	}
+	need := requiredScope(rt, r.Method)
+	r, err := h.authorizeRequest(r, &rt, &need)
+	if err != nil {
+		return err
 	}
 	m := r.Method
 	switch rt.kind {
@@ -207,13 +268,27 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	return errorf(CodeUnsupported, "%s is not supported on %s", clip(m), clip(r.URL.Path))
 }
 
-// actor identifies who makes a change, for the audit trail.
+// actor identifies who makes a change, for the audit trail: the user (and
+// the API token it used), or the client's address when anonymous.
 func actor(r *http.Request) db.Actor {
-	name := "anonymous"
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		name = "anonymous@" + host
+	a := db.Actor{Name: "anonymous", RequestID: requestIDFrom(r.Context())}
+	if p := principalOf(r.Context()); p != nil && p.Name != "" {
+		a.Name, a.TokenID = p.Name, p.TokenID
+		return a
 	}
-	return db.Actor{Name: name, RequestID: requestIDFrom(r.Context())}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		a.Name = "anonymous@" + host
+	}
+	return a
+}
+
+// uploadOwner is the name an upload session opened by r is recorded
+// under: its principal with authentication on, nobody without.
+func uploadOwner(r *http.Request) string {
+	if p := principalOf(r.Context()); p != nil {
+		return p.owner()
+	}
+	return ""
 }
 
 // apiVersion sets the header by which Docker clients recognise a v2

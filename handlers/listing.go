@@ -96,7 +96,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	names, more, err := h.db.RepositoryList(r.Context(), last, n)
+	names, more, err := h.catalogPage(r, last, n)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/digests"
@@ -45,7 +46,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		return h.monolithicUpload(w, r, rt, dgst)
 	}
 	id := newUploadID()
-	if err := h.db.UploadCreate(r.Context(), rt.name, id, "", digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
+	if err := h.db.UploadCreate(r.Context(), rt.name, id, uploadOwner(r), digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
 		return err
 	}
 	uploadHeaders(w, rt.name, id, 0)
@@ -68,6 +69,11 @@ func (h *Handler) mountBlob(w http.ResponseWriter, r *http.Request, rt route, mo
 	}
 	if !validName(from) {
 		return false, errorf(CodeNameInvalid, "invalid repository name %q in the from parameter", clip(from))
+	}
+	if p := principalOf(r.Context()); p != nil && !p.may(auth.Scope{Type: auth.TypeRepository, Name: from, Actions: []string{auth.Pull}}) {
+		// Not allowed to read the source: an ordinary upload instead,
+		// which tells nothing of whether the blob is there.
+		return false, nil
 	}
 	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), actor(r))
 	if errors.Is(err, db.ErrBlobUnknown) {
@@ -193,8 +199,8 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 
 // cancelUpload serves DELETE of a session.
 func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {
-	if !validUploadID(rt.ref) {
-		return unknownUpload(rt.name, rt.ref)
+	if _, err := h.loadUpload(r, rt); err != nil {
+		return err // unknown, or another principal's: cancelled by its owner only
 	}
 	u, err := h.db.UploadDelete(r.Context(), rt.name, rt.ref, actor(r))
 	if err != nil {
@@ -234,6 +240,11 @@ func (h *Handler) loadUpload(r *http.Request, rt route) (db.Upload, error) {
 	u, err := h.db.UploadGet(r.Context(), rt.name, rt.ref)
 	if err != nil {
 		return db.Upload{}, err
+	}
+	if u.Owner != "" && u.Owner != uploadOwner(r) {
+		// Another principal's session: as unknown as a session that never
+		// was, so that ids cannot be probed.
+		return db.Upload{}, unknownUpload(rt.name, rt.ref)
 	}
 	return u, nil
 }

@@ -42,6 +42,15 @@ type Config struct {
 	DebugListen     string
 	AdminListen     string
 
+	Auth                    string
+	AuthRealm               string
+	AuthService             string
+	AuthIssuer              string
+	AuthTokenTTL            time.Duration
+	ExternalURL             string
+	AuthTokenJWKS           string
+	AuthTokenRootCertBundle string
+
 	MaxConnections    int   // 0: automatic, see connectionLimit
 	MaxUploadSessions int   // per repository; 0: no limit
 	MinBodyRate       int64 // bytes per second; 0: no minimum
@@ -199,6 +208,36 @@ var settings = []setting{
 		str(func(c *Config) *string { return &c.AdminListen })},
 	{"debug-listen", "", "deprecated: use --admin-listen; address for Go's profiling endpoints /debug/pprof/ alone",
 		str(func(c *Config) *string { return &c.DebugListen })},
+	{"auth", "none", "authentication: none (everyone may do everything), basic (Basic credentials: passwords or API tokens) or token (the Docker token protocol, with the token service at /auth/token)",
+		func(c *Config, v string) error {
+			if v != "none" && v != "basic" && v != "token" {
+				return fmt.Errorf("unknown auth mode %q (supported: none, basic, token)", v)
+			}
+			c.Auth = v
+			return nil
+		}},
+	{"auth-realm", "", "Basic realm (default berth), or the token service's URL in token mode (default <external URL>/auth/token)",
+		str(func(c *Config) *string { return &c.AuthRealm })},
+	{"auth-service", "berth", "service name of the token protocol: the audience of tokens",
+		str(func(c *Config) *string { return &c.AuthService })},
+	{"auth-issuer", "berth", "issuer of Berth's tokens, and the issuer accepted from an external token server",
+		str(func(c *Config) *string { return &c.AuthIssuer })},
+	{"auth-token-ttl", "15m", "life of the tokens Berth's token service issues",
+		func(c *Config, v string) error {
+			if err := duration(func(c *Config) *time.Duration { return &c.AuthTokenTTL })(c, v); err != nil {
+				return err
+			}
+			if c.AuthTokenTTL == 0 {
+				return errors.New("must be positive")
+			}
+			return nil
+		}},
+	{"external-url", "", "URL clients reach Berth at, e.g. https://registry.example.com (default: from each request's Host)",
+		str(func(c *Config) *string { return &c.ExternalURL })},
+	{"auth-token-jwks", "", "JWKS file of an external token server whose tokens Berth accepts (token mode)",
+		str(func(c *Config) *string { return &c.AuthTokenJWKS })},
+	{"auth-token-rootcertbundle", "", "PEM bundle of the certificates an external token server signs with (token mode)",
+		str(func(c *Config) *string { return &c.AuthTokenRootCertBundle })},
 	{"max-connections", "0", "most client connections served at once; more are answered 503 at once (0: a quarter of the open-file limit, at most 10000)",
 		nonNegativeInt(func(c *Config) *int { return &c.MaxConnections })},
 	{"max-upload-sessions", "1000", "most open upload sessions per repository; more are refused with 429 until some finish, are cancelled or expire (0: no limit)",

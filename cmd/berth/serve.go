@@ -38,6 +38,7 @@ type Main struct {
 	served   chan error
 	stopGC   context.CancelFunc
 	gcDone   chan struct{}
+	api      *handlers.Handler
 	admin    *asideServer // --admin-listen, when set
 
 	closeOnce sync.Once
@@ -107,6 +108,10 @@ func (m *Main) Run(ctx context.Context) error {
 			collector.Run(gcCtx)
 		}()
 	}
+	authConfig, err := authConfig(ctx, c, m.db)
+	if err != nil {
+		return err
+	}
 	registry := metrics.Registry(m.db, collector, m.Logger)
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
@@ -131,12 +136,14 @@ func (m *Main) Run(ctx context.Context) error {
 			BodyRateWindow: c.BodyRateWindow,
 		},
 		ManifestBudget: c.ManifestBudget,
+		Auth:           authConfig,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.Listen, err)
 	}
 	m.listener = handlers.LimitConnections(ln, connectionLimit(c.MaxConnections), m.Logger, registry)
+	m.api = api
 	m.server = &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: 30 * time.Second,
@@ -166,7 +173,11 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.Logger.Info("berth serving", "addr", m.listener.Addr().String(),
 		"storage", c.Storage, "blobs", where, "database", dbase.describe(), "gc", !c.GCDisabled,
-		"max_connections", connectionLimit(c.MaxConnections))
+		"max_connections", connectionLimit(c.MaxConnections), "auth", c.Auth)
+	if c.Auth == handlers.AuthNone && !loopback(m.listener.Addr()) {
+		m.Logger.Warn("authentication is off (--auth none) and the API listens beyond this host: anyone who reaches it may push, untag and delete; see README, Authentication",
+			"addr", m.listener.Addr().String())
+	}
 	return nil
 }
 
@@ -235,6 +246,11 @@ func (m *Main) close(ctx context.Context) error {
 	for _, s := range []*asideServer{m.admin, m.debug} {
 		if s != nil {
 			s.Close()
+		}
+	}
+	if m.api != nil {
+		if err := m.api.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close the API: %w", err))
 		}
 	}
 	if m.stopGC != nil {
