@@ -1,0 +1,400 @@
+package handlers_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/auth"
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/db/dbtest"
+	"github.com/berth-registry/berth/handlers"
+)
+
+// The tests in this file drive the API with authentication on, against
+// users, grants and tokens written with the db functions the CLI uses.
+
+func basicHeader(user, pass string) string {
+	return "Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+}
+
+func bearerHeader(token string) string { return "Authorization: Bearer " + token }
+
+// authWorld creates alice (pull, push, delete on team-a/**), bob (pull on
+// team-a/**), admin, and lets anonymous pull public/**.
+func authWorld(t *testing.T, d *db.DB) {
+	t.Helper()
+	ctx := context.Background()
+	for _, u := range []struct {
+		name  string
+		admin bool
+	}{{"alice", false}, {"bob", false}, {"root", true}} {
+		hash, err := auth.HashPassword(u.name + "-secret")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.UserCreate(ctx, u.name, hash, u.admin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, g := range []db.Grant{
+		{Subject: "alice", RepoGlob: "team-a/**", Actions: []string{"delete", "pull", "push"}},
+		{Subject: "bob", RepoGlob: "team-a/**", Actions: []string{"pull"}},
+		{Subject: "anonymous", RepoGlob: "public/**", Actions: []string{"pull"}},
+	} {
+		if err := d.GrantSet(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// apiToken creates an API token of user with scopes and returns its secret.
+func apiToken(t *testing.T, d *db.DB, user string, scopes ...string) (id, secret string) {
+	t.Helper()
+	id, s := auth.NewAPIToken()
+	if err := d.TokenCreate(context.Background(), db.APIToken{ID: id, User: user, SecretHash: auth.HashSecret(s), Scopes: scopes}); err != nil {
+		t.Fatal(err)
+	}
+	return id, auth.FormatAPIToken(id, s)
+}
+
+func newBasicRegistry(t *testing.T) *registry {
+	t.Helper()
+	r := newRegistryWith(t, func(o *handlers.Options) { o.Auth = handlers.AuthConfig{Mode: handlers.AuthBasic} })
+	authWorld(t, r.db)
+	return r
+}
+
+func TestBasicAuth(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	alice, bob := basicHeader("alice", "alice-secret"), basicHeader("bob", "bob-secret")
+
+	resp := r.do("GET", "/v2/", nil)
+	resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	if got := resp.Header.Get("WWW-Authenticate"); got != `Basic realm="berth"` {
+		t.Errorf("challenge %q", got)
+	}
+	r.do("GET", "/v2/", nil, alice).expect(t, http.StatusOK, "")
+	r.do("GET", "/v2/", nil, basicHeader("alice", "wrong")).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	r.do("GET", "/v2/", nil, basicHeader("nobody", "wrong")).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+
+	// alice pushes; bob may pull but not push: 403, not a new password prompt.
+	cfg := []byte(`{"os":"linux"}`)
+	cd := digest.FromBytes(cfg)
+	r.do("POST", "/v2/team-a/app/blobs/uploads/?digest="+cd.String(), cfg, alice).expect(t, http.StatusCreated, "")
+	manifest := ociManifest(cd, int64(len(cfg)), cd, int64(len(cfg)))
+	r.do("PUT", "/v2/team-a/app/manifests/v1", manifest, alice, "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+	r.do("GET", "/v2/team-a/app/manifests/v1", nil, bob).expect(t, http.StatusOK, "")
+	denied := r.do("PUT", "/v2/team-a/app/manifests/v2", manifest, bob, "Content-Type: "+mtManifest)
+	denied.expect(t, http.StatusForbidden, "DENIED")
+	if !strings.Contains(string(denied.body), `"Action":"push"`) {
+		t.Errorf("the denial does not say what was needed: %s", denied.body)
+	}
+	r.do("DELETE", "/v2/team-a/app/tags/v1", nil, bob).expect(t, http.StatusForbidden, "DENIED")
+	// Anonymous: the challenge, for the repository anonymous may not read.
+	anon := r.do("GET", "/v2/team-a/app/manifests/v1", nil)
+	anon.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	if anon.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("no challenge for anonymous")
+	}
+	// The audit trail names the user.
+	if n := dbtest.QueryInt(t, r.dbURL, `SELECT count(*) FROM audit_log WHERE actor = 'alice' AND action = 'tag.create'`); n != 1 {
+		t.Errorf("%d tag.create rows by alice", n)
+	}
+
+	// The catalog: an admin sees everything, alice what she may pull.
+	r.do("POST", "/v2/team-b/other/blobs/uploads/?digest="+cd.String(), cfg, basicHeader("root", "root-secret")).expect(t, http.StatusCreated, "")
+	var cat struct{ Repositories []string }
+	json.Unmarshal(r.do("GET", "/v2/_catalog", nil, alice).body, &cat)
+	if fmt.Sprint(cat.Repositories) != "[team-a/app]" {
+		t.Errorf("alice's catalog: %v", cat.Repositories)
+	}
+	json.Unmarshal(r.do("GET", "/v2/_catalog", nil, basicHeader("root", "root-secret")).body, &cat)
+	if fmt.Sprint(cat.Repositories) != "[team-a/app team-b/other]" {
+		t.Errorf("the admin's catalog: %v", cat.Repositories)
+	}
+}
+
+// An API token works as the Basic password, never grants more than its
+// scopes or its owner, records its use in the audit trail, and once
+// revoked fails at the very next request, in another instance too.
+func TestAPITokens(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	d2, err := db.Open(t.Context(), r.dbURL, db.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d2.Close)
+	other := httptest.NewServer(handlers.New(handlers.Options{DB: d2, Blobs: nil, Logger: discard(),
+		Auth: handlers.AuthConfig{Mode: handlers.AuthBasic}}))
+	t.Cleanup(other.Close)
+
+	id, secret := apiToken(t, r.db, "alice")
+	_, pullOnly := apiToken(t, r.db, "alice", "repository:team-a/**:pull")
+	tok := basicHeader("alice", secret)
+	cfg := []byte(`{"token":"push"}`)
+	cd := digest.FromBytes(cfg)
+	r.do("POST", "/v2/team-a/app/blobs/uploads/?digest="+cd.String(), cfg, tok).expect(t, http.StatusCreated, "")
+	if n := dbtest.QueryInt(t, r.dbURL, `SELECT count(*) FROM audit_log WHERE actor = 'alice' AND token_id = $1`, id); n != 1 {
+		t.Errorf("%d audit rows name the token", n)
+	}
+	r.do("HEAD", "/v2/team-a/app/blobs/"+cd.String(), nil, basicHeader("alice", pullOnly)).expect(t, http.StatusOK, "")
+	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, basicHeader("alice", pullOnly)).expect(t, http.StatusForbidden, "DENIED")
+	r.do("GET", "/v2/", nil, basicHeader("bob", secret)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED") // another user's token
+
+	if err := r.db.TokenRevoke(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", other.URL+"/v2/team-a/app/blobs/"+cd.String(), nil)
+	req.SetBasicAuth("alice", secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a revoked token on another instance: %d", resp.StatusCode)
+	}
+}
+
+// Upload sessions belong to who opened them; a mount from a repository
+// the caller may not read falls back to an upload and says nothing about
+// the blob.
+func TestUploadOwnershipAndMounts(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "bob", RepoGlob: "bob/**", Actions: []string{"pull", "push", "delete"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "bob", RepoGlob: "team-a/**", Actions: []string{"delete", "pull", "push"}}); err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := basicHeader("alice", "alice-secret"), basicHeader("bob", "bob-secret")
+	resp := r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, alice)
+	resp.expect(t, http.StatusAccepted, "")
+	location := resp.Header.Get("Location")
+	r.do("GET", location, nil, bob).expect(t, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	r.do("PATCH", location, []byte("x"), bob, "Content-Type: application/octet-stream").expect(t, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	r.do("DELETE", location, nil, bob).expect(t, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	r.do("GET", location, nil, alice).expect(t, http.StatusNoContent, "")
+
+	// A secret blob in a repository bob cannot read.
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "alice", RepoGlob: "secret/**", Actions: []string{"pull", "push"}}); err != nil {
+		t.Fatal(err)
+	}
+	blob := []byte("secret layer")
+	d := digest.FromBytes(blob)
+	r.do("POST", "/v2/secret/app/blobs/uploads/?digest="+d.String(), blob, alice).expect(t, http.StatusCreated, "")
+	mount := r.do("POST", "/v2/bob/app/blobs/uploads/?mount="+d.String()+"&from=secret/app", nil, bob)
+	mount.expect(t, http.StatusAccepted, "") // an upload session, as for a blob that is not there
+	r.do("HEAD", "/v2/bob/app/blobs/"+d.String(), nil, bob).expect(t, http.StatusNotFound, "")
+}
+
+// tokenRegistry is a registry in token mode, with ttl for its tokens.
+func tokenRegistry(t *testing.T, ttl time.Duration) (*registry, *auth.Issuer) {
+	t.Helper()
+	key, err := auth.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := &auth.Issuer{Key: key, Name: "berth", Service: "berth", TTL: ttl}
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{Issuer: "berth", Service: "berth", Own: []auth.Key{key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRegistryWith(t, func(o *handlers.Options) {
+		o.Auth = handlers.AuthConfig{Mode: handlers.AuthToken, Service: "berth", Issuer: issuer, Verifier: verifier, UploadGrace: time.Hour}
+	})
+	authWorld(t, r.db)
+	return r, issuer
+}
+
+// getToken asks the token service for scopes with Basic credentials
+// (header "" for anonymous).
+func (r *registry) getToken(header string, scopes ...string) string {
+	r.t.Helper()
+	q := url.Values{"service": {"berth"}, "scope": scopes}
+	var hdr []string
+	if header != "" {
+		hdr = append(hdr, header)
+	}
+	resp := r.do("GET", "/auth/token?"+q.Encode(), nil, hdr...)
+	resp.expect(r.t, http.StatusOK, "")
+	var body struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal(resp.body, &body); err != nil || body.Token == "" || body.Token != body.AccessToken {
+		r.t.Fatalf("token answer: %s", resp.body)
+	}
+	return body.Token
+}
+
+func TestTokenAuth(t *testing.T) {
+	t.Parallel()
+	r, _ := tokenRegistry(t, 15*time.Minute)
+	realm := r.srv.URL + "/auth/token"
+
+	resp := r.do("GET", "/v2/", nil)
+	resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	if got, want := resp.Header.Get("WWW-Authenticate"), fmt.Sprintf(`Bearer realm=%q,service="berth"`, realm); got != want {
+		t.Errorf("/v2/ challenge %q, want %q", got, want)
+	}
+	resp = r.do("GET", "/v2/team-a/app/tags/list", nil)
+	if got, want := resp.Header.Get("WWW-Authenticate"), fmt.Sprintf(`Bearer realm=%q,service="berth",scope="repository:team-a/app:pull"`, realm); got != want {
+		t.Errorf("challenge %q, want %q", got, want)
+	}
+
+	// alice gets what she asks for; bob asks for push and gets pull only.
+	alice := r.getToken(basicHeader("alice", "alice-secret"), "repository:team-a/app:pull,push")
+	cfg := []byte(`{"token":"mode"}`)
+	cd := digest.FromBytes(cfg)
+	r.do("POST", "/v2/team-a/app/blobs/uploads/?digest="+cd.String(), cfg, bearerHeader(alice)).expect(t, http.StatusCreated, "")
+	bob := r.getToken(basicHeader("bob", "bob-secret"), "repository:team-a/app:pull,push")
+	r.do("HEAD", "/v2/team-a/app/blobs/"+cd.String(), nil, bearerHeader(bob)).expect(t, http.StatusOK, "")
+	resp = r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(bob))
+	resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+		t.Errorf("insufficient scope challenge: %q", resp.Header.Get("WWW-Authenticate"))
+	}
+	// A wrong password at the token service; a garbled token at the API.
+	r.do("GET", "/auth/token?service=berth&scope=repository:team-a/app:pull", nil, basicHeader("bob", "nope")).
+		expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	resp = r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(alice+"x"))
+	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+		t.Errorf("invalid token challenge: %q", resp.Header.Get("WWW-Authenticate"))
+	}
+	// Anonymous tokens carry what anonymous may do.
+	anon := r.getToken("", "repository:public/x:pull", "repository:team-a/app:pull")
+	r.do("GET", "/v2/", nil, bearerHeader(anon)).expect(t, http.StatusOK, "")
+	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(anon)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+
+	// A grant revoked after the token was issued no longer holds.
+	if err := r.db.GrantRevoke(t.Context(), "bob", "team-a/**"); err != nil {
+		t.Fatal(err)
+	}
+	r.do("HEAD", "/v2/team-a/app/blobs/"+cd.String(), nil, bearerHeader(bob)).expect(t, http.StatusUnauthorized, "")
+
+	// The OAuth2 form, with a refresh token that works once more.
+	form := url.Values{"grant_type": {"password"}, "username": {"alice"}, "password": {"alice-secret"},
+		"service": {"berth"}, "scope": {"repository:team-a/app:pull repository:team-a/other:push"}, "access_type": {"offline"}, "client_id": {"test"}}
+	resp = r.do("POST", "/auth/token", []byte(form.Encode()), "Content-Type: application/x-www-form-urlencoded")
+	resp.expect(t, http.StatusOK, "")
+	var oauth struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+		Scope        string
+	}
+	json.Unmarshal(resp.body, &oauth)
+	if oauth.AccessToken == "" || !strings.HasPrefix(oauth.RefreshToken, auth.TokenPrefix) ||
+		oauth.Scope != "repository:team-a/app:pull repository:team-a/other:push" {
+		t.Fatalf("OAuth2 answer: %s", resp.body)
+	}
+	form = url.Values{"grant_type": {"refresh_token"}, "refresh_token": {oauth.RefreshToken}, "service": {"berth"},
+		"scope": {"repository:team-a/app:pull"}}
+	r.do("POST", "/auth/token", []byte(form.Encode()), "Content-Type: application/x-www-form-urlencoded").expect(t, http.StatusOK, "")
+
+	// The keys are published.
+	resp = r.do("GET", "/auth/jwks", nil)
+	var set struct{ Keys []map[string]any }
+	if json.Unmarshal(resp.body, &set) != nil || len(set.Keys) != 1 || set.Keys[0]["kid"] == "" {
+		t.Errorf("JWKS: %s", resp.body)
+	}
+}
+
+// A chunked upload outlives its short token: its owner finishes it with
+// the expired token; starting a new one needs a fresh token; and nobody
+// else can use the session.
+func TestUploadOutlivesItsToken(t *testing.T) {
+	t.Parallel()
+	r, issuer := tokenRegistry(t, time.Minute)
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "bob", RepoGlob: "team-a/**", Actions: []string{"pull", "push"}}); err != nil {
+		t.Fatal(err)
+	}
+	push := []auth.Scope{{Type: "repository", Name: "team-a/app", Actions: []string{"pull", "push"}}}
+	token := func(user string, issued time.Time) string {
+		tok, _, err := issuer.Issue(user, push, "", issued)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	// Issued long enough ago to be expired beyond the verifier's leeway.
+	longAgo := time.Now().Add(-time.Minute - 2*auth.DefaultLeeway)
+	fresh, expired := token("alice", time.Now()), token("alice", longAgo)
+
+	resp := r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(fresh))
+	resp.expect(t, http.StatusAccepted, "")
+	location := resp.Header.Get("Location")
+	r.do("PATCH", location, []byte("first "), bearerHeader(fresh), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	r.do("PATCH", location, []byte("x"), bearerHeader(token("bob", longAgo)), "Content-Type: application/octet-stream").
+		expect(t, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN")
+	r.do("PATCH", location, []byte("second"), bearerHeader(expired), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	whole := digest.FromBytes([]byte("first second"))
+	r.do("PUT", location+"?digest="+whole.String(), nil, bearerHeader(expired)).expect(t, http.StatusCreated, "")
+	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+}
+
+// A token of an external token server (docker_auth, GitLab, Harbor style:
+// RS256, a key in a JWKS file, the access claim) is taken at its word.
+func TestExternalIssuerToken(t *testing.T) {
+	t.Parallel()
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := fmt.Sprintf(`{"keys":[{"kty":"RSA","kid":"ext-1","alg":"RS256","use":"sig","n":%q,"e":"AQAB"}]}`,
+		base64.RawURLEncoding.EncodeToString(rsaKey.N.Bytes()))
+	file := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(file, []byte(jwks), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{Issuer: "gitlab", Service: "container_registry", JWKSFile: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRegistryWith(t, func(o *handlers.Options) {
+		o.Auth = handlers.AuthConfig{Mode: handlers.AuthToken, Service: "container_registry", Realm: "https://gitlab.example/jwt/auth",
+			Verifier: verifier}
+	})
+	sign := func(aud string, actions ...string) string {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+			"iss": "gitlab", "sub": "carol", "aud": aud, "exp": time.Now().Add(time.Minute).Unix(),
+			"nbf": time.Now().Unix(), "iat": time.Now().Unix(), "jti": "x",
+			"access": []map[string]any{{"type": "repository", "name": "group/app", "actions": actions}},
+		})
+		tok.Header["kid"] = "ext-1"
+		s, err := tok.SignedString(rsaKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	resp := r.do("GET", "/v2/group/app/tags/list", nil)
+	if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), `Bearer realm="https://gitlab.example/jwt/auth",service="container_registry"`) {
+		t.Errorf("challenge %q", resp.Header.Get("WWW-Authenticate"))
+	}
+	r.do("POST", "/v2/group/app/blobs/uploads/", nil, bearerHeader(sign("container_registry", "pull", "push"))).expect(t, http.StatusAccepted, "")
+	r.do("POST", "/v2/group/app/blobs/uploads/", nil, bearerHeader(sign("container_registry", "pull"))).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	r.do("POST", "/v2/group/app/blobs/uploads/", nil, bearerHeader(sign("another", "pull", "push"))).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+	if n := dbtest.QueryInt(t, r.dbURL, `SELECT count(*) FROM audit_log WHERE actor = 'carol' AND action = 'upload.start'`); n != 1 {
+		t.Errorf("%d upload.start rows name the external subject", n)
+	}
+}
