@@ -316,7 +316,25 @@ func (c Config) dbOptions(log *slog.Logger) db.Options {
 // loadConfig resolves the settings from args (flags), env and the YAML file
 // named by --config or BERTH_CONFIG. usage receives the --help text. extra
 // adds flags of the command itself (not settings: no environment or file).
+// Positional arguments are refused.
 func loadConfig(cmd string, args []string, getenv func(string) string, usage io.Writer, extra ...func(*flag.FlagSet)) (Config, error) {
+	c, rest, err := loadCommandConfig(cmd, "", args, getenv, usage, extra...)
+	if err != nil {
+		return Config{}, err
+	}
+	if len(rest) > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+	}
+	return c, nil
+}
+
+// loadCommandConfig is loadConfig for a command that takes positional
+// arguments (berth user add NAME): it returns them. Flags may come before,
+// between or after them, as --flag value or --flag=value; "--" ends the
+// flags. synopsis is the usage line after "berth", e.g. "user add NAME
+// --password-stdin [flags]"; empty means "<cmd> [flags]".
+func loadCommandConfig(cmd, synopsis string, args []string, getenv func(string) string, usage io.Writer,
+	extra ...func(*flag.FlagSet)) (Config, []string, error) {
 	fs := flag.NewFlagSet("berth "+cmd, flag.ContinueOnError)
 	fs.SetOutput(usage)
 	for _, add := range extra {
@@ -332,15 +350,16 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 		flagVals[s.name] = v
 		fs.Var(v, s.name, help+")")
 	}
+	if synopsis == "" {
+		synopsis = cmd + " [flags]"
+	}
 	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: berth %s [flags]\n\nEvery setting comes from a flag, else the environment, else the YAML file, else its default.\n\n", cmd)
+		fmt.Fprintf(usage, "Usage: berth %s\n\nEvery setting comes from a flag, else the environment, else the YAML file, else its default.\n\n", synopsis)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	flagArgs, positional := splitArgs(fs, args)
+	if err := fs.Parse(flagArgs); err != nil {
+		return Config{}, nil, err
 	}
 	setFlags := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { setFlags[f.Name] = true })
@@ -359,7 +378,7 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 	if configFile != "" {
 		fileVals, err := readConfigFile(configFile)
 		if err != nil {
-			return Config{}, err
+			return Config{}, nil, err
 		}
 		for _, s := range settings {
 			if v, ok := fileVals[s.yamlKey()]; ok {
@@ -378,7 +397,7 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 	var c Config
 	for _, s := range settings {
 		if err := s.set(&c, values[s.name]); err != nil {
-			return Config{}, fmt.Errorf("setting %s (from %s): %w", s.name, source[s.name], err)
+			return Config{}, nil, fmt.Errorf("setting %s (from %s): %w", s.name, source[s.name], err)
 		}
 	}
 	c.ConfigFile = configFile
@@ -386,12 +405,46 @@ func loadConfig(cmd string, args []string, getenv func(string) string, usage io.
 		c.StorageDir = filepath.Join(c.DataDir, "blobs")
 	}
 	if c.Storage == "s3" && c.S3.Bucket == "" {
-		return Config{}, errors.New("storage s3 needs a bucket: set --s3-bucket or BERTH_S3_BUCKET")
+		return Config{}, nil, errors.New("storage s3 needs a bucket: set --s3-bucket or BERTH_S3_BUCKET")
 	}
 	// Credentials come from the SDK's standard chain (AWS_ACCESS_KEY_ID and
 	// AWS_SECRET_ACCESS_KEY, shared config files, instance roles), never
 	// from a berth setting, so that they stay out of config files and logs.
-	return c, nil
+	return c, positional, nil
+}
+
+// splitArgs separates flags (with their values) from positional arguments,
+// so that flags may follow the positional arguments, which package flag
+// does not allow. A flag not defined in fs is passed on as one argument,
+// for fs.Parse to report.
+func splitArgs(fs *flag.FlagSet, args []string) (flags, positional []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return flags, append(positional, args[i+1:]...)
+		}
+		if len(a) < 2 || a[0] != '-' {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			flags = append(flags, args[i+1])
+			i++
+		}
+	}
+	return flags, positional
 }
 
 // flagValue holds a setting's flag as text; boolean settings may be given

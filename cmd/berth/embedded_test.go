@@ -18,6 +18,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/pgembed"
 )
 
@@ -77,6 +78,27 @@ func TestMaintenanceBesideEmbeddedServe(t *testing.T) {
 	}
 	if out, _ := berth("check"); !strings.Contains(out, "checked 1 blobs") {
 		t.Errorf("check printed:\n%s", out)
+	}
+
+	// The commands that manage users, grants and tokens work beside serve
+	// too (the settings after their own arguments).
+	hash, err := auth.HashPassword("pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("alice:"+hash+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := berth("user", "import-htpasswd", htpasswd); !strings.Contains(out, "created user alice") {
+		t.Errorf("user import-htpasswd printed %q", out)
+	}
+	berth("grant", "alice", "beside", "pull,push")
+	if out, _ := berth("grant", "list"); !strings.Contains(out, "pull,push") {
+		t.Errorf("grant list printed %q", out)
+	}
+	if out, _ := berth("token", "create", "--user", "alice"); !strings.HasPrefix(out, auth.TokenPrefix) || strings.Count(out, "\n") != 1 {
+		t.Errorf("token create printed %q", out)
 	}
 
 	_, stderr, err := runBerth(t, append([]string{"serve", "--listen", "127.0.0.1:0"}, local...)...)

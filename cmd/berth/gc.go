@@ -25,33 +25,43 @@ func maintenance(ctx context.Context, cmd string, args []string, getenv func(str
 }
 
 // openForMaintenance opens what `berth gc` and `berth check` work on: the
-// database (migrated, as serve would; the embedded one through the running
-// berth's server if there is one) and the blob store, with the configured
+// database (see openCommandDB) and the blob store, with the configured
 // garbage collection settings.
 func openForMaintenance(ctx context.Context, c Config, log *slog.Logger) (*gc.Collector, func(), error) {
+	d, closeDB, err := openCommandDB(ctx, c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := openStore(ctx, c)
+	if err != nil {
+		closeDB()
+		return nil, nil, err
+	}
+	return newCollector(c, d, store, log), closeDB, nil
+}
+
+// openCommandDB opens the database for a command other than serve,
+// migrated as serve would (unless --auto-migrate=false). Without a
+// database URL it is the embedded database of the data directory: through
+// the server of the berth process running it, if there is one, else one it
+// starts for the command's duration. closeAll releases it all.
+func openCommandDB(ctx context.Context, c Config, log *slog.Logger) (d *db.DB, closeAll func(), err error) {
 	dbase, err := joinDatabase(ctx, c, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	closeAll := func() { dbase.close(context.WithoutCancel(ctx)) }
 	if c.AutoMigrate {
 		if err := db.Migrate(dbase.url); err != nil {
-			closeAll()
+			dbase.close(context.WithoutCancel(ctx))
 			return nil, nil, err
 		}
 	}
-	d, err := db.Open(ctx, dbase.url, c.dbOptions(log))
+	d, err = db.Open(ctx, dbase.url, c.dbOptions(log))
 	if err != nil {
-		closeAll()
+		dbase.close(context.WithoutCancel(ctx))
 		return nil, nil, err
 	}
-	closeAll = func() { d.Close(); dbase.close(context.WithoutCancel(ctx)) }
-	store, err := openStore(ctx, c)
-	if err != nil {
-		closeAll()
-		return nil, nil, err
-	}
-	return newCollector(c, d, store, log), closeAll, nil
+	return d, func() { d.Close(); dbase.close(context.WithoutCancel(ctx)) }, nil
 }
 
 // gcCommand runs `berth gc`: garbage collection without serving the API.

@@ -1,6 +1,7 @@
 // Command berth is the Berth container registry: one binary that serves
 // the OCI distribution API (berth serve), manages its database (berth
-// migrate) and collects garbage (berth gc, berth check).
+// migrate), collects garbage (berth gc, berth check) and manages who may do
+// what (berth user, group, grant, revoke, token).
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 )
 
@@ -22,6 +24,16 @@ Usage:
   berth gc [--once] [--dry-run] [flags]  garbage collection (continuous, or one pass)
   berth check [--repair] [--min-age D] [flags]  compare the blob store with the database
   berth healthcheck [--url U]         exit 0 if a running berth is ready (for containers)
+
+  berth user add NAME [--admin] --password-stdin   create a user (password: first line of stdin)
+  berth user delete NAME | list | import-htpasswd FILE
+  berth group add GROUP [USER...]     add users to a group (also: group remove, group delete)
+  berth grant SUBJECT REPO_GLOB ACTIONS  let a user, group:NAME, anonymous or authenticated pull,push,delete
+  berth grant list                    every grant
+  berth revoke SUBJECT REPO_GLOB      delete a grant
+  berth token create --user NAME [--scope S]... [--expires D] [--description T]  print a new API token
+  berth token revoke ID | list
+
   berth help <command>                flags of a command
 
 Run "berth serve --help" for every setting.
@@ -30,7 +42,7 @@ Run "berth serve --help" for every setting.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+	if err := runIO(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "berth:", err)
 		}
@@ -39,7 +51,15 @@ func main() {
 	}
 }
 
+// run is runIO with the process's standard input.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	return runIO(ctx, args, getenv, os.Stdin, stdout, stderr)
+}
+
+// runIO runs the command args; stdin is read only by the commands that
+// take input there (berth user add --password-stdin, import-htpasswd -).
+func runIO(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	env := cmdEnv{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usageText)
 		return errors.New("no command given")
@@ -68,9 +88,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return checkCommand(ctx, rest, getenv, stdout, stderr)
 	case "healthcheck":
 		return healthcheckCommand(ctx, rest, stdout, stderr)
+	case "user":
+		return userCommand(ctx, rest, env)
+	case "group":
+		return groupCommand(ctx, rest, env)
+	case "grant":
+		return grantCommand(ctx, rest, env)
+	case "revoke":
+		return revokeCommand(ctx, rest, env)
+	case "token":
+		return tokenCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
-			return run(ctx, []string{rest[0], "--help"}, getenv, stdout, stderr)
+			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)
 		}
 		fmt.Fprint(stdout, usageText)
 		return nil
