@@ -477,6 +477,13 @@ func (h *Handler) catalogPage(r *http.Request, last string, n int) ([]string, bo
 	if err != nil {
 		return nil, false, err
 	}
+	if !p.authenticated && !p.bearer {
+		// Nobody logged in: the challenge, so that a client with
+		// credentials uses them (and, in token mode, asks for the
+		// catalog scope); a token of anonymous sees what anonymous may.
+		need := auth.CatalogScope()
+		return nil, false, h.unauthorized(r, &need, "", "authentication required")
+	}
 	if p.bearer && auth.Covers(p.access, auth.CatalogScope()) ||
 		!p.bearer && p.Admin && (p.TokenScopes == nil || auth.Covers(p.TokenScopes, auth.CatalogScope())) {
 		return h.db.RepositoryList(r.Context(), last, n)

@@ -285,6 +285,25 @@ func TestTokenAuth(t *testing.T) {
 	r.do("GET", "/v2/", nil, bearerHeader(anon)).expect(t, http.StatusOK, "")
 	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(anon)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
 
+	// The catalog: a challenge with the catalog scope without a token;
+	// with one, what its user may pull (alice is no admin).
+	resp = r.do("GET", "/v2/_catalog", nil)
+	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `scope="registry:catalog:*"`) {
+		t.Errorf("catalog challenge %q", resp.Header.Get("WWW-Authenticate"))
+	}
+	cat := r.do("GET", "/v2/_catalog", nil, bearerHeader(r.getToken(basicHeader("alice", "alice-secret"), "registry:catalog:*")))
+	if cat.StatusCode != http.StatusOK || !strings.Contains(string(cat.body), `"team-a/app"`) {
+		t.Errorf("alice's catalog: %d %s", cat.StatusCode, cat.body)
+	}
+	// No refresh token for a login with an API token: it would outlive
+	// the API token's scopes.
+	_, scoped := apiToken(t, r.db, "alice", "repository:team-a/**:pull")
+	q := url.Values{"service": {"berth"}, "scope": {"repository:team-a/app:pull"}, "offline_token": {"true"}}
+	resp = r.do("GET", "/auth/token?"+q.Encode(), nil, basicHeader("alice", scoped))
+	if resp.StatusCode != http.StatusOK || strings.Contains(string(resp.body), "refresh_token") {
+		t.Errorf("offline login with an API token: %d %s", resp.StatusCode, resp.body)
+	}
+
 	// A grant revoked after the token was issued no longer holds.
 	if err := r.db.GrantRevoke(t.Context(), "bob", "team-a/**"); err != nil {
 		t.Fatal(err)

@@ -96,7 +96,10 @@ func (h *Handler) tokenService(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		resp.Token = token
 	}
-	if req.offline && p.authenticated && req.refreshToken == "" {
+	// A refresh token only for a password login: one for a login with an
+	// API token would outlive, and could outgrow, that token's scopes; the
+	// API token serves the client as well.
+	if req.offline && p.authenticated && req.refreshToken == "" && p.TokenID == "" {
 		if resp.RefreshToken, err = h.newRefreshToken(r.Context(), p.Name, req.clientID); err != nil {
 			return err
 		}
