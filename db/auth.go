@@ -460,31 +460,78 @@ type AuthInfo struct {
 	Grants []Grant
 }
 
-// authLookupSQL answers AuthLookup in one round trip, and locks nothing.
-// The user (with its groups) and the token are each at most one row,
-// joined to a row that always exists; the grants come as one JSON array,
-// looked up by subject through the grants' primary key.
+// authLookupSQL answers a batch of AuthLookups in one round trip, and
+// locks nothing. For each key the user (with its groups) and the token are
+// each at most one row, joined to the key's row; the grants come as one
+// JSON array, looked up by subject through the grants' primary key.
 const authLookupSQL = `
-SELECT u.name, u.admin, u.password_hash, u.created_at, u.groups,
+SELECT k.i, u.name, u.admin, u.password_hash, u.created_at, u.groups,
        t.id, t.user_name, t.secret_hash, t.scopes, t.description, t.created_at, t.expires_at, t.last_used_at, t.revoked_at,
        (SELECT coalesce(json_agg(json_build_object('s', g.subject, 'g', g.repo_glob, 'a', g.actions)
                                  ORDER BY g.subject, g.repo_glob), '[]')
         FROM grants g
         WHERE g.subject = ANY (ARRAY['` + subjectAnonymous + `'] || CASE WHEN u.name IS NULL THEN '{}'::text[] ELSE
                   ARRAY[u.name, '` + subjectAuthenticated + `'] || ARRAY(SELECT '` + subjectGroupPrefix + `' || x FROM unnest(u.groups) x) END))
-FROM (SELECT) AS one
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(usr, tid, i)
 LEFT JOIN LATERAL (
     SELECT name, admin, password_hash, created_at,
            ARRAY(SELECT m.group_name FROM group_members m WHERE m.user_name = users.name ORDER BY m.group_name) AS groups
-    FROM users WHERE name = $1
+    FROM users WHERE name = k.usr
 ) u ON true
-LEFT JOIN api_tokens t ON t.id = $2`
+LEFT JOIN api_tokens t ON t.id = k.tid`
 
 // AuthLookup returns the user named user, the API token tokenID and the
 // grants that apply to them, in one statement: the API calls it on every
-// request that carries credentials (and for anonymous ones, with both
-// empty).
+// request when authentication is on (for anonymous ones with both empty).
+// Concurrent calls share statements, as manifest reads do (see
+// coalescer): a statement of its own per request would make the round
+// trip to PostgreSQL, not the lookup, the cost of every authenticated
+// pull.
 func (d *DB) AuthLookup(ctx context.Context, user, tokenID string) (AuthInfo, error) {
+	rctx, cancel := d.guard.deadline(ctx)
+	defer cancel()
+	info, err := d.authLookups.do(rctx, authKey{user, tokenID})
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		err = d.guard.observe(ctx, err) // timed out in the queue
+	}
+	if err != nil {
+		return AuthInfo{}, fmt.Errorf("look up credentials of %q: %w", user, err)
+	}
+	return info, nil
+}
+
+// authKey is one AuthLookup.
+type authKey struct{ user, tokenID string }
+
+// authLookupBatch runs a batch of AuthLookups (see coalescer).
+func (d *DB) authLookupBatch(ctx context.Context, keys []authKey) ([]AuthInfo, []error, error) {
+	users := make([]string, len(keys))
+	tokens := make([]string, len(keys))
+	for i, k := range keys {
+		users[i], tokens[i] = k.user, k.tokenID
+	}
+	rows, err := d.reads.Query(ctx, authLookupSQL, users, tokens)
+	if err != nil {
+		return nil, nil, d.guard.observe(ctx, err)
+	}
+	defer rows.Close()
+	infos := make([]AuthInfo, len(keys))
+	for rows.Next() {
+		var i int64
+		info, err := scanAuthInfo(rows, &i)
+		if err != nil {
+			return nil, nil, d.guard.observe(ctx, err)
+		}
+		infos[i-1] = info
+	}
+	if err := d.guard.observe(ctx, rows.Err()); err != nil {
+		return nil, nil, err
+	}
+	return infos, make([]error, len(keys)), nil
+}
+
+// scanAuthInfo reads one row of authLookupSQL, its key's index into i.
+func scanAuthInfo(row pgx.Row, i *int64) (AuthInfo, error) {
 	var (
 		uName, uHash              *string
 		uAdmin                    *bool
@@ -501,12 +548,11 @@ func (d *DB) AuthLookup(ctx context.Context, user, tokenID string) (AuthInfo, er
 			A []string `json:"a"`
 		}
 	)
-	err := d.q.QueryRow(ctx, authLookupSQL, user, tokenID).Scan(
-		&uName, &uAdmin, &uHash, &uCreated, &uGroups,
+	err := row.Scan(i, &uName, &uAdmin, &uHash, &uCreated, &uGroups,
 		&tID, &tUser, &tHash, &tScopes, &tDesc, &tCreated, &tExpires, &tUsed, &tRevoked,
 		&grants)
 	if err != nil {
-		return AuthInfo{}, fmt.Errorf("look up credentials of %q: %w", user, err)
+		return AuthInfo{}, err
 	}
 	var info AuthInfo
 	if uName != nil {

@@ -118,8 +118,9 @@ type DB struct {
 	// from pool: a burst of pulls never waits for a connection behind
 	// writes, and these connections can plan differently (see Open).
 	reads    *pgxpool.Pool
-	byTag    *coalescer[manifestKey, Manifest]
-	byDigest *coalescer[manifestKey, Manifest]
+	byTag       *coalescer[manifestKey, Manifest]
+	byDigest    *coalescer[manifestKey, Manifest]
+	authLookups *coalescer[authKey, AuthInfo]
 }
 
 // Options tune the connection pool (zero values take pgx defaults) and
@@ -168,6 +169,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads}
 	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByTagSQL))
 	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByDigestSQL))
+	d.authLookups = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.authLookupBatch)
 	return d, nil
 }
 
@@ -188,7 +190,7 @@ func openReadPool(ctx context.Context, url string, g *guard) (*pgxpool.Pool, err
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
 	}
-	cfg.MaxConns = 2 * readsInFlight // by tag, by digest
+	cfg.MaxConns = 3 * readsInFlight // by tag, by digest, credentials
 	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	setConnectTimeout(cfg, g.timeout)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
