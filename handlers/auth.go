@@ -165,6 +165,12 @@ func (h *Handler) authenticate(r *http.Request, rt *route) (*principal, error) {
 		if !ok {
 			return nil, h.unauthorized(r, nil, "invalid_request", "malformed Basic credentials")
 		}
+		if user == "" && pass == "" {
+			// No credentials at all, as containers/image (skopeo, podman,
+			// buildah) sends them when it has none: anonymous. No login
+			// can have an empty name, so this grants nothing more.
+			return h.lookup(r.Context(), auth.Principal{}, false)
+		}
 		return h.login(r, user, pass)
 	case strings.EqualFold(scheme, "Bearer") && h.auth.Mode == AuthToken:
 		return h.bearer(r, strings.TrimSpace(cred), rt)

@@ -128,6 +128,21 @@ func TestBasicAuth(t *testing.T) {
 	if fmt.Sprint(cat.Repositories) != "[team-a/app team-b/other]" {
 		t.Errorf("the admin's catalog: %v", cat.Repositories)
 	}
+	// Empty Basic credentials, which skopeo and podman send when they have
+	// none, are anonymous: the public pull works, the rest is challenged
+	// as for no credentials, not refused as a failed login.
+	root := basicHeader("root", "root-secret")
+	r.do("POST", "/v2/public/app/blobs/uploads/?digest="+cd.String(), cfg, root).expect(t, http.StatusCreated, "")
+	r.do("PUT", "/v2/public/app/manifests/v1", manifest, root, "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+	empty := basicHeader("", "")
+	r.do("GET", "/v2/public/app/manifests/v1", nil, empty).expect(t, http.StatusOK, "")
+	for _, path := range []string{"/v2/team-a/app/manifests/v1", "/v2/"} {
+		resp := r.do("GET", path, nil, empty)
+		resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+		if !strings.Contains(string(resp.body), "authentication required") || resp.Header.Get("WWW-Authenticate") != `Basic realm="berth"` {
+			t.Errorf("GET %s with empty Basic credentials: %s, challenge %q", path, resp.body, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
 }
 
 // An API token works as the Basic password, never grants more than its
