@@ -56,10 +56,12 @@ fail() {
 			echo "--- its stderr, the client's debug log (last 80 lines)"
 			tail -n 80 "$run/err" 2>/dev/null || true
 		fi
-		if [ -n "$run" ] && [ -f "$run/berth.log" ]; then
-			echo "--- berth log (last 40 lines)"
-			tail -n 40 "$run/berth.log"
-		fi
+		local log
+		for log in ${run:+"$run"/berth*.log}; do
+			[ -f "$log" ] || continue
+			echo "--- berth log $log (last 40 lines)"
+			tail -n 40 "$log"
+		done
 	} >&2
 	exit 1
 }
@@ -641,4 +643,8 @@ main() {
 	test_regctl_artifact
 }
 
-main "$@"
+# scripts/auth-clients.sh sources this file for its helpers: run the steps
+# only when executed.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+	main "$@"
+fi
