@@ -20,4 +20,6 @@ echo "== OCI conformance suite: one replica, and three behind a round-robin prox
 scripts/conformance.sh
 echo "== real clients: crane, skopeo, regctl, oras (and docker with SKIP_DOCKER=0)"
 SKIP_DOCKER=${SKIP_DOCKER:-1} scripts/clients.sh
+echo "== real clients logging in: basic and token authentication, refusals, anonymous, revocation across replicas"
+SKIP_DOCKER=${SKIP_DOCKER:-1} scripts/auth-clients.sh
 echo "== all tests passed"
