@@ -296,6 +296,11 @@ test_docker_auth() {
 	must "docker inspect of the pulled image" docker image inspect -f '{{.Id}}' "$repo:v1"
 	check "docker pulled image $(out), pushed $id" [ "$(out)" = "$id" ]
 	mok "docker push + rmi + pull as dev: $repo:v1 ($pushed), same image id"
+	# docker asks for pull on the source as well, and mounts the layer.
+	must "docker tag" docker tag "$repo:v1" "$REG/team/docker-mounted:v1"
+	DOCKER_CONFIG=$dev must "docker push to a second repository (dev)" docker push "$REG/team/docker-mounted:v1"
+	check "docker push did not mount the layer from team/docker" grep -q "Mounted from team/docker" "$run/out"
+	mok "docker push $REG/team/docker-mounted:v1 as dev: layer mounted from team/docker"
 
 	DOCKER_CONFIG=$reader must "docker login (reader)" docker login -u reader --password-stdin "$REG" <<<"$READER_PASS"
 	must "docker rmi" docker rmi "$repo:v1"
@@ -336,6 +341,7 @@ test_anonymous() {
 		crane copy --insecure "$REG/team/crane:v1" "$public:v1"
 	check "crane copy did not mount the blobs from team/crane (no 'mounted blob' in its log)" \
 		grep -q "mounted blob" "$run/err"
+	mok "crane copy as dev to $public:v1: blobs mounted from team/crane"
 	DOCKER_CONFIG=$nobody must "crane pull without login" crane pull --insecure "$public:v1" "$run/$mode/anonymous.tar"
 	mkdir -p "$run/$mode/anonymous-pull"
 	tar -C "$run/$mode/anonymous-pull" -xf "$run/$mode/anonymous.tar"
