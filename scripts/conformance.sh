@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
 # Runs the official OCI distribution-spec conformance suites against live
-# `berth serve` processes, in two deployments:
+# `berth serve` processes, in four deployments:
 #
-#   single    one replica, filesystem blob store
-#   replicas  three replicas behind a round-robin proxy, sharing one database
-#             and one S3 bucket (or one directory when no S3 server is given)
+#   single          one replica, filesystem blob store
+#   replicas        three replicas behind a round-robin proxy, sharing one
+#                   database and one S3 bucket (or one directory when no S3
+#                   server is given)
+#   single-token,   the same two with --auth token (the Docker token
+#   replicas-token  protocol, Berth's own token service). The suites log in
+#                   as an admin made with `berth user add --admin` (their
+#                   OCI_USERNAME and OCI_PASSWORD): on a 401 they ask the
+#                   token service the challenge names for a token with the
+#                   challenge's scope, with Basic credentials, and retry.
+#                   Behind the proxy, the 401, the token request and the
+#                   retry reach different replicas.
+#
+# In token mode, a token taken from a challenge carries only the scope the
+# challenge names, that of the request's repository: the token of a
+# cross-repository mount lacks pull on the from= repository, so Berth opens
+# an upload session instead (202, as the spec allows), and both suites
+# skip what would follow a mount. Clients that ask for the source's scope
+# themselves, as crane and docker do, mount: scripts/auth-clients.sh checks
+# it.
 #
 # Against each deployment run:
 #
@@ -28,7 +45,7 @@
 #                            schema, dropped afterwards.
 #   BERTH_TEST_S3_ENDPOINT, BERTH_TEST_S3_BUCKET, BERTH_TEST_S3_ACCESS_KEY,
 #   BERTH_TEST_S3_SECRET_KEY
-#                            the S3 server for the replicas deployment
+#                            the S3 server for the replicas deployments
 #                            (scripts/versitygw.sh start prints them)
 #   BERTH_CACHE_DIR          where the built suites are kept (default ./.cache)
 #   BERTH_OCI_CONFORMANCE_DIR
@@ -172,7 +189,7 @@ run_suite() {
 		mkdir -p "$report"
 		echo "conformance: $deployment, OCI_DELETE_MANIFEST_BEFORE_BLOBS=$order against $url"
 		status=0
-		env OCI_ROOT_URL="$url" \
+		env "${auth_env[@]}" OCI_ROOT_URL="$url" \
 			OCI_NAMESPACE="conformance/$deployment$order/repo" \
 			OCI_CROSSMOUNT_NAMESPACE="conformance/$deployment$order/mounted" \
 			OCI_TEST_PULL=1 OCI_TEST_PUSH=1 OCI_TEST_CONTENT_DISCOVERY=1 OCI_TEST_CONTENT_MANAGEMENT=1 \
@@ -222,7 +239,7 @@ run_latest() {
 	(cd "$results" && env $(env | sed -n 's/^\(OCI_[A-Za-z0-9_]*\)=.*/-u \1/p') \
 		OCI_REGISTRY="$registry" OCI_TLS=disabled OCI_VERSION=1.1 \
 		OCI_REPO1="conformance/$deployment-latest/repo1" OCI_REPO2="conformance/$deployment-latest/repo2" \
-		OCI_RESULTS_DIR="$results" OCI_LOG=warn \
+		OCI_RESULTS_DIR="$results" OCI_LOG=warn "${auth_env[@]}" \
 		OCI_API_PING=true OCI_API_PULL=true OCI_API_PUSH=true OCI_API_REFERRER=true \
 		OCI_API_BLOBS_ATOMIC=true OCI_API_BLOBS_DELETE=true OCI_API_BLOBS_DIGEST_HEADER=true \
 		OCI_API_BLOBS_MOUNT_ANONYMOUS=true OCI_API_BLOBS_UPLOAD_CANCEL=true \
@@ -280,34 +297,69 @@ run_latest() {
 	fi
 }
 
-# One replica on the filesystem.
-new_schema
-start_berth "$run/single.log" --database-url "$schema_url"
-run_suite single "http://$addr"
-run_latest single "$addr"
+# auth_env: the login of the suites (OCI_USERNAME, OCI_PASSWORD), none
+# without authentication.
+auth_env=()
+ADMIN_USER=conformance
+ADMIN_PASS="conformance admin $$ $(date +%s%N)"
 
-# Three replicas on one database and one blob store, round robin.
-new_schema
-url=$schema_url
-if [ -n "${BERTH_TEST_S3_ENDPOINT:-}" ]; then
-	storage=(--storage s3 --s3-endpoint "$BERTH_TEST_S3_ENDPOINT" --s3-bucket "$BERTH_TEST_S3_BUCKET"
-		--s3-prefix "conformance-$$/" --s3-force-path-style)
-	export AWS_ACCESS_KEY_ID=$BERTH_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BERTH_TEST_S3_SECRET_KEY
-	echo "conformance: replicas share the S3 bucket $BERTH_TEST_S3_BUCKET at $BERTH_TEST_S3_ENDPOINT"
-else
-	storage=(--storage-dir "$run/shared-blobs")
-	echo "conformance: no S3 server given (BERTH_TEST_S3_ENDPOINT); replicas share a directory"
-fi
-backends=()
-for i in 1 2 3; do
-	start_berth "$run/replica$i.log" --database-url "$url" "${storage[@]}"
-	backends+=("http://$addr")
-done
-"$CACHE/rrproxy" -listen 127.0.0.1:0 "${backends[@]}" >"$run/rrproxy.log" 2>&1 &
-pids+=($!)
-wait_for "$run/rrproxy.log" 'rrproxy listening on \(.*\)' $!
-run_suite replicas "http://$found"
-run_latest replicas "$found"
+# setup_auth <mode>: in token mode, the admin the suites log in as, made
+# with the CLI on the deployment's schema (once a replica has migrated it).
+setup_auth() {
+	auth_env=()
+	[ "$1" = token ] || return 0
+	"$CACHE/berth" user add "$ADMIN_USER" --admin --password-stdin --database-url "$schema_url" \
+		<<<"$ADMIN_PASS" >/dev/null
+	auth_env=(OCI_USERNAME="$ADMIN_USER" OCI_PASSWORD="$ADMIN_PASS")
+	echo "conformance: --auth token; the suites log in as the admin $ADMIN_USER (berth user add --admin)." \
+		"Their tokens carry the scope of each challenge only, which for a mount lacks pull on from=:" \
+		"Berth opens an upload instead (202), and the suites skip what follows a mount"
+}
+
+# single <name> <auth mode>: one replica on the filesystem.
+single() {
+	local name=$1 mode=$2
+	new_schema
+	start_berth "$run/$name.log" --database-url "$schema_url" --auth "$mode"
+	setup_auth "$mode"
+	run_suite "$name" "http://$addr"
+	run_latest "$name" "$addr"
+}
+
+# replicas <name> <auth mode>: three replicas on one database and one blob
+# store, round robin.
+replicas() {
+	local name=$1 mode=$2 i storage backends=()
+	new_schema
+	if [ -n "${BERTH_TEST_S3_ENDPOINT:-}" ]; then
+		storage=(--storage s3 --s3-endpoint "$BERTH_TEST_S3_ENDPOINT" --s3-bucket "$BERTH_TEST_S3_BUCKET"
+			--s3-prefix "conformance-$$-$name/" --s3-force-path-style)
+		export AWS_ACCESS_KEY_ID=$BERTH_TEST_S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$BERTH_TEST_S3_SECRET_KEY
+		echo "conformance: $name: replicas share the S3 bucket $BERTH_TEST_S3_BUCKET at $BERTH_TEST_S3_ENDPOINT"
+	else
+		storage=(--storage-dir "$run/shared-blobs-$name")
+		echo "conformance: $name: no S3 server given (BERTH_TEST_S3_ENDPOINT); replicas share a directory"
+	fi
+	# One at a time: the first migrates the schema (and in token mode makes
+	# the signing key the others load).
+	for i in 1 2 3; do
+		start_berth "$run/$name$i.log" --database-url "$schema_url" --auth "$mode" "${storage[@]}"
+		backends+=("http://$addr")
+	done
+	setup_auth "$mode"
+	# rrproxy keeps the client's Host: the token service's URL in the
+	# challenges is the proxy's, so token requests are spread as well.
+	"$CACHE/rrproxy" -listen 127.0.0.1:0 "${backends[@]}" >"$run/rrproxy-$name.log" 2>&1 &
+	pids+=($!)
+	wait_for "$run/rrproxy-$name.log" 'rrproxy listening on \(.*\)' $!
+	run_suite "$name" "http://$found"
+	run_latest "$name" "$found"
+}
+
+single single none
+replicas replicas none
+single single-token token
+replicas replicas-token token
 
 if [ -n "$latest_missing" ]; then
 	echo "conformance: the 2023 suite passed; !!! the newest suite was NOT run: $latest_missing" >&2
