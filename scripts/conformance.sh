@@ -303,10 +303,16 @@ auth_env=()
 ADMIN_USER=conformance
 ADMIN_PASS="conformance admin $$ $(date +%s%N)"
 
-# setup_auth <mode>: in token mode, the admin the suites log in as, made
-# with the CLI on the deployment's schema (once a replica has migrated it).
+# setup_auth <mode> <log>: in token mode, the admin the suites log in as,
+# made with the CLI on the deployment's schema (once a replica has migrated
+# it). log is a replica's: it must say that it serves in that mode.
 setup_auth() {
 	auth_env=()
+	if ! grep -q "msg=\"berth serving\" .* auth=$1\$" "$2"; then
+		echo "conformance: $2 does not say auth=$1:" >&2
+		grep 'berth serving' "$2" >&2
+		exit 1
+	fi
 	[ "$1" = token ] || return 0
 	"$CACHE/berth" user add "$ADMIN_USER" --admin --password-stdin --database-url "$schema_url" \
 		<<<"$ADMIN_PASS" >/dev/null
@@ -321,7 +327,7 @@ single() {
 	local name=$1 mode=$2
 	new_schema
 	start_berth "$run/$name.log" --database-url "$schema_url" --auth "$mode"
-	setup_auth "$mode"
+	setup_auth "$mode" "$run/$name.log"
 	run_suite "$name" "http://$addr"
 	run_latest "$name" "$addr"
 }
@@ -346,7 +352,7 @@ replicas() {
 		start_berth "$run/$name$i.log" --database-url "$schema_url" --auth "$mode" "${storage[@]}"
 		backends+=("http://$addr")
 	done
-	setup_auth "$mode"
+	setup_auth "$mode" "$run/${name}3.log"
 	# rrproxy keeps the client's Host: the token service's URL in the
 	# challenges is the proxy's, so token requests are spread as well.
 	"$CACHE/rrproxy" -listen 127.0.0.1:0 "${backends[@]}" >"$run/rrproxy-$name.log" 2>&1 &
