@@ -238,9 +238,12 @@ func TestDatabaseDown(t *testing.T) {
 	if got := metric(t, base, "berth_db_up"); got != "1" {
 		t.Errorf("berth_db_up after the outage = %q", got)
 	}
+	// The counter counts statements, and concurrent manifest reads share
+	// one (db/coalesce.go): of the 140 refused requests, the 40 manifest
+	// reads may have taken as few as one statement, the 100 others one each.
 	failures, _ := strconv.Atoi(metric(t, base, "berth_db_unavailable_total"))
-	if failures < 140 {
-		t.Errorf("berth_db_unavailable_total = %d, want at least the 140 refused requests", failures)
+	if failures < 101 {
+		t.Errorf("berth_db_unavailable_total = %d, want at least 101 for the 140 refused requests (100 that are not manifest reads, one statement at least for the 40 that are)", failures)
 	}
 }
 
