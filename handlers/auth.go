@@ -236,20 +236,53 @@ func (h *Handler) resolve(p auth.Principal, info db.AuthInfo, authenticated bool
 var errCredentials = errors.New("invalid username or password")
 
 // login checks a user name with a password, or with an API token given as
-// the password, slowing down repeated failures per user and address.
+// the password, in one lookup. Repeated failures are slowed down per user
+// and per address (see auth.Throttle) — but not credentials this replica
+// already knows to be good (an API token's secret, or a password whose
+// bcrypt check passed against the stored hash): a guesser never holds
+// them, and with Basic authentication every request is a login, so
+// throttling them would let anyone slow down every user behind the same
+// address with a few bad guesses.
 func (h *Handler) login(r *http.Request, user, pass string) (*principal, error) {
-	addr := remoteHost(r)
-	if d := h.throttle.Delay(user, addr, time.Now()); d > 0 {
-		select {
-		case <-time.After(d):
-		case <-r.Context().Done():
-			return nil, r.Context().Err()
+	ctx, addr := r.Context(), remoteHost(r)
+	id, secret, isToken := auth.ParseAPIToken(pass)
+	if !isToken {
+		id = ""
+	}
+	var info db.AuthInfo
+	validName := auth.ValidName(user) == nil
+	if validName {
+		var err error
+		if info, err = h.db.AuthLookup(ctx, user, id); err != nil {
+			return nil, err
 		}
 	}
-	p, err := h.checkCredentials(r.Context(), user, pass)
+	good := validName && (isToken && info.Token != nil && auth.SecretMatches(info.Token.SecretHash, secret) ||
+		!isToken && info.User != nil && h.passwords.known(user, pass, info.User.PasswordHash))
+	if !good {
+		if d := h.throttle.Delay(user, addr, time.Now()); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		switch {
+		case isToken:
+		case !validName || info.User == nil:
+			auth.DummyPasswordCheck(pass) // an unknown user costs what a known one does
+		default:
+			good = h.passwords.check(user, pass, info.User.PasswordHash)
+		}
+	}
+	var p *principal
+	err := errCredentials
+	if good {
+		p, err = h.resolve(auth.Principal{Name: user, TokenID: id}, info, true)
+	}
 	if errors.Is(err, errCredentials) {
 		h.throttle.Failed(user, addr, time.Now())
-		h.log.InfoContext(r.Context(), "failed login", "user", clip(user), "remote", addr)
+		h.log.InfoContext(ctx, "failed login", "user", clip(user), "remote", addr)
 		return nil, h.unauthorized(r, nil, "", errCredentials.Error())
 	}
 	if err != nil {
@@ -257,35 +290,6 @@ func (h *Handler) login(r *http.Request, user, pass string) (*principal, error) 
 	}
 	h.throttle.Succeeded(user, addr, time.Now())
 	return p, nil
-}
-
-// checkCredentials checks a user name with a password or an API token,
-// in one lookup.
-func (h *Handler) checkCredentials(ctx context.Context, user, pass string) (*principal, error) {
-	if auth.ValidName(user) != nil {
-		auth.DummyPasswordCheck(pass) // cost what a real user costs
-		return nil, errCredentials
-	}
-	id, secret, isToken := auth.ParseAPIToken(pass)
-	if !isToken {
-		id = ""
-	}
-	info, err := h.db.AuthLookup(ctx, user, id)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case isToken:
-		if info.Token == nil || !auth.SecretMatches(info.Token.SecretHash, secret) {
-			return nil, errCredentials
-		}
-	case info.User == nil:
-		auth.DummyPasswordCheck(pass)
-		return nil, errCredentials
-	case !h.passwords.check(user, pass, info.User.PasswordHash):
-		return nil, errCredentials
-	}
-	return h.resolve(auth.Principal{Name: user, TokenID: id}, info, true)
 }
 
 // bearer verifies a token. A token of Berth's own is checked against the
@@ -396,7 +400,14 @@ func (h *Handler) unauthorized(r *http.Request, need *auth.Scope, tokenError, me
 	if h.auth.Mode == AuthToken {
 		challenge = fmt.Sprintf(`Bearer realm=%q,service=%q`, h.realm(r), h.auth.Service)
 		if need != nil {
-			challenge += fmt.Sprintf(`,scope=%q`, need.String())
+			scope := need.String()
+			if from := mountSource(r); from != "" && need.Name != from {
+				// A mount reads its source too: ask for both, as the
+				// reference registry does, so that the token the client
+				// comes back with lets the mount happen.
+				scope += " " + auth.Scope{Type: auth.TypeRepository, Name: from, Actions: []string{auth.Pull}}.String()
+			}
+			challenge += fmt.Sprintf(`,scope=%q`, scope)
 		}
 		if tokenError != "" {
 			challenge += fmt.Sprintf(`,error=%q`, tokenError)
@@ -405,6 +416,19 @@ func (h *Handler) unauthorized(r *http.Request, need *auth.Scope, tokenError, me
 		challenge = fmt.Sprintf(`Basic realm=%q`, h.realm(r))
 	}
 	return &authError{status: http.StatusUnauthorized, challenge: challenge, need: need, message: message}
+}
+
+// mountSource is the repository a cross-repository mount request reads
+// from, or "" when r is not one.
+func mountSource(r *http.Request) string {
+	if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/blobs/uploads/") {
+		return ""
+	}
+	q := r.URL.Query()
+	if from := q.Get("from"); q.Has("mount") && validName(from) {
+		return from
+	}
+	return ""
 }
 
 // realm is the Basic realm, or the token service's URL.
@@ -452,14 +476,21 @@ type passwordCache struct {
 // maxPasswordCache bounds the cache: past it, it starts afresh.
 const maxPasswordCache = 10000
 
-func (c *passwordCache) check(user, pass, hash string) bool {
+// known reports whether pass passed a bcrypt check against hash before.
+func (c *passwordCache) known(user, pass, hash string) bool {
 	key := sha256.Sum256([]byte(user + "\x00" + pass))
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	cached, ok := c.m[key]
-	c.mu.Unlock()
-	if ok && cached == hash {
+	return ok && cached == hash
+}
+
+// check reports whether pass matches hash, with bcrypt unless known.
+func (c *passwordCache) check(user, pass, hash string) bool {
+	if c.known(user, pass, hash) {
 		return true
 	}
+	key := sha256.Sum256([]byte(user + "\x00" + pass))
 	if !auth.CheckPassword(hash, pass) {
 		return false
 	}

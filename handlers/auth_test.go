@@ -300,6 +300,12 @@ func TestTokenAuth(t *testing.T) {
 	r.do("GET", "/v2/", nil, bearerHeader(anon)).expect(t, http.StatusOK, "")
 	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(anon)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
 
+	// A mount's challenge asks for its source too.
+	resp = r.do("POST", "/v2/team-a/copy/blobs/uploads/?mount="+cd.String()+"&from=team-a/app", nil)
+	if got := resp.Header.Get("WWW-Authenticate"); !strings.Contains(got, `scope="repository:team-a/copy:pull,push repository:team-a/app:pull"`) {
+		t.Errorf("mount challenge %q", got)
+	}
+
 	// The catalog: a challenge with the catalog scope without a token;
 	// with one, what its user may pull (alice is no admin).
 	resp = r.do("GET", "/v2/_catalog", nil)
@@ -430,5 +436,43 @@ func TestExternalIssuerToken(t *testing.T) {
 	r.do("POST", "/v2/group/app/blobs/uploads/", nil, bearerHeader(sign("another", "pull", "push"))).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
 	if n := dbtest.QueryInt(t, r.dbURL, `SELECT count(*) FROM audit_log WHERE actor = 'carol' AND action = 'upload.start'`); n != 1 {
 		t.Errorf("%d upload.start rows name the external subject", n)
+	}
+}
+
+// Failed logins slow down the address they come from, but not the
+// credentials already known good: a guesser behind the same address (a
+// proxy, a NAT) cannot slow down every user.
+func TestThrottleSparesKnownCredentials(t *testing.T) {
+	t.Parallel()
+	r := newRegistryWith(t, func(o *handlers.Options) {
+		// An hour: a request that waits for it shows as a client timeout.
+		o.Auth = handlers.AuthConfig{Mode: handlers.AuthBasic, Throttle: auth.NewThrottle(time.Hour, time.Hour)}
+	})
+	authWorld(t, r.db)
+	_, token := apiToken(t, r.db, "alice")
+	r.do("GET", "/v2/", nil, basicHeader("alice", "alice-secret")).expect(t, http.StatusOK, "")
+	r.do("GET", "/v2/", nil, basicHeader("mallory", "guess")).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	for _, pass := range []string{"alice-secret", token} {
+		req, _ := http.NewRequest("GET", r.srv.URL+"/v2/", nil)
+		req.SetBasicAuth("alice", pass)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("alice's known credentials were held back after mallory's failure: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("alice after mallory's failure: %d", resp.StatusCode)
+		}
+	}
+	// Another guess from the address is held back.
+	req, _ := http.NewRequest("GET", r.srv.URL+"/v2/", nil)
+	req.SetBasicAuth("mallory", "guess2")
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if resp, err := http.DefaultClient.Do(req.WithContext(ctx)); err == nil {
+		resp.Body.Close()
+		t.Errorf("a second guess was answered at once: %d", resp.StatusCode)
 	}
 }
