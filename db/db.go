@@ -117,7 +117,7 @@ type DB struct {
 	// reads holds the connections of the batched manifest reads, apart
 	// from pool: a burst of pulls never waits for a connection behind
 	// writes, and these connections can plan differently (see Open).
-	reads    *pgxpool.Pool
+	reads       *pgxpool.Pool
 	byTag       *coalescer[manifestKey, Manifest]
 	byDigest    *coalescer[manifestKey, Manifest]
 	authLookups *coalescer[authKey, AuthInfo]

@@ -15,13 +15,15 @@
 #                   Behind the proxy, the 401, the token request and the
 #                   retry reach different replicas.
 #
-# In token mode, a token taken from a challenge carries only the scope the
-# challenge names, that of the request's repository: the token of a
-# cross-repository mount lacks pull on the from= repository, so Berth opens
-# an upload session instead (202, as the spec allows), and both suites
-# skip what would follow a mount. Clients that ask for the source's scope
-# themselves, as crane and docker do, mount: scripts/auth-clients.sh checks
-# it.
+# In token mode, a token taken from a challenge carries only the scopes the
+# challenge names. A mount's challenge names pull on the from= repository
+# too, so the 2023 suite, which takes a token from each challenge, mounts.
+# The newest suite keeps a token per repository and method: its mount goes
+# out with the token of an earlier POST, which lacks pull on from=, so
+# Berth opens an upload session instead (202, as the spec allows) and the
+# suite skips what would follow the mount. Clients that ask for the
+# source's scope themselves, as crane and docker do, mount:
+# scripts/auth-clients.sh checks it.
 #
 # Against each deployment run:
 #
@@ -318,8 +320,8 @@ setup_auth() {
 		<<<"$ADMIN_PASS" >/dev/null
 	auth_env=(OCI_USERNAME="$ADMIN_USER" OCI_PASSWORD="$ADMIN_PASS")
 	echo "conformance: --auth token; the suites log in as the admin $ADMIN_USER (berth user add --admin)." \
-		"Their tokens carry the scope of each challenge only, which for a mount lacks pull on from=:" \
-		"Berth opens an upload instead (202), and the suites skip what follows a mount"
+		"The newest suite reuses a token per repository and method, which for a mount lacks pull on from=:" \
+		"Berth opens an upload instead (202), and the suite skips what follows the mount"
 }
 
 # single <name> <auth mode>: one replica on the filesystem.
