@@ -78,9 +78,6 @@ type principal struct {
 	// tokens to what the grants allow now; nil without a token.
 	access []auth.Scope
 	bearer bool
-	// expired: a Berth token past its expiry, accepted only to continue
-	// an upload its subject owns (see AuthConfig.UploadGrace).
-	expired bool
 }
 
 // owner is the name an upload session is recorded under.
@@ -299,12 +296,11 @@ func (h *Handler) login(r *http.Request, user, pass string) (*principal, error) 
 // the reference registry does.
 func (h *Handler) bearer(r *http.Request, raw string, rt *route) (*principal, error) {
 	tok, err := h.auth.Verifier.Verify(raw, time.Now())
-	expired := false
 	if errors.Is(err, auth.ErrTokenExpired) && tok.Own && h.auth.UploadGrace > 0 &&
 		rt != nil && rt.kind == routeUpload && rt.ref != "" && time.Since(tok.ExpiresAt) < h.auth.UploadGrace {
 		// Finishing an upload: allowed if the session is the subject's
 		// (checked with the session) and the grants still allow it.
-		err, expired = nil, true
+		err = nil
 	}
 	if err != nil {
 		h.log.DebugContext(r.Context(), "token refused", "err", err)
@@ -322,7 +318,7 @@ func (h *Handler) bearer(r *http.Request, raw string, rt *route) (*principal, er
 		return nil, err
 	}
 	p.access = auth.Authorize(p.Principal, p.grants, tok.Access)
-	p.bearer, p.expired = true, expired
+	p.bearer = true
 	return p, nil
 }
 
@@ -343,20 +339,11 @@ func (p *principal) allowedActions(repo string) []string {
 func (p *principal) may(need auth.Scope) bool {
 	have := p.allowedActions(need.Name)
 	for _, a := range need.Actions {
-		if !contains(have, a) {
+		if !slices.Contains(have, a) {
 			return false
 		}
 	}
 	return true
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // authorizeRequest authenticates r, checks that it may have need, and
@@ -532,7 +519,7 @@ func (h *Handler) catalogPage(r *http.Request, last string, n int) ([]string, bo
 	patterns := make([]db.GrantPattern, len(p.grants))
 	for i, g := range p.grants {
 		patterns[i] = db.GrantPattern{Subject: g.Subject, Regex: auth.GlobRegex(g.RepoGlob), Length: len(g.RepoGlob),
-			Pull: contains(g.Actions, auth.Pull)}
+			Pull: slices.Contains(g.Actions, auth.Pull)}
 	}
 	if p.TokenScopes == nil {
 		return h.db.RepositoryListVisible(r.Context(), last, n, patterns)
@@ -565,7 +552,7 @@ func (h *Handler) catalogPage(r *http.Request, last string, n int) ([]string, bo
 func accessPage(p *principal, last string, n int) []string {
 	var names []string
 	for _, sc := range p.access {
-		if sc.Type == auth.TypeRepository && sc.Name > last && contains(sc.Actions, auth.Pull) && !contains(names, sc.Name) {
+		if sc.Type == auth.TypeRepository && sc.Name > last && slices.Contains(sc.Actions, auth.Pull) && !slices.Contains(names, sc.Name) {
 			names = append(names, sc.Name)
 		}
 	}
