@@ -42,8 +42,10 @@ type event struct {
 }
 
 // audit appends e to the audit log inside tx, so that the change and its
-// record commit or roll back together.
+// record commit or roll back together; and to the transaction's outbox,
+// which turns it into an event at the end of the transaction.
 func audit(ctx context.Context, tx pgx.Tx, actor Actor, e event) error {
+	outboxOf(tx).add(actor, e, nil)
 	var detail []byte
 	if e.detail != nil {
 		var err error
@@ -68,6 +70,7 @@ func auditTagsRemoved(ctx context.Context, tx pgx.Tx, actor Actor, repo string, 
 	if len(tags) == 0 {
 		return nil
 	}
+	outboxOf(tx).add(actor, event{action: ActionTagDelete, repository: repo, oldDigest: dgst}, tags)
 	_, err := tx.Exec(ctx, `
 INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, old_digest)
 SELECT $1, $2, NULLIF($3, ''), $4, $5, t, $6 FROM unnest($7::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n`,

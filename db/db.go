@@ -18,6 +18,8 @@
 //	        "authenticated"; text, not a key: see auth.go)
 //	signing_keys
 //
+//	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
+//
 // A blob is visible in a repository only through repository_blobs. A
 // manifest row is live while deleted_at is NULL; a delete by digest writes a
 // tombstone and removes the manifest's tags in the same transaction.
@@ -39,19 +41,24 @@
 //     that two pushes of overlapping tag sets, or a push and the delete of
 //     a manifest those tags point at, wait instead of deadlocking;
 //  5. blobs, in ascending digest order;
-//  6. garbage collection candidates (gc_queue), always last: a transaction
-//     queues its candidates at the very end, and the collector claims
-//     candidates in a transaction of their own that locks nothing else.
+//  6. garbage collection candidates (gc_queue): a transaction queues its
+//     candidates at the end, and the collector claims candidates in a
+//     transaction of their own that locks nothing else;
+//  7. event streams (event_streams), in repository name order, truly
+//     last: runTx writes a transaction's events after fn returns, and a
+//     stream row stays locked until the commit, which is what numbers a
+//     repository's events in commit order (see events.go). Delivery
+//     claims lock webhook_deliveries rows alone (SKIP LOCKED).
 //
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
 //
-//  7. users, in name order (FOR KEY SHARE while a grant, membership or
+//  8. users, in name order (FOR KEY SHARE while a grant, membership or
 //     token is written for them; deleted with what belongs to them);
-//  8. groups, likewise;
-//  9. grants, and API tokens in id order (TokenTouch, and UserDelete
+//  9. groups, likewise;
+//  10. grants, and API tokens in id order (TokenTouch, and UserDelete
 //     before its cascade deletes them);
-//  10. the advisory lock (0x6175, 1) under which the first signing key is
+//  11. the advisory lock (0x6175, 1) under which the first signing key is
 //     created (SigningKeys): taken alone, so that replicas starting at
 //     once create one key between them.
 //
@@ -113,6 +120,8 @@ type DB struct {
 	q     guardedPool // pool, with a deadline on every statement
 	guard *guard
 	gc    GCPolicy
+	// events describes this process in the events it writes.
+	events EventsConfig
 
 	// reads holds the connections of the batched manifest reads, apart
 	// from pool: a burst of pulls never waits for a connection behind
@@ -134,6 +143,8 @@ type Options struct {
 	// Logger receives the start and end of database outages; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Events describes this process to the events it writes.
+	Events EventsConfig
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -166,7 +177,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		pool.Close()
 		return nil, err
 	}
-	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads}
+	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads, events: opts.Events}
 	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByTagSQL))
 	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByDigestSQL))
 	d.authLookups = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.authLookupBatch)
@@ -277,6 +288,17 @@ type Actor struct {
 	Name      string // authenticated user, or the client address when anonymous
 	RequestID string
 	TokenID   string // the API token the request authenticated with, if any
+	// Request describes the HTTP request, for events; nil for changes
+	// that no request made (garbage collection, maintenance commands).
+	Request *RequestInfo
+}
+
+// RequestInfo is what events say about the request that made a change.
+type RequestInfo struct {
+	Addr, Host, Method, UserAgent string
+	// BaseURL is how the client reached the registry
+	// ("https://registry.example"), for the URLs in events.
+	BaseURL string
 }
 
 // maxAttempts bounds the retries of a transaction that PostgreSQL aborted
@@ -322,7 +344,17 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", d.guard.observe(ctx, err))
 	}
-	if err := fn(guardedTx{tx, d.guard}); err != nil || !commit {
+	gtx := guardedTx{Tx: tx, g: d.guard}
+	if commit {
+		gtx.out = &outbox{}
+	}
+	err = fn(gtx)
+	var written int
+	if err == nil && commit {
+		// The events last, after every other lock (see events.go).
+		written, err = d.flushOutbox(ctx, gtx, gtx.out)
+	}
+	if err != nil || !commit {
 		rctx, cancel := d.guard.deadline(context.WithoutCancel(ctx))
 		_ = tx.Rollback(rctx)
 		cancel()
@@ -332,6 +364,9 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	defer cancel()
 	if err := tx.Commit(cctx); err != nil {
 		return fmt.Errorf("commit: %w", d.guard.observe(ctx, err))
+	}
+	if written > 0 && d.events.Written != nil {
+		d.events.Written()
 	}
 	return nil
 }

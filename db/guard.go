@@ -94,7 +94,8 @@ func (p guardedPool) QueryRow(ctx context.Context, sql string, args ...any) pgx.
 // embeds pgx.Tx, so it is one wherever a function takes a pgx.Tx.
 type guardedTx struct {
 	pgx.Tx
-	g *guard
+	g   *guard
+	out *outbox // the events of the transaction (see events.go); nil in a dry run
 }
 
 func (t guardedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {

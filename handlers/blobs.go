@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/digests"
 )
 
@@ -78,6 +79,11 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		} else {
 			r.Header.Set("Range", ranges)
 		}
+	}
+	if r.Header.Get("Range") == "" {
+		// A whole download is a pull; the ranges a client resumes with are
+		// parts of one.
+		h.recordPull(r, db.PullEvent{Repository: rt.name, Digest: dgst.String(), MediaType: "application/octet-stream", Size: size, Blob: true})
 	}
 	if h.redirect != nil {
 		url, err := h.redirect.PresignGet(r.Context(), dgst, redirectExpiry)
@@ -158,7 +164,7 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	if err != nil {
 		return err
 	}
-	if err := h.db.BlobUnlink(r.Context(), rt.name, dgst.String(), actor(r)); err != nil {
+	if err := h.db.BlobUnlink(r.Context(), rt.name, dgst.String(), h.actor(r)); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Length", "0")

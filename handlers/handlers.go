@@ -65,6 +65,16 @@ type Options struct {
 	ManifestBudget int64
 	// Auth configures authentication; the zero value is none.
 	Auth AuthConfig
+	// Pulls records pull events for the webhooks that want them; nil
+	// records none.
+	Pulls PullRecorder
+}
+
+// PullRecorder buffers pull events (events.Pulls).
+type PullRecorder interface {
+	// Wanted reports whether pulls are recorded at all.
+	Wanted() bool
+	Record(db.PullEvent)
 }
 
 // Handler serves the OCI distribution API.
@@ -82,6 +92,7 @@ type Handler struct {
 	manifests *manifestBudget
 
 	auth      AuthConfig
+	pulls     PullRecorder
 	throttle  *auth.Throttle
 	passwords passwordCache
 	tokenUses *tokenUses
@@ -96,7 +107,7 @@ const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth}
+	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth, pulls: opts.Pulls}
 	if opts.ManifestBudget == 0 {
 		opts.ManifestBudget = DefaultManifestBudget
 	}
@@ -137,6 +148,7 @@ func New(opts Options) *Handler {
 		r.Post("/auth/token", h.serve(h.tokenService))
 		r.Get("/auth/jwks", h.serve(h.jwks))
 	}
+	r.Get("/berth/v1/events", h.serve(h.events))
 	r.Get("/healthz", healthz)
 	r.Get("/readyz", h.readyz(false))
 	if !opts.AdminSeparate {
@@ -270,8 +282,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 
 // actor identifies who makes a change, for the audit trail: the user (and
 // the API token it used), or the client's address when anonymous.
-func actor(r *http.Request) db.Actor {
-	a := db.Actor{Name: "anonymous", RequestID: requestIDFrom(r.Context())}
+func (h *Handler) actor(r *http.Request) db.Actor {
+	a := db.Actor{Name: "anonymous", RequestID: requestIDFrom(r.Context()), Request: &db.RequestInfo{
+		Addr: r.RemoteAddr, Host: r.Host, Method: r.Method, UserAgent: r.UserAgent(), BaseURL: h.externalURL(r),
+	}}
 	if p := principalOf(r.Context()); p != nil && p.Name != "" {
 		a.Name, a.TokenID = p.Name, p.TokenID
 		return a

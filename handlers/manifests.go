@@ -79,8 +79,19 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	w.WriteHeader(http.StatusOK)
 	if withPayload {
 		w.Write(m.Payload)
+		h.recordPull(r, db.PullEvent{Repository: rt.name, Digest: m.Digest, MediaType: m.MediaType, Size: m.Size, Tag: ref.tag})
 	}
 	return nil
+}
+
+// recordPull hands a pull to the pull events buffer, when a webhook
+// wants pulls: a GET that served content (not a HEAD, not a 304).
+func (h *Handler) recordPull(r *http.Request, ev db.PullEvent) {
+	if h.pulls == nil || !h.pulls.Wanted() {
+		return
+	}
+	ev.Actor = h.actor(r)
+	h.pulls.Record(ev)
 }
 
 // etagMatches evaluates an If-None-Match header against a manifest's ETag,
@@ -201,7 +212,7 @@ func (h *Handler) storeManifest(r *http.Request, name string, tags []string, con
 	// for 27,000 layers) and the annotations go before its statements
 	// run. Callers use the manifest's type and subject.
 	m.Blobs, m.Children, m.Annotations = nil, nil, nil
-	previous, err := h.db.ManifestStore(r.Context(), put, actor(r))
+	previous, err := h.db.ManifestStore(r.Context(), put, h.actor(r))
 	if err != nil {
 		return nil, "", err
 	}
@@ -269,7 +280,7 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt rout
 	if ref.tag != "" {
 		return h.untag(w, r, rt.name, ref.tag)
 	}
-	if err := h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), actor(r)); err != nil {
+	if err := h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), h.actor(r)); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Length", "0")

@@ -46,7 +46,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		return h.monolithicUpload(w, r, rt, dgst)
 	}
 	id := newUploadID()
-	if err := h.db.UploadCreate(r.Context(), rt.name, id, uploadOwner(r), digests.EmptySha256(), h.limits.UploadSessions, actor(r)); err != nil {
+	if err := h.db.UploadCreate(r.Context(), rt.name, id, uploadOwner(r), digests.EmptySha256(), h.limits.UploadSessions, h.actor(r)); err != nil {
 		return err
 	}
 	uploadHeaders(w, rt.name, id, 0)
@@ -75,7 +75,7 @@ func (h *Handler) mountBlob(w http.ResponseWriter, r *http.Request, rt route, mo
 		// which tells nothing of whether the blob is there.
 		return false, nil
 	}
-	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), actor(r))
+	_, err = h.db.BlobMount(r.Context(), from, rt.name, dgst.String(), h.actor(r))
 	if errors.Is(err, db.ErrBlobUnknown) {
 		return false, nil
 	}
@@ -172,7 +172,7 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, rt route)
 		}
 	}
 	if got != dgst {
-		if _, err := h.db.UploadDelete(ctx, rt.name, u.ID, actor(r)); err == nil {
+		if _, err := h.db.UploadDelete(ctx, rt.name, u.ID, h.actor(r)); err == nil {
 			h.discardUpload(ctx, u.ID, state)
 		}
 		return digestMismatch(got, dgst)
@@ -202,7 +202,7 @@ func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route)
 	if _, err := h.loadUpload(r, rt); err != nil {
 		return err // unknown, or another principal's: cancelled by its owner only
 	}
-	u, err := h.db.UploadDelete(r.Context(), rt.name, rt.ref, actor(r))
+	u, err := h.db.UploadDelete(r.Context(), rt.name, rt.ref, h.actor(r))
 	if err != nil {
 		return err
 	}
@@ -230,7 +230,7 @@ func (h *Handler) commitBlob(ctx context.Context, r *http.Request, name string, 
 		}
 	}
 	c.Repository, c.Digest, c.Size = name, dgst.String(), size
-	return h.db.BlobCommit(ctx, c, publish, actor(r))
+	return h.db.BlobCommit(ctx, c, publish, h.actor(r))
 }
 
 func (h *Handler) loadUpload(r *http.Request, rt route) (db.Upload, error) {

@@ -17,15 +17,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/events"
 	"github.com/berth-registry/berth/gc"
 )
 
 // Registry returns a registry with the Go runtime and process metrics and
 // Berth's own.
-func Registry(d *db.DB, collector *gc.Collector, log *slog.Logger) *prometheus.Registry {
+func Registry(d *db.DB, collector *gc.Collector, worker *events.Worker, pulls *events.Pulls, log *slog.Logger) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&berth{db: d, gc: collector, log: log})
+		&berth{db: d, gc: collector, worker: worker, pulls: pulls, log: log})
 	return reg
 }
 
@@ -59,18 +60,32 @@ var (
 		"Items this replica's collector removed, by kind.", []string{"kind"}, nil)
 	gcBytes = prometheus.NewDesc("berth_gc_freed_bytes_total",
 		"Bytes of storage this replica's collector freed.", nil, nil)
+	webhookPending = prometheus.NewDesc("berth_webhook_pending",
+		"Deliveries of the registry waiting for their webhook, in flight included.", []string{"webhook"}, nil)
+	webhookDead = prometheus.NewDesc("berth_webhook_dead",
+		"Dead-lettered deliveries of the registry, until redriven or past the retention.", []string{"webhook"}, nil)
+	webhookOldest = prometheus.NewDesc("berth_webhook_oldest_pending_seconds",
+		"Age of the oldest event still waiting for the webhook (0: none).", []string{"webhook"}, nil)
+	webhookAttempts = prometheus.NewDesc("berth_webhook_deliveries_total",
+		"This replica's delivery attempts, by webhook and outcome: delivered, retried (failed, tried again later), dead.",
+		[]string{"webhook", "result"}, nil)
+	pullEvents = prometheus.NewDesc("berth_pull_events_total",
+		"Pull events this replica wrote, and those it dropped (buffer full while the database was slow or down).", []string{"result"}, nil)
 )
 
 // berth is a prometheus.Collector reading its values at scrape time.
 type berth struct {
-	db  *db.DB
-	gc  *gc.Collector // nil when collection is disabled in this process
-	log *slog.Logger
+	db     *db.DB
+	gc     *gc.Collector // nil when collection is disabled in this process
+	worker *events.Worker
+	pulls  *events.Pulls
+	log    *slog.Logger
 }
 
 func (b *berth) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds,
-		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, uploadBytes, gcQueue, gcItems, gcBytes} {
+		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, uploadBytes, gcQueue, gcItems, gcBytes,
+		webhookPending, webhookDead, webhookOldest, webhookAttempts, pullEvents} {
 		ch <- d
 	}
 }
@@ -122,6 +137,31 @@ func (b *berth) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(due), "due")
 	} else {
 		b.warn("metrics: count garbage candidates", err)
+	}
+	if gauges, err := b.db.WebhookGauges(ctx); err == nil {
+		for _, g := range gauges {
+			ch <- prometheus.MustNewConstMetric(webhookPending, prometheus.GaugeValue, float64(g.Pending), g.Name)
+			ch <- prometheus.MustNewConstMetric(webhookDead, prometheus.GaugeValue, float64(g.Dead), g.Name)
+			age := 0.0
+			if !g.OldestPending.IsZero() {
+				age = max(0, time.Since(g.OldestPending).Seconds())
+			}
+			ch <- prometheus.MustNewConstMetric(webhookOldest, prometheus.GaugeValue, age, g.Name)
+		}
+	} else {
+		b.warn("metrics: read webhook queues", err)
+	}
+	if b.worker != nil {
+		t := b.worker.Totals()
+		for result, byName := range map[string]map[string]int64{"delivered": t.Delivered, "retried": t.Retried, "dead": t.Dead} {
+			for name, n := range byName {
+				ch <- prometheus.MustNewConstMetric(webhookAttempts, prometheus.CounterValue, float64(n), name, result)
+			}
+		}
+	}
+	if b.pulls != nil {
+		ch <- prometheus.MustNewConstMetric(pullEvents, prometheus.CounterValue, float64(b.pulls.Written()), "written")
+		ch <- prometheus.MustNewConstMetric(pullEvents, prometheus.CounterValue, float64(b.pulls.Dropped()), "dropped")
 	}
 	if b.gc == nil {
 		return

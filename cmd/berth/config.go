@@ -65,6 +65,14 @@ type Config struct {
 	GCInterval           time.Duration
 	GCSweepInterval      time.Duration
 	GCBatch              int
+
+	WebhookWorkers     int
+	WebhookMaxAttempts int
+	WebhookBackoff     time.Duration
+	WebhookLease       time.Duration
+	WebhookPoll        time.Duration
+	EventsRetention    time.Duration
+	PullEventsFlush    time.Duration
 }
 
 // setting describes one configuration value. The flag is --<name>, the
@@ -296,6 +304,33 @@ var settings = []setting{
 		duration(func(c *Config) *time.Duration { return &c.GCSweepInterval })},
 	{"gc-batch", "100", "garbage candidates claimed per transaction round",
 		positiveInt(func(c *Config) *int { return &c.GCBatch })},
+	{"webhook-workers", "8", "webhook deliveries this replica sends at once (each to a different webhook and repository)",
+		positiveInt(func(c *Config) *int { return &c.WebhookWorkers })},
+	{"webhook-max-attempts", "25", "attempts at a webhook delivery before it is dead-lettered (25: about a day of retries)",
+		positiveInt(func(c *Config) *int { return &c.WebhookMaxAttempts })},
+	{"webhook-backoff", "1s", "wait after a failed webhook delivery; it doubles with each failure, up to 2h, with ±20% jitter",
+		positiveDuration(func(c *Config) *time.Duration { return &c.WebhookBackoff })},
+	{"webhook-lease", "30s", "how long a replica's claim on a delivery lasts (at least twice the webhook's timeout) before another replica takes it over",
+		positiveDuration(func(c *Config) *time.Duration { return &c.WebhookLease })},
+	{"webhook-poll", "1s", "how often a replica looks for deliveries written by other replicas (its own start at once)",
+		positiveDuration(func(c *Config) *time.Duration { return &c.WebhookPoll })},
+	{"events-retention", "168h", "how long delivered and dead-lettered deliveries, and events, are kept",
+		positiveDuration(func(c *Config) *time.Duration { return &c.EventsRetention })},
+	{"pull-events-flush", "1s", "how often buffered pull events are written (what a crash of the replica may lose)",
+		positiveDuration(func(c *Config) *time.Duration { return &c.PullEventsFlush })},
+}
+
+// positiveDuration parses a duration above zero.
+func positiveDuration(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		if err := duration(p)(c, v); err != nil {
+			return err
+		}
+		if *p(c) == 0 {
+			return fmt.Errorf("must be positive: %s", v)
+		}
+		return nil
+	}
 }
 
 // gcPolicy is the part of the garbage collection settings that the

@@ -33,6 +33,8 @@ Usage:
   berth revoke SUBJECT REPO_GLOB      delete a grant
   berth token create --user NAME [--scope S]... [--expires D] [--description T]  print a new API token
   berth token revoke ID | list
+  berth webhook add NAME URL [--secret S] [--repos G]... [--actions A,...] [--header 'K: V']... [--timeout D] [--pulls]
+  berth webhook list | delete NAME | redrive NAME   webhooks and their deliveries
 
   berth help <command>                flags of a command
 
@@ -98,6 +100,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return revokeCommand(ctx, rest, env)
 	case "token":
 		return tokenCommand(ctx, rest, env)
+	case "webhook":
+		return webhookCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/events"
 	"github.com/berth-registry/berth/gc"
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
@@ -38,8 +41,11 @@ type Main struct {
 	served   chan error
 	stopGC   context.CancelFunc
 	gcDone   chan struct{}
-	api      *handlers.Handler
-	admin    *asideServer // --admin-listen, when set
+	// The webhook deliveries and the pull events buffer.
+	stopEvents context.CancelFunc
+	eventsDone sync.WaitGroup
+	api        *handlers.Handler
+	admin      *asideServer // --admin-listen, when set
 
 	closeOnce sync.Once
 	closeErr  error
@@ -85,7 +91,15 @@ func (m *Main) Run(ctx context.Context) error {
 	// Connect first: the connection has a deadline (--db-timeout), so a
 	// database that does not answer stops the start with an error rather
 	// than a hang in the migrations.
-	m.db, err = db.Open(ctx, dbase.url, c.dbOptions(m.Logger))
+	waker := events.NewWaker()
+	instance := newInstanceID()
+	opts := c.dbOptions(m.Logger)
+	opts.Events = db.EventsConfig{Source: db.EventSource{Addr: sourceAddr(c.Listen), InstanceID: instance},
+		BaseURL: c.ExternalURL, Written: waker.Wake}
+	if opts.Events.BaseURL == "" {
+		opts.Events.BaseURL = "http://" + opts.Events.Source.Addr
+	}
+	m.db, err = db.Open(ctx, dbase.url, opts)
 	if err != nil {
 		return err
 	}
@@ -112,7 +126,17 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	registry := metrics.Registry(m.db, collector, m.Logger)
+	evCtx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopEvents = stopEvents
+	worker := events.NewWorker(m.db, events.Config{
+		Owner: instance, Workers: c.WebhookWorkers, MaxAttempts: c.WebhookMaxAttempts, Backoff: c.WebhookBackoff,
+		Lease: c.WebhookLease, Retention: c.EventsRetention, Poll: c.WebhookPoll, Waker: waker, Logger: m.Logger,
+	})
+	pulls := events.NewPulls(m.db, c.PullEventsFlush, m.Logger)
+	m.eventsDone.Add(2)
+	go func() { defer m.eventsDone.Done(); worker.Run(evCtx) }()
+	go func() { defer m.eventsDone.Done(); pulls.Run(evCtx) }()
+	registry := metrics.Registry(m.db, collector, worker, pulls, m.Logger)
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
 		Registry: registry,
@@ -137,6 +161,7 @@ func (m *Main) Run(ctx context.Context) error {
 		},
 		ManifestBudget: c.ManifestBudget,
 		Auth:           authConfig,
+		Pulls:          pulls,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
@@ -179,6 +204,25 @@ func (m *Main) Run(ctx context.Context) error {
 			"addr", m.listener.Addr().String())
 	}
 	return nil
+}
+
+// newInstanceID names this process in events (source.instanceID) and in
+// its claims on webhook deliveries: random, new at every start.
+func newInstanceID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sourceAddr is this process in events (source.addr): the host name and
+// the port it listens on, as the reference registry reports it.
+func sourceAddr(listen string) string {
+	host, _ := os.Hostname()
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return listen
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // connectionLimit is the --max-connections to enforce: as configured, or
@@ -256,6 +300,12 @@ func (m *Main) close(ctx context.Context) error {
 	if m.stopGC != nil {
 		m.stopGC()
 		<-m.gcDone
+	}
+	if m.stopEvents != nil {
+		// After the server: the last pulls are written, the deliveries in
+		// flight recorded.
+		m.stopEvents()
+		m.eventsDone.Wait()
 	}
 	if m.db != nil {
 		m.db.Close()
