@@ -50,9 +50,9 @@ func webhookCommand(ctx context.Context, args []string, env cmdEnv) error {
 		tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tURL\tREPOS\tACTIONS\tSECRET\tHEADERS\tTIMEOUT\tPENDING\tOLDEST PENDING\tDELIVERED\tDEAD")
 		for _, h := range hooks {
-			actions := listOr(h.Actions, "all")
+			actions := listOr(h.Actions, "all but pull")
 			if h.Actions == nil && h.Pulls {
-				actions = "all, pull"
+				actions = "all"
 			}
 			headers := make([]string, len(h.Headers))
 			for i, hd := range h.Headers {
