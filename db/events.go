@@ -142,7 +142,8 @@ func outboxOf(tx pgx.Tx) *outbox {
 // of the changes, following the shapes receivers rely on:
 //   - a manifest pushed by tag is one push event per tag, with target.tag
 //     (and previousDigest when the tag moved); without a tag, one push
-//     event; a manifest that existed already only gets tag events;
+//     event; a manifest that existed already only gets tag events; a
+//     restore that revives a deleted manifest is one restore event;
 //   - a delete by digest is one delete event naming the tags it removed;
 //   - upload starts and cancels, purges of tombstones and the removal of
 //     blob bytes are not events (the audit log has them): no repository
@@ -191,7 +192,12 @@ func (d *DB) fold(entries []outboxEntry) []Event {
 				ev.Action, tagged[k] = EventPush, true
 			}
 		case ActionTagRestore:
+			// A restore may revive a deleted manifest: one restore event,
+			// not a push as well.
 			ev.Action, ev.PreviousDigest = EventRestore, e.oldDigest
+			if pushed[k] != nil {
+				tagged[k] = true
+			}
 		case ActionTagUntag:
 			ev.Action, ev.Target.Digest = EventUntag, e.oldDigest
 			k.digest = e.oldDigest

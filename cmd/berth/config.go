@@ -345,7 +345,14 @@ func (c Config) gcPolicy() db.GCPolicy {
 
 // dbOptions are the database settings of every command.
 func (c Config) dbOptions(log *slog.Logger) db.Options {
-	return db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy(), Timeout: c.DBTimeout, Logger: log}
+	o := db.Options{MaxConns: int32(c.DBMaxConns), GC: c.gcPolicy(), Timeout: c.DBTimeout, Logger: log}
+	// Events written by this process (berth gc too) name it, and link to
+	// the registry at its external URL, or at this host and port.
+	o.Events = db.EventsConfig{Source: db.EventSource{Addr: sourceAddr(c.Listen)}, BaseURL: c.ExternalURL}
+	if o.Events.BaseURL == "" {
+		o.Events.BaseURL = "http://" + o.Events.Source.Addr
+	}
+	return o
 }
 
 // loadConfig resolves the settings from args (flags), env and the YAML file

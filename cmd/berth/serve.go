@@ -94,11 +94,7 @@ func (m *Main) Run(ctx context.Context) error {
 	waker := events.NewWaker()
 	instance := newInstanceID()
 	opts := c.dbOptions(m.Logger)
-	opts.Events = db.EventsConfig{Source: db.EventSource{Addr: sourceAddr(c.Listen), InstanceID: instance},
-		BaseURL: c.ExternalURL, Written: waker.Wake}
-	if opts.Events.BaseURL == "" {
-		opts.Events.BaseURL = "http://" + opts.Events.Source.Addr
-	}
+	opts.Events.Source.InstanceID, opts.Events.Written = instance, waker.Wake
 	m.db, err = db.Open(ctx, dbase.url, opts)
 	if err != nil {
 		return err
