@@ -35,7 +35,26 @@ type WebhookSpec struct {
 var webhookName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // reservedHeaders are set by the delivery itself.
-var reservedHeaders = []string{"Content-Type", "Content-Length", "Host", SignatureHeader, EventIDHeader}
+var reservedHeaders = []string{"Content-Type", "Content-Length", "Host", "User-Agent", SignatureHeader, EventIDHeader}
+
+// validHeader reports whether net/http will send a header of this name
+// and value: a name of RFC 9110 token characters, a value without control
+// characters other than tab. net/http refuses anything else at every
+// request, so such a header would fail every delivery.
+func validHeader(name, value string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
 
 // Webhook validates s and returns the webhook to store.
 func (s WebhookSpec) Webhook() (db.Webhook, error) {
@@ -74,7 +93,7 @@ func (s WebhookSpec) Webhook() (db.Webhook, error) {
 	for _, h := range s.Headers {
 		name, value, ok := strings.Cut(h, ":")
 		name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
-		if !ok || name == "" || strings.ContainsAny(name, " \t\r\n") || strings.ContainsAny(value, "\r\n") {
+		if !ok || name == "" || !validHeader(name, value) {
 			return w, fmt.Errorf("header %q: write it as 'Name: value'", h)
 		}
 		if slices.ContainsFunc(reservedHeaders, func(r string) bool { return http.CanonicalHeaderKey(r) == name }) {
@@ -85,7 +104,7 @@ func (s WebhookSpec) Webhook() (db.Webhook, error) {
 	if w.Timeout == 0 {
 		w.Timeout = DefaultTimeout
 	}
-	if w.Timeout < 0 || w.Timeout > maxTimeout {
+	if w.Timeout < time.Millisecond || w.Timeout > maxTimeout {
 		return w, errors.New("timeout: between 1ms and 5m")
 	}
 	return w, nil
