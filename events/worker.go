@@ -294,8 +294,14 @@ func (w *Worker) send(ctx context.Context, dl db.Delivery) (int, error) {
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return resp.StatusCode, nil
 	}
-	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-		return resp.StatusCode, &retryAfter{status: resp.StatusCode, wait: time.Duration(s) * time.Second}
+	// Retry-After is seconds or an HTTP date (RFC 9110, 10.2.3).
+	if ra := resp.Header.Get("Retry-After"); ra != "" {
+		if s, err := strconv.Atoi(ra); err == nil && s > 0 {
+			return resp.StatusCode, &retryAfter{status: resp.StatusCode, wait: time.Duration(s) * time.Second}
+		}
+		if at, err := http.ParseTime(ra); err == nil && time.Until(at) > 0 {
+			return resp.StatusCode, &retryAfter{status: resp.StatusCode, wait: time.Until(at).Round(time.Second)}
+		}
 	}
 	return resp.StatusCode, fmt.Errorf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 }
