@@ -142,7 +142,8 @@ func outboxOf(tx pgx.Tx) *outbox {
 // of the changes, following the shapes receivers rely on:
 //   - a manifest pushed by tag is one push event per tag, with target.tag
 //     (and previousDigest when the tag moved); without a tag, one push
-//     event; a manifest that existed already only gets tag events;
+//     event; a manifest that existed already only gets tag events; a
+//     restore that undeletes its manifest is one restore event;
 //   - a delete by digest is one delete event naming the tags it removed;
 //   - upload starts and cancels, purges of tombstones and the removal of
 //     blob bytes are not events (the audit log has them): no repository
@@ -192,6 +193,9 @@ func (d *DB) fold(entries []outboxEntry) []Event {
 			}
 		case ActionTagRestore:
 			ev.Action, ev.PreviousDigest = EventRestore, e.oldDigest
+			if pushed[k] != nil {
+				tagged[k] = true // a restore that undeleted the manifest: announced by its restore
+			}
 		case ActionTagUntag:
 			ev.Action, ev.Target.Digest = EventUntag, e.oldDigest
 			k.digest = e.oldDigest
