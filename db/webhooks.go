@@ -169,6 +169,9 @@ type Delivery struct {
 // at once. A claim lasts lease (at least twice the webhook's timeout):
 // if this process dies, another claims the delivery again after that.
 //
+// Deliveries of a deleted webhook (see EventsCleanup) are passed over:
+// the claim's limit is spent only on rows it can return.
+//
 // Locks: the claimed delivery rows, FOR UPDATE SKIP LOCKED, and nothing
 // else, so replicas claiming at once take different rows and never wait.
 // The heads are found from a snapshot; a head another replica claims or
@@ -189,6 +192,7 @@ WITH RECURSIVE lanes AS (
 ), claimed AS (
     SELECT d.id FROM webhook_deliveries d JOIN lanes l USING (webhook_id, repository, seq)
     WHERE d.state = 'pending' AND d.next_at <= now()
+      AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)
     ORDER BY d.next_at LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 )
