@@ -178,7 +178,9 @@ type Delivery struct {
 // completes meanwhile fails the re-check of state and next_at once locked,
 // and a row that is not the head in the snapshot is not considered: the
 // rows before it in its lane were pending, and pending rows only leave
-// that state forwards.
+// that state forwards. The one way back is WebhookRedrive, an operator's
+// request to send skipped events again, which are out of order anyway: a
+// redriven delivery may go out while its lane's head is in flight.
 func (d *DB) DeliveriesClaim(ctx context.Context, owner string, n int, lease time.Duration) ([]Delivery, error) {
 	rows, err := d.q.Query(ctx, `
 WITH RECURSIVE lanes AS (
