@@ -494,12 +494,15 @@ func TestWebhookDeliveryTorture(t *testing.T) {
 
 	rc.checkProblems()
 	w.check(pool, rc.got("/hook"), lastSeq)
+	pages := replayEvents(t, a.url(), rc.got("/hook"), lastSeq)
 	req, acc := rc.counts()
 	t.Logf("figures: %d changes attempted, %d committed with a 2xx, %d without an answer (%d of them committed); "+
 		"%d events in %d repositories; %d requests to the endpoint, %d accepted (%d re-deliveries); "+
-		"injected: %d 500s, %d 502s after processing, %d hangs past the timeout, %d Retry-After, %d held for the kill, a 1.5s outage; total %s",
+		"injected: %d 500s, %d 502s after processing, %d hangs past the timeout, %d Retry-After, %d held for the kill, a 1.5s outage; "+
+		"replayed from the events API in %d pages; total %s",
 		w.attempted(), w.count(opOK), w.count(opUncertain), w.committedUncertain, w.events, len(lastSeq), req, acc, w.redeliveries,
-		injected500.Load(), injectedNack.Load(), injectedHang.Load(), injectedRetryAfter.Load(), injectedHeld.Load(), time.Since(start).Round(time.Millisecond))
+		injected500.Load(), injectedNack.Load(), injectedHang.Load(), injectedRetryAfter.Load(), injectedHeld.Load(),
+		pages, time.Since(start).Round(time.Millisecond))
 	if w.redeliveries == 0 {
 		t.Error("no event was delivered twice: the test did not exercise re-deliveries")
 	}
@@ -970,6 +973,47 @@ func (w *tortureWorld) check(pool *pgxpool.Pool, got []hookDelivery, lastSeq map
 	}
 }
 
+// replayEvents reads every repository's events from the events API, page
+// by page along the Link headers, and compares them with those the
+// endpoint received. It returns how many pages it read.
+func replayEvents(t *testing.T, base string, got []hookDelivery, lastSeq map[string]int64) int {
+	t.Helper()
+	delivered := map[string][]byte{} // "repo seq" → the event's JSON
+	for _, d := range got {
+		b, _ := json.Marshal(d.event)
+		delivered[fmt.Sprint(d.event.Target.Repository, " ", d.event.Seq)] = b
+	}
+	pages := 0
+	for repo, last := range lastSeq {
+		var seq int64
+		next := "/berth/v1/events?repository=" + repo + "&n=200"
+		for next != "" {
+			resp := mustDo(t, "GET", base+next, nil, http.StatusOK)
+			pages++
+			var page struct{ Events []db.Event }
+			if err := json.Unmarshal(resp.body, &page); err != nil {
+				t.Fatalf("events API: %v", err)
+			}
+			for _, ev := range page.Events {
+				seq++
+				b, _ := json.Marshal(ev)
+				if ev.Seq != seq || !bytes.Equal(b, delivered[fmt.Sprint(repo, " ", ev.Seq)]) {
+					t.Fatalf("events API, %s seq %d: %s, delivered %s", repo, seq, b, delivered[fmt.Sprint(repo, " ", ev.Seq)])
+				}
+			}
+			next = ""
+			if link := resp.Header.Get("Link"); link != "" {
+				target, _, _ := strings.Cut(strings.TrimPrefix(link, "<"), ">")
+				next = target
+			}
+		}
+		if seq != last {
+			t.Errorf("events API: %s has %d events, its stream is at %d", repo, seq, last)
+		}
+	}
+	return pages
+}
+
 // TestWebhookEventsParseWithReferenceTypes decodes delivered bodies with
 // the reference registry's own types (distribution/v3 notifications):
 // receivers written for it read Berth's events.
@@ -1276,6 +1320,35 @@ func TestWebhookPullEvents(t *testing.T) {
 	}
 	if pulls != 1 {
 		t.Errorf("pulls received %d pull events, want 1 (the HEAD is none)", pulls)
+	}
+	rc.checkProblems()
+	t.Logf("took %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestWebhookGCEvents: what the collector removes is an event too, by
+// actor gc, with no request and a URL from --external-url.
+func TestWebhookGCEvents(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	dbURL := dbtest.NewURL(t)
+	rc := newReceiver(t, "")
+	webhookCLI(t, dbURL, "webhook", "add", "gc", rc.url("/gc"), "--actions", "delete").ok(t)
+	m := startMain(t, dbURL, "--webhook-poll", "50ms", "--gc-interval", "50ms", "--gc-review-delay", "0s",
+		"--external-url", "https://registry.example")
+	base := "http://" + m.Addr().String()
+	content := []byte("nothing references me")
+	d := digest.FromBytes(content)
+	mustDo(t, "POST", base+"/v2/gc/lone/blobs/uploads/?digest="+d.String(), content, http.StatusCreated)
+	got := rc.waitEvent(t, "/gc", "the collector's delete", func(ev db.Event) bool { return ev.Target.Digest == d.String() })
+	ev := got.event
+	if ev.Action != db.EventDelete || ev.Actor.Name != "gc" || ev.Request != (db.EventRequest{}) || ev.Seq != 2 ||
+		ev.Target.Repository != "gc/lone" || ev.Target.MediaType != "application/octet-stream" || ev.Target.Size != int64(len(content)) ||
+		ev.Target.URL != "https://registry.example/v2/gc/lone/blobs/"+d.String() || ev.Source.InstanceID == "" {
+		t.Errorf("the collector's delete: %s", got.body)
+	}
+	var ref struct{ Events []notifications.Event }
+	if err := json.Unmarshal(got.body, &ref); err != nil || ref.Events[0].Actor.Name != "gc" || ref.Events[0].Action != "delete" {
+		t.Errorf("the reference types read %+v (%v)", ref, err)
 	}
 	rc.checkProblems()
 	t.Logf("took %s", time.Since(start).Round(time.Millisecond))
