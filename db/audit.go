@@ -42,41 +42,78 @@ type event struct {
 }
 
 // audit appends e to the audit log inside tx, so that the change and its
-// record commit or roll back together; and to the transaction's outbox,
-// which turns it into an event at the end of the transaction.
+// record commit or roll back together. Within withTx the entry goes to the
+// transaction's outbox, which writes the audit rows and the events they
+// make in one go at the end of the transaction (see events.go): a change
+// costs no round trip per entry. Outside (a dry run) it is written at once.
 func audit(ctx context.Context, tx pgx.Tx, actor Actor, e event) error {
-	outboxOf(tx).add(actor, e, nil)
-	var detail []byte
-	if e.detail != nil {
-		var err error
-		if detail, err = json.Marshal(e.detail); err != nil {
-			return fmt.Errorf("encode audit detail: %w", err)
-		}
+	if o := outboxOf(tx); o != nil {
+		o.add(actor, e, nil)
+		return nil
 	}
-	_, err := tx.Exec(ctx, `
-INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, digest, old_digest, detail)
-VALUES ($1, $2, NULLIF($3, ''), $4, $5, NULLIF($6, ''), NULLIF($7, ''), NULLIF($8, ''), $9)`,
-		actor.Name, actor.RequestID, actor.TokenID, e.action, e.repository, e.tag, e.digest, e.oldDigest, detail)
-	if err != nil {
-		return fmt.Errorf("write audit log (%s): %w", e.action, err)
-	}
-	return nil
+	return writeAudit(ctx, tx, []outboxEntry{{actor: actor, e: e}})
 }
 
 // auditTagsRemoved records the removal of tags (which pointed at dgst) with
-// their manifest: one statement, however many tags, because a manifest can
-// carry tens of thousands of them.
+// their manifest: one entry, however many tags, because a manifest can
+// carry tens of thousands of them; writeAudit expands it into a row per
+// tag in the same single statement.
 func auditTagsRemoved(ctx context.Context, tx pgx.Tx, actor Actor, repo string, tags []string, dgst string) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	outboxOf(tx).add(actor, event{action: ActionTagDelete, repository: repo, oldDigest: dgst}, tags)
+	en := outboxEntry{actor: actor, e: event{action: ActionTagDelete, repository: repo, oldDigest: dgst}, tags: tags}
+	if o := outboxOf(tx); o != nil {
+		o.entries = append(o.entries, en)
+		return nil
+	}
+	return writeAudit(ctx, tx, []outboxEntry{en})
+}
+
+// writeAudit appends the rows of entries to the audit log, in order, in
+// one statement; an entry with tags (tag.delete) is a row per tag.
+func writeAudit(ctx context.Context, tx pgx.Tx, entries []outboxEntry) error {
+	n := len(entries)
+	for _, en := range entries {
+		n += len(en.tags)
+	}
+	cols := struct{ actor, reqID, tokenID, action, repo, tag, dgst, oldDgst, detail []string }{}
+	add := func(en outboxEntry, tag, detail string) {
+		cols.actor = append(cols.actor, en.actor.Name)
+		cols.reqID = append(cols.reqID, en.actor.RequestID)
+		cols.tokenID = append(cols.tokenID, en.actor.TokenID)
+		cols.action = append(cols.action, en.e.action)
+		cols.repo = append(cols.repo, en.e.repository)
+		cols.tag = append(cols.tag, tag)
+		cols.dgst = append(cols.dgst, en.e.digest)
+		cols.oldDgst = append(cols.oldDgst, en.e.oldDigest)
+		cols.detail = append(cols.detail, detail)
+	}
+	for _, en := range entries {
+		if en.tags != nil {
+			for _, t := range en.tags {
+				add(en, t, "")
+			}
+			continue
+		}
+		var detail string
+		if en.e.detail != nil {
+			b, err := json.Marshal(en.e.detail)
+			if err != nil {
+				return fmt.Errorf("encode audit detail: %w", err)
+			}
+			detail = string(b)
+		}
+		add(en, en.e.tag, detail)
+	}
 	_, err := tx.Exec(ctx, `
-INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, old_digest)
-SELECT $1, $2, NULLIF($3, ''), $4, $5, t, $6 FROM unnest($7::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n`,
-		actor.Name, actor.RequestID, actor.TokenID, ActionTagDelete, repo, dgst, tags)
+INSERT INTO audit_log (actor, request_id, token_id, action, repository, tag, digest, old_digest, detail)
+SELECT a, r, NULLIF(k, ''), c, p, NULLIF(t, ''), NULLIF(d, ''), NULLIF(o, ''), NULLIF(j, '')::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+    WITH ORDINALITY AS u(a, r, k, c, p, t, d, o, j, n)
+ORDER BY n`, cols.actor, cols.reqID, cols.tokenID, cols.action, cols.repo, cols.tag, cols.dgst, cols.oldDgst, cols.detail)
 	if err != nil {
-		return fmt.Errorf("write audit log (%s): %w", ActionTagDelete, err)
+		return fmt.Errorf("write audit log (%s): %w", entries[0].e.action, err)
 	}
 	return nil
 }

@@ -250,11 +250,14 @@ func detailInt(detail map[string]any, k string) int64 {
 	return 0
 }
 
-// flushOutbox writes the events of a transaction, at its end (see the top
-// of this file). It returns how many it wrote.
+// flushOutbox writes the audit rows and the events of a transaction, at
+// its end (see the top of this file). It returns how many events it wrote.
 func (d *DB) flushOutbox(ctx context.Context, tx pgx.Tx, o *outbox) (int, error) {
 	if o == nil || len(o.entries) == 0 {
 		return 0, nil
+	}
+	if err := writeAudit(ctx, tx, o.entries); err != nil {
+		return 0, err
 	}
 	evs := d.fold(o.entries)
 	if len(evs) == 0 {
