@@ -14,12 +14,13 @@ import (
 
 // # Events: a transactional outbox
 //
-// Every transaction that changes what a client can see collects the audit
-// entries it writes (see audit) in its outbox, and at its very end, after
-// every other lock it takes, turns them into events: rows of the events
-// table, plus one row of webhook_deliveries for each webhook that wants
-// the event. They commit or roll back with the change, so a change is
-// never without its event, nor an event without its change.
+// Every transaction that changes what a client can see collects its audit
+// entries (see audit) in its outbox, and at its very end, after every
+// other lock it takes, writes them: the audit rows, in one statement, and
+// the events they make: rows of the events table, plus one row of
+// webhook_deliveries for each webhook that wants the event. They commit or
+// roll back with the change, so a change is never without its event, nor
+// an event without its change.
 //
 // Each repository has its own sequence of events, numbered from 1 without
 // gaps (event_streams). A transaction takes its numbers with an upsert of
