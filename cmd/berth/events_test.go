@@ -1185,7 +1185,7 @@ func TestWebhookCLI(t *testing.T) {
 		rows = webhookList(t, dbURL)
 		return rows["dl"]["DEAD"] == fmt.Sprint(total) && rows["dl"]["PENDING"] == "0"
 	})
-	if got := rows["dl"]; got["URL"] != rc.url("/dl") || got["REPOS"] != "*" || got["ACTIONS"] != "all" || got["SECRET"] != "no" ||
+	if got := rows["dl"]; got["URL"] != rc.url("/dl") || got["REPOS"] != "*" || got["ACTIONS"] != "all but pull" || got["SECRET"] != "no" ||
 		got["HEADERS"] != "-" || got["TIMEOUT"] != "5s" || got["OLDEST PENDING"] != "-" || got["DELIVERED"] != "0" {
 		t.Errorf("webhook list, dl: %v", got)
 	}
@@ -1278,7 +1278,7 @@ func TestWebhookPullEvents(t *testing.T) {
 	// wanted (later, within events.WantEvery).
 	webhookCLI(t, dbURL, "webhook", "add", "pulls", rc.url("/pulls"), "--pulls").ok(t)
 	webhookCLI(t, dbURL, "webhook", "add", "nopulls", rc.url("/nopulls")).ok(t)
-	if rows := webhookList(t, dbURL); rows["pulls"]["ACTIONS"] != "all, pull" || rows["nopulls"]["ACTIONS"] != "all" {
+	if rows := webhookList(t, dbURL); rows["pulls"]["ACTIONS"] != "all" || rows["nopulls"]["ACTIONS"] != "all but pull" {
 		t.Errorf("webhook list: pulls %v, nopulls %v", rows["pulls"], rows["nopulls"])
 	}
 	m := startMain(t, dbURL, "--gc-disabled", "--webhook-poll", "50ms", "--pull-events-flush", "100ms")
