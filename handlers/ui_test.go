@@ -209,7 +209,7 @@ func TestUIActions(t *testing.T) {
 	t.Run("untag", func(t *testing.T) {
 		c := b.get("/ui/r/demo/app/-/untag/v1")
 		c.expect(t, 200, "Untag v1 of demo/app?")
-		if !strings.Contains(c.body, ">Untag v1</button>") || !strings.Contains(c.body, "with its other tags: latest.") {
+		if !strings.Contains(c.body, ">Untag v1</button>") || !strings.Contains(c.body, "only this tag is removed; manifest "+m1.String()+" stays, pullable by digest, with its other tags latest.") {
 			t.Errorf("confirmation: %s", c.body)
 		}
 		done := b.confirm("/ui/r/demo/app/-/untag/v1", nil)

@@ -360,7 +360,7 @@ func (s *Server) untag(rq *request, name, tag string) {
 				others = strings.Join(o, ", ")
 			}
 		}
-		c.Explain += " Manifest " + m.Digest + " stays, pullable by digest, with its other tags: " + others + "."
+		c.Explain = strings.TrimSuffix(c.Explain, ".") + "; manifest " + m.Digest + " stays, pullable by digest, with its other tags " + others + "."
 	}
 	s.confirm(rq, name, "delete", c, func() (string, error) {
 		err := s.backend.Untag(rq.r, name, tag)
