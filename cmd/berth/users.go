@@ -107,6 +107,21 @@ func (env cmdEnv) open(ctx context.Context, c Config) (*db.DB, func(), error) {
 	return openCommandDB(ctx, c, newLogger(c, env.stderr))
 }
 
+// withDB parses a command that takes no flags of its own (as parse does),
+// opens the database and runs fn with it and the positional arguments.
+func (env cmdEnv) withDB(ctx context.Context, cmd, synopsis string, args []string, min, max int, fn func(d *db.DB, pos []string) error) error {
+	c, pos, err := env.parse(cmd, synopsis, args, min, max)
+	if err != nil {
+		return err
+	}
+	d, closeDB, err := env.open(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	return fn(d, pos)
+}
+
 func userCommand(ctx context.Context, args []string, env cmdEnv) error {
 	sub, rest, err := env.subcommand(args, userUsage)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/events"
 )
 
@@ -33,73 +34,57 @@ func webhookCommand(ctx context.Context, args []string, env cmdEnv) error {
 	case "add":
 		return webhookAdd(ctx, rest, env)
 	case "list":
-		c, _, err := env.parse("webhook list", "webhook list [flags]", rest, 0, 0)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		hooks, err := d.WebhookList(ctx)
-		if err != nil {
-			return err
-		}
-		// Never the secret, nor header values (they often hold credentials).
-		tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tURL\tREPOS\tACTIONS\tSECRET\tHEADERS\tTIMEOUT\tPENDING\tOLDEST PENDING\tDELIVERED\tDEAD")
-		for _, h := range hooks {
-			actions := listOr(h.Actions, "all but pull")
-			if h.Actions == nil && h.Pulls {
-				actions = "all"
-			}
-			headers := make([]string, len(h.Headers))
-			for i, hd := range h.Headers {
-				headers[i] = hd.Name
-			}
-			oldest := "-"
-			if !h.OldestPending.IsZero() {
-				oldest = time.Since(h.OldestPending).Round(time.Second).String()
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\n", h.Name, h.URL, listOr(h.Repos, "*"), actions,
-				yesNo(h.Secret != ""), listOr(headers, "-"), h.Timeout, h.Pending, oldest, h.Delivered, h.Dead)
-		}
-		return tw.Flush()
+		return env.withDB(ctx, "webhook list", "webhook list [flags]", rest, 0, 0, func(d *db.DB, _ []string) error {
+			return printWebhooks(ctx, d, env)
+		})
 	case "delete":
-		c, pos, err := env.parse("webhook delete", "webhook delete NAME [flags]", rest, 1, 1)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		if err := d.WebhookDelete(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "deleted webhook %s with its deliveries\n", pos[0])
-		return nil
+		return env.withDB(ctx, "webhook delete", "webhook delete NAME [flags]", rest, 1, 1, func(d *db.DB, pos []string) error {
+			if err := d.WebhookDelete(ctx, pos[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.stdout, "deleted webhook %s with its deliveries\n", pos[0])
+			return nil
+		})
 	case "redrive":
-		c, pos, err := env.parse("webhook redrive", "webhook redrive NAME [flags]", rest, 1, 1)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		n, err := d.WebhookRedrive(ctx, pos[0])
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "redrove %d dead-lettered deliveries of webhook %s: they go out again, each repository's oldest first\n", n, pos[0])
-		return nil
+		return env.withDB(ctx, "webhook redrive", "webhook redrive NAME [flags]", rest, 1, 1, func(d *db.DB, pos []string) error {
+			n, err := d.WebhookRedrive(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.stdout, "redrove %d dead-lettered deliveries of webhook %s: they go out again, each repository's oldest first\n", n, pos[0])
+			return nil
+		})
 	}
 	fmt.Fprint(env.stderr, webhookUsage)
 	return fmt.Errorf("unknown command: webhook %s", sub)
+}
+
+// printWebhooks prints the webhooks: never a secret, nor header values
+// (they often hold credentials).
+func printWebhooks(ctx context.Context, d *db.DB, env cmdEnv) error {
+	hooks, err := d.WebhookList(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tURL\tREPOS\tACTIONS\tSECRET\tHEADERS\tTIMEOUT\tPENDING\tOLDEST PENDING\tDELIVERED\tDEAD")
+	for _, h := range hooks {
+		actions := listOr(h.Actions, "all but pull")
+		if h.Actions == nil && h.Pulls {
+			actions = "all"
+		}
+		headers := make([]string, len(h.Headers))
+		for i, hd := range h.Headers {
+			headers[i] = hd.Name
+		}
+		oldest := "-"
+		if !h.OldestPending.IsZero() {
+			oldest = time.Since(h.OldestPending).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\n", h.Name, h.URL, listOr(h.Repos, "*"), actions,
+			yesNo(h.Secret != ""), listOr(headers, "-"), h.Timeout, h.Pending, oldest, h.Delivered, h.Dead)
+	}
+	return tw.Flush()
 }
 
 func webhookAdd(ctx context.Context, args []string, env cmdEnv) error {
