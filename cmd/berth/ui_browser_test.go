@@ -485,11 +485,16 @@ func newBrowser(t *testing.T, path string) *browser {
 	return b
 }
 
+// actionTimeout only catches a hang (an element that never shows): with
+// the rest of the suite running beside it on two cores, a page can take a
+// while. The test asserts no duration.
+const actionTimeout = 30 * time.Second
+
 // run runs actions with a deadline, so that a missing element fails the
 // test instead of hanging it.
 func (b *browser) run(t *testing.T, what string, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	if err := chromedp.Do(ctx, actions...); err != nil {
 		t.Fatalf("%s (at %s): %v", what, b.location(t), err)
@@ -498,7 +503,7 @@ func (b *browser) run(t *testing.T, what string, actions ...chromedp.Action[chro
 
 func eval[T any](t *testing.T, b *browser, js string) T {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](js))
 	if err != nil {
@@ -517,7 +522,7 @@ func (b *browser) location(t *testing.T) string {
 // open loads a page, which must answer 200 and have a title.
 func (b *browser) open(t *testing.T, url string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	resp, err := chromedp.Run(ctx, chromedp.NavigateResponse(url))
 	if err != nil {
@@ -571,7 +576,7 @@ func (b *browser) waitFor(t *testing.T, role, name string) { t.Helper(); b.find(
 // and name.
 func (b *browser) has(t *testing.T, role, name string) bool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	n, err := chromedp.Run(ctx, func(ctx context.Context, tg *chromedp.Target) (int, error) {
 		// The document as a JavaScript object: DOM.getDocument would reset
@@ -611,7 +616,7 @@ func (b *browser) followSel(t *testing.T, xpath string) int64 {
 
 func (b *browser) click(t *testing.T, what string, click chromedp.Action[chromedp.Void]) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	from := b.location(t)
 	resp, err := chromedp.RunResponse(ctx, click)
@@ -673,7 +678,7 @@ func (b *browser) tableTags(t *testing.T) []string {
 
 func (b *browser) typeInto(t *testing.T, role, name, text string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	sel := role + " " + name
 	_, err := chromedp.Run(ctx, chromedp.WaitEvent(pageLoaded /* the form's submission loads a page */, nil,
@@ -686,7 +691,7 @@ func (b *browser) typeInto(t *testing.T, role, name, text string) {
 
 func (b *browser) press(t *testing.T, key string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
 	defer cancel()
 	if _, err := chromedp.Run(ctx, chromedp.WaitEvent(pageLoaded, nil, chromedp.KeyEvent(key))); err != nil {
 		t.Fatalf("pressing %q: %v", key, err)
