@@ -57,6 +57,10 @@ type AuthConfig struct {
 	UploadGrace time.Duration
 	// Throttle slows repeated failed logins; nil makes a default one.
 	Throttle *auth.Throttle
+	// SessionKeys sign the web interface's session cookies: the
+	// registry's signing keys, so that a login holds on every replica.
+	// Empty: a key made at start, and logins last as long as the process.
+	SessionKeys []auth.Key
 }
 
 func (c AuthConfig) enabled() bool { return c.Mode == AuthBasic || c.Mode == AuthToken }
@@ -516,11 +520,7 @@ func (h *Handler) catalogPage(r *http.Request, last string, n int) ([]string, bo
 		// An external token: the repositories its access names.
 		return accessPage(p, last, n), false, nil
 	}
-	patterns := make([]db.GrantPattern, len(p.grants))
-	for i, g := range p.grants {
-		patterns[i] = db.GrantPattern{Subject: g.Subject, Regex: auth.GlobRegex(g.RepoGlob), Length: len(g.RepoGlob),
-			Pull: slices.Contains(g.Actions, auth.Pull)}
-	}
+	patterns := grantPatterns(p)
 	if p.TokenScopes == nil {
 		return h.db.RepositoryListVisible(r.Context(), last, n, patterns)
 	}
@@ -545,6 +545,17 @@ func (h *Handler) catalogPage(r *http.Request, last string, n int) ([]string, bo
 		}
 		last = batch[len(batch)-1]
 	}
+}
+
+// grantPatterns are p's grants as the listings of visible repositories
+// match them in the database.
+func grantPatterns(p *principal) []db.GrantPattern {
+	patterns := make([]db.GrantPattern, len(p.grants))
+	for i, g := range p.grants {
+		patterns[i] = db.GrantPattern{Subject: g.Subject, Regex: auth.GlobRegex(g.RepoGlob), Length: len(g.RepoGlob),
+			Pull: slices.Contains(g.Actions, auth.Pull)}
+	}
+	return patterns
 }
 
 // accessPage is a catalog page of the repositories an external token's

@@ -22,6 +22,7 @@ import (
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/ui"
 )
 
 // BlobStore is what the API needs of a blob store: it reads and receives
@@ -68,6 +69,8 @@ type Options struct {
 	// Pulls records pull events for the webhooks that want them; nil
 	// records none.
 	Pulls PullRecorder
+	// NoUI turns the web interface (/ui/, see package ui) off.
+	NoUI bool
 }
 
 // PullRecorder buffers pull events (events.Pulls).
@@ -149,6 +152,20 @@ func New(opts Options) *Handler {
 		r.Get("/auth/jwks", h.serve(h.jwks))
 	}
 	r.Get("/berth/v1/events", h.serve(h.events))
+	if !opts.NoUI {
+		u, err := newUI(h, opts.Auth.SessionKeys)
+		if err != nil {
+			// Only the random source can fail here: the API serves on,
+			// without the interface.
+			h.log.Error("web interface off", "err", err)
+		} else {
+			r.Handle(ui.Prefix, serveUI(u))
+			r.Handle(ui.Prefix+"/*", serveUI(u))
+			r.Get("/", func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, ui.Prefix+"/", http.StatusFound)
+			})
+		}
+	}
 	r.Get("/healthz", healthz)
 	r.Get("/readyz", h.readyz(false))
 	if !opts.AdminSeparate {

@@ -616,3 +616,21 @@ func TestParseContentTypeWithBadParameter(t *testing.T) {
 		t.Fatalf("Parse = %+v, %v", m, err)
 	}
 }
+
+func TestParseViewKeepsPlatforms(t *testing.T) {
+	payload := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":10,` +
+		`"platform":{"architecture":"arm64","os":"linux","variant":"v8"}}],"annotations":{"k":"v"}}`)
+	v, err := manifest.ParseView(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Manifests) != 1 || v.Manifests[0].Platform == nil || v.Manifests[0].Platform.Architecture != "arm64" ||
+		v.Manifests[0].Platform.Variant != "v8" || v.Annotations["k"] != "v" {
+		t.Errorf("view %+v", v)
+	}
+	img, err := manifest.ParseConfig([]byte(`{"architecture":"amd64","os":"linux","created":"2024-01-02T03:04:05Z","config":{"Labels":{"a":"b"}}}`))
+	if err != nil || img.OS != "linux" || img.Created == nil || img.Config.Labels["a"] != "b" {
+		t.Errorf("config %+v %v", img, err)
+	}
+}

@@ -10,17 +10,18 @@ import (
 	"github.com/berth-registry/berth/handlers"
 )
 
-// authConfig builds the API's authentication from the settings. In token
-// mode it loads Berth's signing keys from the database, creating the first
-// one on the first start: every replica signs and verifies with the same
-// keys.
+// authConfig builds the API's authentication from the settings. With
+// authentication on it loads Berth's signing keys from the database,
+// creating the first one on the first start: every replica signs and
+// verifies tokens (token mode) and the web interface's sessions with the
+// same keys.
 func authConfig(ctx context.Context, c Config, d *db.DB) (handlers.AuthConfig, error) {
 	ac := handlers.AuthConfig{Mode: c.Auth, Realm: c.AuthRealm, Service: c.AuthService, ExternalURL: c.ExternalURL,
 		UploadGrace: c.GCUploadTimeout}
-	if c.Auth != handlers.AuthToken {
-		if c.AuthTokenJWKS != "" || c.AuthTokenRootCertBundle != "" {
-			return ac, fmt.Errorf("--auth-token-jwks and --auth-token-rootcertbundle need --auth token")
-		}
+	if c.Auth != handlers.AuthToken && (c.AuthTokenJWKS != "" || c.AuthTokenRootCertBundle != "") {
+		return ac, fmt.Errorf("--auth-token-jwks and --auth-token-rootcertbundle need --auth token")
+	}
+	if c.Auth != handlers.AuthToken && c.Auth != handlers.AuthBasic {
 		return ac, nil
 	}
 	rows, err := d.SigningKeys(ctx, func() (db.SigningKey, error) {
@@ -41,6 +42,13 @@ func authConfig(ctx context.Context, c Config, d *db.DB) (handlers.AuthConfig, e
 			return ac, fmt.Errorf("signing key %s: %w", row.ID, err)
 		}
 		keys = append(keys, k)
+	}
+	// The web interface signs its sessions with the same keys, under an
+	// issuer and audience of its own, so that a login holds on every
+	// replica.
+	ac.SessionKeys = keys
+	if c.Auth != handlers.AuthToken {
+		return ac, nil
 	}
 	ac.Issuer = &auth.Issuer{Key: keys[0], Name: c.AuthIssuer, Service: c.AuthService, TTL: c.AuthTokenTTL}
 	ac.Verifier, err = auth.NewVerifier(auth.VerifierConfig{Issuer: c.AuthIssuer, Service: c.AuthService, Own: keys,

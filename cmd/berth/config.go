@@ -32,6 +32,7 @@ type Config struct {
 	DBTimeout       time.Duration
 	PostgresBinDir  string
 	AutoMigrate     bool
+	UI              bool
 	Storage         string
 	StorageDir      string
 	S3              blobstore.S3Config
@@ -276,6 +277,9 @@ var settings = []setting{
 			c.ManifestBudget = n
 			return nil
 		}},
+
+	{"ui", "true", "serve the web interface at /ui/ on the API's address (false: the API only)",
+		func(c *Config, v string) (err error) { c.UI, err = strconv.ParseBool(v); return err }},
 
 	{"gc-disabled", "false", "do not run online garbage collection in this process (run `berth gc` elsewhere)",
 		func(c *Config, v string) (err error) { c.GCDisabled, err = strconv.ParseBool(v); return err }},

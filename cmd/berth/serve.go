@@ -158,6 +158,7 @@ func (m *Main) Run(ctx context.Context) error {
 		ManifestBudget: c.ManifestBudget,
 		Auth:           authConfig,
 		Pulls:          pulls,
+		NoUI:           !c.UI,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
