@@ -567,7 +567,46 @@ func byName(role, name string) chromedp.QueryOption {
 // find waits until an element of that role and name is visible.
 func (b *browser) find(t *testing.T, role, name string) {
 	t.Helper()
-	b.run(t, fmt.Sprintf("no %s named %q", role, name), chromedp.WaitVisible(role+" "+name, byName(role, name)))
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(role+" "+name, byName(role, name))); err != nil {
+		t.Fatalf("no %s named %q at %s (%v); the page has %s", role, name, b.location(t), err, b.controls(t))
+	}
+}
+
+// controls lists the page's links, buttons and fields by role and name,
+// for the message of a test that did not find one.
+func (b *browser) controls(t *testing.T) string {
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
+	defer cancel()
+	list, err := chromedp.Run(ctx, func(ctx context.Context, tg *chromedp.Target) ([]string, error) {
+		doc, err := cdp.Call(ctx, tg, runtime.Evaluate, runtime.EvaluateParams{Expression: "document"})
+		if err != nil {
+			return nil, err
+		}
+		res, err := cdp.Call(ctx, tg, accessibility.QueryAXTree, accessibility.QueryAXTreeParams{ObjectID: doc.Result.ObjectID})
+		var list []string
+		for _, ax := range res.Nodes {
+			if ax.Ignored || ax.Role == nil || ax.Name == nil {
+				continue
+			}
+			var role, name string
+			json.Unmarshal(ax.Role.Value, &role)
+			json.Unmarshal(ax.Name.Value, &name)
+			switch role {
+			case "link", "button", "textbox", "searchbox", "combobox", "heading", "status", "alert", "tab":
+				list = append(list, fmt.Sprintf("%s %q", role, name))
+			}
+		}
+		return list, err
+	})
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	if len(list) > 60 {
+		list = append(list[:60], "…")
+	}
+	return strings.Join(list, ", ")
 }
 
 func (b *browser) waitFor(t *testing.T, role, name string) { t.Helper(); b.find(t, role, name) }
@@ -720,6 +759,8 @@ func (b *browser) tabTo(t *testing.T, css string) {
 
 func (b *browser) login(t *testing.T, user, password string) {
 	t.Helper()
+	b.find(t, "textbox", "User name")
+	b.find(t, "textbox", "Password")
 	b.run(t, "the login form",
 		chromedp.SendKeys("User name", user, byName("textbox", "User name"), chromedp.NodeVisible),
 		chromedp.SendKeys("Password", password, byName("textbox", "Password"), chromedp.NodeVisible))
