@@ -132,16 +132,23 @@ type TagSummary struct {
 	// layers, or for an index those of the manifests it lists.
 	Size     int64
 	PushedAt time.Time // when the tag was last pointed where it points
+	// Payload is the manifest of an index or manifest list (for its
+	// platforms), nil for others.
+	Payload []byte
 }
+
+// indexMediaTypes are the media types whose payload TagSummaries reads.
+var indexMediaTypes = []string{"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 
 // TagSummaries returns a page of the tags of repo in byte order, and
 // whether more follow. ErrRepositoryUnknown when repo does not exist.
 func (d *DB) TagSummaries(ctx context.Context, repo string, q TagQuery) ([]TagSummary, bool, error) {
 	rows, err := d.q.Query(ctx, `
-SELECT t.name, t.digest, t.media_type, t.artifact_type, t.size, t.updated_at
+SELECT t.name, t.digest, t.media_type, t.artifact_type, t.size, t.updated_at, t.payload
 FROM repositories r
 LEFT JOIN LATERAL (
     SELECT t.name, m.digest, m.media_type, coalesce(m.artifact_type, '') AS artifact_type, t.updated_at,
+        CASE WHEN m.media_type = ANY ($5) THEN m.payload END AS payload,
         m.size + (SELECT coalesce(sum(b.size), 0)::bigint FROM blobs b WHERE b.digest IN (
             SELECT mb.digest FROM manifest_blobs mb WHERE mb.manifest_id = m.id
             UNION
@@ -151,7 +158,7 @@ LEFT JOIN LATERAL (
     WHERE t.repository_id = r.id AND t.name > $2 AND ($3 = '' OR strpos(t.name, $3) > 0)
     ORDER BY t.name LIMIT $4
 ) t ON true
-WHERE r.name = $1`, repo, q.After, q.Search, q.Limit+1)
+WHERE r.name = $1`, repo, q.After, q.Search, q.Limit+1, indexMediaTypes)
 	if err != nil {
 		return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)
 	}
@@ -162,14 +169,15 @@ WHERE r.name = $1`, repo, q.After, q.Search, q.Limit+1)
 		var name, dgst, mediaType, artifactType *string
 		var size *int64
 		var at *time.Time
-		if err := rows.Scan(&name, &dgst, &mediaType, &artifactType, &size, &at); err != nil {
+		var payload []byte
+		if err := rows.Scan(&name, &dgst, &mediaType, &artifactType, &size, &at, &payload); err != nil {
 			return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)
 		}
 		if name == nil {
 			continue // no (matching) tag
 		}
 		list = append(list, TagSummary{Name: *name, Digest: *dgst, MediaType: *mediaType, ArtifactType: *artifactType,
-			Size: *size, PushedAt: *at})
+			Size: *size, PushedAt: *at, Payload: payload})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)
@@ -188,6 +196,9 @@ type ManifestDetail struct {
 	CreatedAt    time.Time
 	// TotalSize is as TagSummary.Size.
 	TotalSize int64
+	// ListedBy are the live indexes of the repository that list the
+	// manifest, which keep it from being deleted.
+	ListedBy []string
 }
 
 // ManifestDetailGet returns live manifest dgst of repo with its payload and
@@ -201,17 +212,19 @@ SELECT m.digest, m.media_type, m.size, m.payload, coalesce(m.artifact_type, ''),
         SELECT mb.digest FROM manifest_blobs mb WHERE mb.manifest_id = m.id
         UNION
         SELECT mb.digest FROM manifest_children c JOIN manifest_blobs mb ON mb.manifest_id = c.child_id
-        WHERE c.parent_id = m.id))
+        WHERE c.parent_id = m.id)),
+    ARRAY(SELECT p.digest FROM manifest_children c JOIN manifests p ON p.id = c.parent_id
+          WHERE c.child_id = m.id AND p.deleted_at IS NULL ORDER BY p.digest)
 FROM repositories r JOIN manifests m ON m.repository_id = r.id
 WHERE r.name = $1 AND m.digest = $2 AND m.deleted_at IS NULL`, repo, dgst).Scan(
-		&m.Digest, &m.MediaType, &m.Size, &m.Payload, &m.ArtifactType, &m.CreatedAt, &m.Tags, &m.TotalSize)
+		&m.Digest, &m.MediaType, &m.Size, &m.Payload, &m.ArtifactType, &m.CreatedAt, &m.Tags, &m.TotalSize, &m.ListedBy)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return m, manifestUnknown(repo, dgst)
 	}
 	if err != nil {
 		return m, fmt.Errorf("read manifest %s of %s: %w", dgst, repo, err)
 	}
-	m.Tags = nonNil(m.Tags)
+	m.Tags, m.ListedBy = nonNil(m.Tags), nonNil(m.ListedBy)
 	return m, nil
 }
 
@@ -301,4 +314,34 @@ FROM (SELECT count(*) FILTER (WHERE state = 'ready') AS ready,
 	}
 	s.GCQueued, s.GCDue, err = d.GCQueueStats(ctx)
 	return s, err
+}
+
+// GCRecent returns the latest n changes garbage collection made (the audit
+// rows of its actor), newest first. It walks the audit log's time index
+// back from now, so it is quick while collections are frequent.
+func (d *DB) GCRecent(ctx context.Context, n int) ([]GCChange, error) {
+	rows, err := d.q.Query(ctx, `
+SELECT id, at, action, repository, coalesce(digest, '') FROM audit_log
+WHERE actor = $1 ORDER BY at DESC, id DESC LIMIT $2`, gcActor.Name, n)
+	if err != nil {
+		return nil, fmt.Errorf("read recent collections: %w", err)
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (GCChange, error) {
+		var c GCChange
+		err := row.Scan(&c.ID, &c.At, &c.Action, &c.Repository, &c.Digest)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read recent collections: %w", err)
+	}
+	return nonNil(list), nil
+}
+
+// GCChange is one change garbage collection made.
+type GCChange struct {
+	ID         int64
+	At         time.Time
+	Action     string // blob.delete, manifest.purge, manifest.delete (untagged), upload.expire…
+	Repository string
+	Digest     string
 }

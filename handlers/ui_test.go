@@ -148,43 +148,44 @@ func TestUIPages(t *testing.T) {
 	}
 	list := b.get("/ui/")
 	list.expect(t, 200, "Repositories")
-	if !strings.Contains(list.body, `href="/ui/repositories/demo/app"`) {
+	if !strings.Contains(list.body, `href="/ui/r/demo/app/"`) {
 		t.Errorf("repository not listed: %s", list.body)
 	}
 	if csp := list.header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
 		t.Errorf("Content-Security-Policy %q", csp)
 	}
-	repo := b.get("/ui/repositories/demo/app")
+	repo := b.get("/ui/r/demo/app/")
 	repo.expect(t, 200, "demo/app")
-	for _, want := range []string{`aria-label="Untag v1"`, `>multi</a>`, m1.String()} {
+	for _, want := range []string{">Untag v1</a>", ">History of multi</a>", m1.String(), "linux/arm64"} {
 		if !strings.Contains(repo.body, want) {
 			t.Errorf("repository page lacks %s", want)
 		}
 	}
-	b.get("/ui/repositories/demo/app?q=mul").expect(t, 200, "demo/app")
-	if p := b.get("/ui/repositories/demo/app?q=mul"); strings.Contains(p.body, ">v1</a>") || !strings.Contains(p.body, ">multi</a>") {
+	b.get("/ui/r/demo/app/?q=mul").expect(t, 200, "demo/app")
+	if p := b.get("/ui/r/demo/app/?q=mul"); strings.Contains(p.body, ">History of v1</a>") || !strings.Contains(p.body, ">History of multi</a>") {
 		t.Errorf("search mul: %s", p.body)
 	}
-	man := b.get("/ui/repositories/demo/app/-/manifests/" + m1.String())
+	man := b.get("/ui/r/demo/app/-/manifests/" + m1.String())
 	man.expect(t, 200, "demo/app@"+m1.String())
-	if !strings.Contains(man.body, "linux/amd64") || !strings.Contains(man.body, "Delete manifest") {
+	if !strings.Contains(man.body, "linux/amd64") || !strings.Contains(man.body, ">Delete manifest "+m1.String()+"</a>") || !strings.Contains(man.body, "docker pull "+strings.TrimPrefix(r.srv.URL, "http://")+"/demo/app:v1") {
 		t.Errorf("manifest page lacks the config's platform or the delete link: %s", man.body)
 	}
-	index := b.get("/ui/repositories/demo/app/-/manifests/" + mi.String())
+	index := b.get("/ui/r/demo/app/-/manifests/" + mi.String())
 	index.expect(t, 200, "demo/app@"+mi.String())
 	if !strings.Contains(index.body, "linux/arm64") {
 		t.Errorf("index page lacks the platform: %s", index.body)
 	}
-	b.get("/ui/repositories/demo/app/-/tags/v1").expect(t, 200, "demo/app:v1")
-	audit := b.get("/ui/repositories/demo/app/-/audit?action=tag.create")
+	b.get("/ui/r/demo/app/-/history/v1").expect(t, 200, "demo/app:v1")
+	b.get("/ui/r/demo/app/-/untagged").expect(t, 200, "Untagged manifests of demo/app")
+	audit := b.get("/ui/r/demo/app/-/audit?action=tag.create")
 	audit.expect(t, 200, "Audit trail of demo/app")
 	if strings.Contains(audit.body, "<td>blob.upload</td>") || !strings.Contains(audit.body, "<td>tag.create</td>") {
 		t.Errorf("audit filter: %s", audit.body)
 	}
-	b.get("/ui/repositories/demo/app/-/audit?action=nonsense").expect(t, 400, "Bad request")
-	b.get("/ui/storage").expect(t, 200, "Storage")
-	b.get("/ui/repositories/demo/none").expect(t, 404, "Not Found")
-	b.get("/ui/repositories/demo/app/-/manifests/sha256:"+strings.Repeat("0", 64)).expect(t, 404, "Not Found")
+	b.get("/ui/r/demo/app/-/audit?action=nonsense").expect(t, 400, "Bad request")
+	b.get("/ui/gc").expect(t, 200, "Garbage collection")
+	b.get("/ui/r/demo/none/").expect(t, 404, "Not Found")
+	b.get("/ui/r/demo/app/-/manifests/sha256:"+strings.Repeat("0", 64)).expect(t, 404, "Not Found")
 	b.get("/ui/nowhere").expect(t, 404, "Not Found")
 	if css := b.get("/ui/static/style.css"); css.status != 200 || !strings.HasPrefix(css.header.Get("Content-Type"), "text/css") {
 		t.Errorf("style.css: %d %s", css.status, css.header.Get("Content-Type"))
@@ -206,16 +207,19 @@ func TestUIActions(t *testing.T) {
 	b := r.browser()
 
 	t.Run("untag", func(t *testing.T) {
-		c := b.get("/ui/repositories/demo/app/-/tags/v1/untag")
-		c.expect(t, 200, "Untag demo/app:v1?")
-		done := b.confirm("/ui/repositories/demo/app/-/tags/v1/untag", nil)
-		if done.status != http.StatusSeeOther || !strings.HasPrefix(done.header.Get("Location"), "/ui/repositories/demo/app?done=untag") {
+		c := b.get("/ui/r/demo/app/-/untag/v1")
+		c.expect(t, 200, "Untag v1 of demo/app?")
+		if !strings.Contains(c.body, ">Untag v1</button>") || !strings.Contains(c.body, "only this tag is removed; manifest "+m1.String()+" stays, pullable by digest, with its other tags latest.") {
+			t.Errorf("confirmation: %s", c.body)
+		}
+		done := b.confirm("/ui/r/demo/app/-/untag/v1", nil)
+		if done.status != http.StatusSeeOther || !strings.HasPrefix(done.header.Get("Location"), "/ui/r/demo/app/?done=untag") {
 			t.Fatalf("untag: %d %s %s", done.status, done.header.Get("Location"), done.body)
 		}
 		r.do("GET", "/v2/demo/app/manifests/v1", nil).expect(t, 404, "MANIFEST_UNKNOWN")
 		r.do("GET", "/v2/demo/app/manifests/"+m1.String(), nil).expect(t, 200, "")
 		after := b.get(done.header.Get("Location"))
-		if !strings.Contains(after.body, `role="status">Tag v1 removed`) {
+		if !strings.Contains(after.body, `role="status">Untagged v1</p>`) {
 			t.Errorf("no flash after the untag: %s", after.body)
 		}
 		rows := dbRows(t, r, `SELECT count(*) FROM audit_log WHERE action = 'tag.untag' AND tag = 'v1' AND actor LIKE 'anonymous@%'`)
@@ -225,12 +229,12 @@ func TestUIActions(t *testing.T) {
 	})
 
 	t.Run("restore", func(t *testing.T) {
-		hist := b.get("/ui/repositories/demo/app/-/tags/v1")
-		if !strings.Contains(hist.body, `aria-label="Restore v1 to `+m1.String()+`"`) {
+		hist := b.get("/ui/r/demo/app/-/history/v1")
+		if !strings.Contains(hist.body, ">Restore v1 to "+m1.String()[:len("sha256:")+12]+"</a>") {
 			t.Fatalf("no restore link: %s", hist.body)
 		}
-		b.get("/ui/repositories/demo/app/-/tags/v1/restore?digest="+m1.String()).expect(t, 200, "Restore demo/app:v1 to "+m1.String()+"?")
-		done := b.confirm("/ui/repositories/demo/app/-/tags/v1/restore?digest="+m1.String(), nil)
+		b.get("/ui/r/demo/app/-/restore/v1?digest="+m1.String()).expect(t, 200, "Restore v1 of demo/app?")
+		done := b.confirm("/ui/r/demo/app/-/restore/v1?digest="+m1.String(), nil)
 		if done.status != http.StatusSeeOther {
 			t.Fatalf("restore: %d %s", done.status, done.body)
 		}
@@ -241,7 +245,7 @@ func TestUIActions(t *testing.T) {
 
 	t.Run("refused delete", func(t *testing.T) {
 		// m2 is listed by the index "all": the API answers 409.
-		refused := b.confirm("/ui/repositories/demo/app/-/manifests/"+m2.String()+"/delete", nil)
+		refused := b.confirm("/ui/r/demo/app/-/delete/"+m2.String(), nil)
 		want := r.do("DELETE", "/v2/demo/app/manifests/"+m2.String(), nil)
 		if refused.status != http.StatusConflict || want.StatusCode != http.StatusConflict {
 			t.Fatalf("delete of a listed manifest: ui %d, API %d", refused.status, want.StatusCode)
@@ -252,13 +256,13 @@ func TestUIActions(t *testing.T) {
 	})
 
 	t.Run("delete, then restore the deleted", func(t *testing.T) {
-		done := b.confirm("/ui/repositories/demo/app/-/manifests/"+m1.String()+"/delete", nil)
+		done := b.confirm("/ui/r/demo/app/-/delete/"+m1.String(), nil)
 		if done.status != http.StatusSeeOther {
 			t.Fatalf("delete: %d %s", done.status, done.body)
 		}
 		r.do("GET", "/v2/demo/app/manifests/"+m1.String(), nil).expect(t, 404, "MANIFEST_UNKNOWN")
 		r.do("GET", "/v2/demo/app/manifests/latest", nil).expect(t, 404, "MANIFEST_UNKNOWN")
-		done = b.confirm("/ui/repositories/demo/app/-/tags/latest/restore?digest="+m1.String(), nil)
+		done = b.confirm("/ui/r/demo/app/-/restore/latest?digest="+m1.String(), nil)
 		if done.status != http.StatusSeeOther {
 			t.Fatalf("restore of a deleted manifest: %d %s", done.status, done.alert())
 		}
@@ -266,7 +270,7 @@ func TestUIActions(t *testing.T) {
 	})
 
 	t.Run("refused untag of a missing tag", func(t *testing.T) {
-		p := b.confirm("/ui/repositories/demo/app/-/tags/nope/untag", nil)
+		p := b.confirm("/ui/r/demo/app/-/untag/nope", nil)
 		if p.status != http.StatusNotFound || p.alert() == "" {
 			t.Errorf("untag nope: %d %q", p.status, p.alert())
 		}
@@ -283,7 +287,7 @@ func TestUICSRF(t *testing.T) {
 	r := newRegistry(t)
 	r.pushManifest("demo/app", "v1", mtManifest, r.image("demo/app", "one"))
 	b := r.browser()
-	token := b.get("/ui/repositories/demo/app/-/tags/v1/untag").csrf(t)
+	token := b.get("/ui/r/demo/app/-/untag/v1").csrf(t)
 	for _, tc := range []struct {
 		name   string
 		form   url.Values
@@ -292,9 +296,10 @@ func TestUICSRF(t *testing.T) {
 		{"no token", url.Values{}, nil},
 		{"wrong token", url.Values{"csrf": {"x" + token[1:]}}, nil},
 		{"cross-site", url.Values{"csrf": {token}}, []string{"Sec-Fetch-Site: cross-site"}},
+		{"other origin", url.Values{"csrf": {token}}, []string{"Origin: https://evil.example"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := b.post("/ui/repositories/demo/app/-/tags/v1/untag", tc.form, tc.header...)
+			p := b.post("/ui/r/demo/app/-/untag/v1", tc.form, tc.header...)
 			if p.status != http.StatusForbidden || p.alert() == "" {
 				t.Errorf("%d %q", p.status, p.alert())
 			}
@@ -303,10 +308,10 @@ func TestUICSRF(t *testing.T) {
 	}
 	// Another browser, without the first one's cookie, cannot use its token.
 	other := r.browser()
-	if p := other.post("/ui/repositories/demo/app/-/tags/v1/untag", url.Values{"csrf": {token}}); p.status != http.StatusForbidden {
+	if p := other.post("/ui/r/demo/app/-/untag/v1", url.Values{"csrf": {token}}); p.status != http.StatusForbidden {
 		t.Errorf("a token without its cookie: %d", p.status)
 	}
-	if p := b.post("/ui/repositories/demo/app/-/tags/v1/untag", url.Values{"csrf": {token}}); p.status != http.StatusSeeOther {
+	if p := b.post("/ui/r/demo/app/-/untag/v1", url.Values{"csrf": {token}}); p.status != http.StatusSeeOther {
 		t.Errorf("the right token: %d %s", p.status, p.alert())
 	}
 }
@@ -339,8 +344,8 @@ func TestUIBasicAuth(t *testing.T) {
 		if !strings.Contains(p.body, "public/y") || strings.Contains(p.body, "team-a/app") || !strings.Contains(p.body, `href="/ui/login?next=`) {
 			t.Errorf("anonymous sees: %s", p.body)
 		}
-		b.get("/ui/repositories/team-a/app").expect(t, 403, "Forbidden")
-		b.get("/ui/storage").expect(t, 403, "Forbidden")
+		b.get("/ui/r/team-a/app/").expect(t, 403, "Forbidden")
+		b.get("/ui/gc").expect(t, 403, "Forbidden")
 	})
 
 	t.Run("wrong password", func(t *testing.T) {
@@ -361,7 +366,7 @@ func TestUIBasicAuth(t *testing.T) {
 				session = c
 			}
 		}
-		if session == nil || !session.HttpOnly || session.SameSite != http.SameSiteStrictMode || session.Path != "/ui" || session.MaxAge <= 0 {
+		if session == nil || !session.HttpOnly || session.SameSite != http.SameSiteStrictMode || session.Path != "/ui/" || session.MaxAge <= 0 {
 			t.Fatalf("session cookie %+v", session)
 		}
 		list := b.get("/ui/")
@@ -371,12 +376,12 @@ func TestUIBasicAuth(t *testing.T) {
 		if !strings.Contains(list.body, "Logged in as <strong>alice</strong>") {
 			t.Errorf("no login shown")
 		}
-		b.get("/ui/repositories/team-b/x").expect(t, 403, "Forbidden")
-		b.get("/ui/storage").expect(t, 403, "Forbidden")
-		if p := b.get("/ui/repositories/team-a/app"); !strings.Contains(p.body, `aria-label="Untag v1"`) {
+		b.get("/ui/r/team-b/x/").expect(t, 403, "Forbidden")
+		b.get("/ui/gc").expect(t, 403, "Forbidden")
+		if p := b.get("/ui/r/team-a/app/"); !strings.Contains(p.body, ">Untag v1</a>") {
 			t.Errorf("alice may delete but has no untag control")
 		}
-		done := b.confirm("/ui/repositories/team-a/app/-/tags/v1/untag", nil)
+		done := b.confirm("/ui/r/team-a/app/-/untag/v1", nil)
 		if done.status != http.StatusSeeOther {
 			t.Fatalf("untag: %d %s", done.status, done.alert())
 		}
@@ -395,7 +400,7 @@ func TestUIBasicAuth(t *testing.T) {
 		if out.status != http.StatusSeeOther || !strings.Contains(out.header.Get("Set-Cookie"), "berth_session=;") {
 			t.Errorf("logout: %d %v", out.status, out.header["Set-Cookie"])
 		}
-		b.get("/ui/repositories/team-a/app").expect(t, 403, "Forbidden")
+		b.get("/ui/r/team-a/app/").expect(t, 403, "Forbidden")
 	})
 
 	t.Run("bob pulls only", func(t *testing.T) {
@@ -403,16 +408,17 @@ func TestUIBasicAuth(t *testing.T) {
 		if p.status != http.StatusSeeOther {
 			t.Fatalf("login: %d", p.status)
 		}
-		repo := b.get("/ui/repositories/team-a/app")
+		repo := b.get("/ui/r/team-a/app/")
 		repo.expect(t, 200, "team-a/app")
-		if strings.Contains(repo.body, "Untag") || strings.Contains(b.get("/ui/repositories/team-a/app/-/tags/v1").body, "Restore") {
+		if strings.Contains(repo.body, ">Untag ") || strings.Contains(b.get("/ui/r/team-a/app/-/history/v1").body, ">Restore ") ||
+			strings.Contains(b.get("/ui/r/team-a/app/-/untagged").body, ">Delete manifest ") {
 			t.Errorf("bob sees action controls")
 		}
-		c := b.get("/ui/repositories/team-a/app/-/tags/v1/untag")
+		c := b.get("/ui/r/team-a/app/-/untag/v1")
 		if c.status != http.StatusForbidden || strings.Contains(c.body, `class="confirm"`) || c.alert() != "requested access to the resource is denied" {
 			t.Errorf("bob's confirmation page: %d %q", c.status, c.alert())
 		}
-		post := b.post("/ui/repositories/team-a/app/-/tags/v1/untag", url.Values{"csrf": {repo.csrf(t)}})
+		post := b.post("/ui/r/team-a/app/-/untag/v1", url.Values{"csrf": {repo.csrf(t)}})
 		if post.status != http.StatusForbidden {
 			t.Errorf("bob's untag: %d", post.status)
 		}
@@ -433,8 +439,8 @@ func TestUIBasicAuth(t *testing.T) {
 		}
 		// Claim to be root, keeping alice's signature.
 		parts[1] = strings.Replace(parts[1], parts[1][:4], "eyJz", 1)
-		b.c.Jar.SetCookies(u, []*http.Cookie{{Name: "berth_session", Value: strings.Join(parts, ".") + "x", Path: "/ui"}})
-		p := b.get("/ui/repositories/team-a/app")
+		b.c.Jar.SetCookies(u, []*http.Cookie{{Name: "berth_session", Value: strings.Join(parts, ".") + "x", Path: "/ui/"}})
+		p := b.get("/ui/r/team-a/app/")
 		if p.status != http.StatusUnauthorized || p.h1() != "Log in" || !strings.Contains(p.header.Get("Set-Cookie"), "berth_session=;") {
 			t.Errorf("tampered session: %d %q %v", p.status, p.h1(), p.header["Set-Cookie"])
 		}

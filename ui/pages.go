@@ -20,18 +20,17 @@ import (
 // pageSize is the rows of a listing page: a screenful or two, and cheap
 // to read whatever the size of the registry (every listing is keyset
 // paginated).
-const pageSize = 50
+const pageSize = 100
 
 // maxSearch bounds a search term; nothing longer can match a name.
 const maxSearch = names.MaxRepositoryLength
 
 // repoPath is the interface's URL of repository name, and of its parts.
 func repoPath(name string, parts ...string) string {
-	p := Prefix + "/repositories/" + name
-	if len(parts) > 0 {
-		p += "/-/" + strings.Join(parts, "/")
+	if len(parts) == 0 {
+		return Prefix + "/r/" + name + "/"
 	}
-	return p
+	return Prefix + "/r/" + name + "/-/" + strings.Join(parts, "/")
 }
 
 // nextLink is the URL of the page after the one shown, keeping the query
@@ -59,7 +58,7 @@ func (s *Server) repositories(rq *request) {
 		return
 	}
 	q := rq.r.URL.Query()
-	query := db.RepositoryQuery{After: q.Get("after"), Search: clipSearch(q.Get("q")), Limit: pageSize}
+	query := db.RepositoryQuery{After: q.Get("last"), Search: clipSearch(q.Get("q")), Limit: pageSize}
 	repos, more, err := s.backend.Repositories(rq.r, query)
 	if err != nil {
 		s.fail(rq, err)
@@ -67,7 +66,7 @@ func (s *Server) repositories(rq *request) {
 	}
 	p := repositoriesPage{Search: query.Search, Repos: repos}
 	if more {
-		p.Next = nextLink(rq.r, "after", repos[len(repos)-1].Name)
+		p.Next = nextLink(rq.r, "last", repos[len(repos)-1].Name)
 	}
 	s.render(rq, http.StatusOK, "repositories", "Repositories", p, "")
 }
@@ -83,10 +82,15 @@ func clipSearch(s string) string {
 type repositoryPage struct {
 	Name      string
 	Search    string
-	Tags      []db.TagSummary
+	Tags      []tagRow
 	Next      string
 	CanDelete bool
-	Host      string
+	Tab       string
+}
+
+type tagRow struct {
+	db.TagSummary
+	Platforms []string // of an index
 }
 
 func (s *Server) repository(rq *request, name string) {
@@ -95,17 +99,61 @@ func (s *Server) repository(rq *request, name string) {
 		return
 	}
 	q := rq.r.URL.Query()
-	query := db.TagQuery{After: q.Get("after"), Search: clipSearch(q.Get("q")), Limit: pageSize}
+	query := db.TagQuery{After: q.Get("last"), Search: clipSearch(q.Get("q")), Limit: pageSize}
 	tags, more, err := s.db.TagSummaries(rq.r.Context(), name, query)
 	if err != nil {
 		s.fail(rq, err)
 		return
 	}
-	p := repositoryPage{Name: name, Search: query.Search, Tags: tags, CanDelete: rq.may(s, name, "delete"), Host: rq.r.Host}
+	p := repositoryPage{Name: name, Search: query.Search, CanDelete: rq.may(s, name, "delete"), Tab: "tags"}
+	for _, t := range tags {
+		row := tagRow{TagSummary: t}
+		if t.Payload != nil {
+			if v, err := manifest.ParseView(t.Payload); err == nil {
+				for _, m := range v.Manifests {
+					if pl := platform(m.Platform); pl != "" && !slices.Contains(row.Platforms, pl) {
+						row.Platforms = append(row.Platforms, pl)
+					}
+				}
+			}
+		}
+		p.Tags = append(p.Tags, row)
+	}
 	if more {
-		p.Next = nextLink(rq.r, "after", tags[len(tags)-1].Name)
+		p.Next = nextLink(rq.r, "last", tags[len(tags)-1].Name)
 	}
 	s.render(rq, http.StatusOK, "repository", name, p, "")
+}
+
+type untaggedPage struct {
+	Name      string
+	Manifests []db.ManifestInfo
+	Next      string
+	CanDelete bool
+	Tab       string
+}
+
+func (s *Server) untagged(rq *request, name string) {
+	if !rq.may(s, name, "pull") {
+		s.forbidden(rq)
+		return
+	}
+	last := rq.r.URL.Query().Get("last")
+	if last != "" {
+		if _, err := digests.Parse(last); err != nil {
+			last = ""
+		}
+	}
+	list, more, err := s.db.ManifestList(rq.r.Context(), name, last, pageSize, true)
+	if err != nil {
+		s.fail(rq, err)
+		return
+	}
+	p := untaggedPage{Name: name, Manifests: list, CanDelete: rq.may(s, name, "delete"), Tab: "untagged"}
+	if more {
+		p.Next = nextLink(rq.r, "last", list[len(list)-1].Digest)
+	}
+	s.render(rq, http.StatusOK, "untagged", "Untagged manifests of "+name, p, "")
 }
 
 type tagPage struct {
@@ -155,7 +203,7 @@ type manifestPage struct {
 	Config    *ocispec.Image
 	Referrers []db.Referrer
 	CanDelete bool
-	Host      string
+	Host      string // for the pull commands
 }
 
 func (s *Server) manifest(rq *request, name, ref string) {
@@ -217,6 +265,7 @@ func (s *Server) readConfig(rq *request, dgst string, size int64) *ocispec.Image
 }
 
 type auditPage struct {
+	Tab     string
 	Name    string
 	Action  string
 	Actions []string
@@ -252,14 +301,23 @@ func (s *Server) audit(rq *request, name string) {
 		s.fail(rq, err)
 		return
 	}
-	p := auditPage{Name: name, Action: action, Actions: auditActions, Entries: entries}
+	p := auditPage{Tab: "audit", Name: name, Action: action, Actions: auditActions, Entries: entries}
 	if more {
 		p.Next = nextLink(rq.r, "before", strconv.FormatInt(entries[len(entries)-1].ID, 10))
 	}
 	s.render(rq, http.StatusOK, "audit", "Audit trail of "+name, p, "")
 }
 
-func (s *Server) storage(rq *request) {
+type gcPage struct {
+	db.StorageSummary
+	Recent []db.GCChange
+}
+
+// recentCollections is how many of garbage collection's latest changes
+// the page lists.
+const recentCollections = 50
+
+func (s *Server) gc(rq *request) {
 	if s.backend.AuthEnabled() && !rq.viewer.Admin {
 		s.forbidden(rq)
 		return
@@ -269,13 +327,18 @@ func (s *Server) storage(rq *request) {
 		s.fail(rq, err)
 		return
 	}
-	s.render(rq, http.StatusOK, "storage", "Storage", sum, "")
+	recent, err := s.db.GCRecent(rq.r.Context(), recentCollections)
+	if err != nil {
+		s.fail(rq, err)
+		return
+	}
+	s.render(rq, http.StatusOK, "gc", "Garbage collection", gcPage{StorageSummary: sum, Recent: recent}, "")
 }
 
 // confirmPage asks before a change; posted, it makes the change.
 type confirmPage struct {
 	Question string // the page's h1
-	Explain  string
+	Explain  string // exactly what will happen
 	Button   string
 	Action   string // where the form posts
 	Cancel   string
@@ -287,9 +350,18 @@ func (s *Server) untag(rq *request, name, tag string) {
 		s.notFound(rq)
 		return
 	}
-	c := confirmPage{Question: "Untag " + name + ":" + tag + "?",
-		Explain: "The tag is removed; the manifest it points at stays, pullable by digest. The tag's history keeps the change, and the tag can be restored from it.",
-		Button:  "Untag", Action: repoPath(name, "tags", tag, "untag"), Cancel: repoPath(name)}
+	c := confirmPage{Question: "Untag " + tag + " of " + name + "?", Button: "Untag " + tag,
+		Action: repoPath(name, "untag", tag), Cancel: repoPath(name)}
+	c.Explain = "Untag " + tag + " of " + name + ": only this tag is removed."
+	if m, err := s.db.ManifestByTag(rq.r.Context(), name, tag, false); err == nil {
+		others := "none"
+		if d, err := s.db.ManifestDetailGet(rq.r.Context(), name, m.Digest); err == nil {
+			if o := slices.DeleteFunc(d.Tags, func(t string) bool { return t == tag }); len(o) > 0 {
+				others = strings.Join(o, ", ")
+			}
+		}
+		c.Explain = strings.TrimSuffix(c.Explain, ".") + "; manifest " + m.Digest + " stays, pullable by digest, with its other tags " + others + "."
+	}
 	s.confirm(rq, name, "delete", c, func() (string, error) {
 		err := s.backend.Untag(rq.r, name, tag)
 		return repoPath(name) + "?" + url.Values{"done": {"untag"}, "tag": {tag}}.Encode(), err
@@ -302,12 +374,25 @@ func (s *Server) deleteManifest(rq *request, name, ref string) {
 		s.notFound(rq)
 		return
 	}
-	c := confirmPage{Question: "Delete manifest " + name + "@" + dgst.String() + "?",
-		Explain: "The manifest and every tag pointing at it are removed. It stays restorable (from a tag's history) until garbage collection purges it.",
-		Button:  "Delete manifest", Action: repoPath(name, "manifests", dgst.String(), "delete"), Cancel: repoPath(name, "manifests", dgst.String())}
+	c := confirmPage{Question: "Delete manifest " + dgst.String() + " of " + name + "?", Button: "Delete manifest " + dgst.String(),
+		Action: repoPath(name, "delete", dgst.String()), Cancel: repoPath(name, "manifests", dgst.String())}
+	var tags []string
+	if d, err := s.db.ManifestDetailGet(rq.r.Context(), name, dgst.String()); err == nil {
+		tags = d.Tags
+		c.Explain = "The manifest is deleted, with the tags that point at it: "
+		if len(tags) == 0 {
+			c.Explain += "none."
+		} else {
+			c.Explain += strings.Join(tags, ", ") + "."
+		}
+		c.Explain += " It stays restorable from a tag's history until garbage collection purges it."
+		if len(d.ListedBy) > 0 {
+			c.Explain += " It cannot be deleted now: index " + strings.Join(d.ListedBy, ", ") + " lists it; delete the index first."
+		}
+	}
 	s.confirm(rq, name, "delete", c, func() (string, error) {
 		err := s.backend.DeleteManifest(rq.r, name, dgst.String())
-		return repoPath(name) + "?" + url.Values{"done": {"delete"}, "digest": {dgst.String()}}.Encode(), err
+		return repoPath(name) + "?" + url.Values{"done": {"delete"}, "digest": {dgst.String()}, "tags": tags}.Encode(), err
 	})
 }
 
@@ -322,12 +407,16 @@ func (s *Server) restore(rq *request, name, tag string) {
 		s.render(rq, http.StatusBadRequest, "error", "Bad request", nil, "a restore needs the digest to point the tag at: "+clipSearch(raw))
 		return
 	}
-	c := confirmPage{Question: "Restore " + name + ":" + tag + " to " + dgst.String() + "?",
-		Explain: "The tag is pointed at this manifest again; a deleted manifest not yet purged is restored with it.",
-		Button:  "Restore", Action: repoPath(name, "tags", tag, "restore"), Cancel: repoPath(name, "tags", tag), Digest: dgst.String()}
+	current := "no manifest: the tag does not exist"
+	if m, err := s.db.ManifestByTag(rq.r.Context(), name, tag, false); err == nil {
+		current = m.Digest
+	}
+	c := confirmPage{Question: "Restore " + tag + " of " + name + "?", Button: "Restore " + tag,
+		Explain: "Restore " + tag + " to " + dgst.String() + " (now " + current + "). A deleted manifest not yet purged is restored with it.",
+		Action:  repoPath(name, "restore", tag), Cancel: repoPath(name, "history", tag), Digest: dgst.String()}
 	s.confirm(rq, name, "push", c, func() (string, error) {
 		err := s.backend.RestoreTag(rq.r, name, tag, dgst.String())
-		return repoPath(name, "tags", tag) + "?" + url.Values{"done": {"restore"}, "tag": {tag}, "digest": {dgst.String()}}.Encode(), err
+		return repoPath(name, "history", tag) + "?" + url.Values{"done": {"restore"}, "tag": {tag}, "digest": {dgst.String()}}.Encode(), err
 	})
 }
 

@@ -72,13 +72,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rq.r, rq.viewer = r, viewer
 	if r.Method == http.MethodPost {
-		if err := r.ParseForm(); err != nil || !csrfValid(r, rq.seed) {
+		if err := r.ParseForm(); err != nil || !csrfValid(r, rq.seed) || !sameOrigin(r) {
 			s.render(rq, http.StatusForbidden, "error", "Forbidden", nil,
 				"this form has expired or did not come from this site: reload the page and try again")
 			return
 		}
 	}
 	s.route(rq, path)
+}
+
+// sameOrigin checks the Origin header a browser sends with a POST: it must
+// be this host (a browser that sends none is checked by the token alone).
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
 }
 
 // stripCookie is r without its cookie name.
@@ -99,8 +110,10 @@ func (s *Server) route(rq *request, path string) {
 	post := rq.r.Method == http.MethodPost
 	switch path {
 	case "/":
-		s.repositories(rq)
-		return
+		if !post {
+			s.repositories(rq)
+			return
+		}
 	case "/login":
 		s.login(rq)
 		return
@@ -109,38 +122,52 @@ func (s *Server) route(rq *request, path string) {
 			s.logout(rq)
 			return
 		}
-	case "/storage":
+	case "/gc":
 		if !post {
-			s.storage(rq)
+			s.gc(rq)
 			return
 		}
 	}
-	rest, ok := strings.CutPrefix(path, "/repositories/")
+	rest, ok := strings.CutPrefix(path, "/r/")
 	if !ok {
 		s.notFound(rq)
 		return
 	}
-	name, sub, _ := strings.Cut(rest, "/-/")
+	name, sub, paged := strings.Cut(rest, "/-/")
+	if !paged {
+		// The repository's own page is /ui/r/<name>/.
+		var slash bool
+		if name, slash = strings.CutSuffix(rest, "/"); !slash {
+			if names.ValidRepository(rest) && !post {
+				http.Redirect(rq.w, rq.r, repoPath(rest), http.StatusMovedPermanently)
+				return
+			}
+			s.notFound(rq)
+			return
+		}
+	}
 	if !names.ValidRepository(name) {
 		s.notFound(rq)
 		return
 	}
-	parts := strings.Split(sub, "/")
+	page, arg, _ := strings.Cut(sub, "/")
 	switch {
-	case sub == "" && !strings.HasSuffix(rest, "/-/") && !post:
+	case !paged && !post:
 		s.repository(rq, name)
-	case sub == "audit" && !post:
+	case page == "audit" && arg == "" && !post:
 		s.audit(rq, name)
-	case len(parts) == 2 && parts[0] == "tags" && !post:
-		s.tag(rq, name, parts[1])
-	case len(parts) == 3 && parts[0] == "tags" && parts[2] == "untag":
-		s.untag(rq, name, parts[1])
-	case len(parts) == 3 && parts[0] == "tags" && parts[2] == "restore":
-		s.restore(rq, name, parts[1])
-	case len(parts) == 2 && parts[0] == "manifests" && !post:
-		s.manifest(rq, name, parts[1])
-	case len(parts) == 3 && parts[0] == "manifests" && parts[2] == "delete":
-		s.deleteManifest(rq, name, parts[1])
+	case page == "untagged" && arg == "" && !post:
+		s.untagged(rq, name)
+	case page == "history" && arg != "" && !post:
+		s.tag(rq, name, arg)
+	case page == "manifests" && arg != "" && !post:
+		s.manifest(rq, name, arg)
+	case page == "untag" && arg != "":
+		s.untag(rq, name, arg)
+	case page == "restore" && arg != "":
+		s.restore(rq, name, arg)
+	case page == "delete" && arg != "":
+		s.deleteManifest(rq, name, arg)
 	default:
 		s.notFound(rq)
 	}
@@ -216,13 +243,23 @@ func flash(q url.Values) string {
 	}
 	switch q.Get("done") {
 	case "untag":
-		return "Tag " + q.Get("tag") + " removed. The manifest stays, pullable by digest; the tag can be restored from its history."
+		return "Untagged " + q.Get("tag")
 	case "delete":
-		return "Manifest " + q.Get("digest") + " deleted, with its tags. It can be restored until garbage collection purges it."
+		msg := "Deleted manifest " + q.Get("digest") + " and its tags: "
+		tags := q["tags"]
+		for _, t := range tags {
+			if !names.ValidTag(t) {
+				return ""
+			}
+		}
+		if len(tags) == 0 {
+			return msg + "none"
+		}
+		return msg + strings.Join(tags, ", ")
 	case "restore":
-		return "Tag " + q.Get("tag") + " now points at " + q.Get("digest") + "."
+		return "Restored " + q.Get("tag") + " to " + q.Get("digest")
 	case "logout":
-		return "Logged out."
+		return "Logged out"
 	}
 	return ""
 }

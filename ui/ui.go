@@ -26,7 +26,7 @@ import (
 	"github.com/berth-registry/berth/db"
 )
 
-//go:embed templates/*.html
+//go:embed templates/*.html templates/*.tmpl
 var templateFS embed.FS
 
 //go:embed static
@@ -116,7 +116,7 @@ func New(c Config) *Server {
 			continue
 		}
 		name := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		s.pages[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", n))
+		s.pages[name] = template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/*.tmpl", n))
 	}
 	sub, _ := fs.Sub(staticFS, "static")
 	s.static = http.StripPrefix(Prefix+"/static/", http.FileServerFS(sub))
