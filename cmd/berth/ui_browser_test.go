@@ -90,7 +90,7 @@ func TestUIBrowser(t *testing.T) {
 		if n := b.count(t, `main code`); n < 2 {
 			t.Errorf("%d <code> elements, want the pull commands in them", n)
 		}
-		b.find(t, "button", "Copy")
+		b.find(t, "button", "Copy pull command") // the contract's "Copy", named for a screen reader
 		b.shot(t, "manifest")
 
 		// An index shows its children's platforms, a child its referrers.
@@ -213,7 +213,7 @@ func TestUIBrowser(t *testing.T) {
 		b.open(t, reg.base+"/ui/r/shop/web/")
 		b.follow(t, "link", "History of release")
 		b.shot(t, "history")
-		b.follow(t, "link", "Restore release to "+s.webV1.Encoded()[:12])
+		b.follow(t, "link", "Restore release to sha256:"+s.webV1.Encoded()[:12])
 		b.contains(t, s.webV1.String(), s.webV2.String())
 		b.follow(t, "button", "Restore release")
 		b.role(t, "status", "release")
@@ -260,6 +260,11 @@ func TestUIBrowser(t *testing.T) {
 			t.Error(`a pull-only user sees "Untag v1"`)
 		}
 		b.follow(t, "button", "Log out")
+		b.role(t, "status", "Logged out")
+		if b.has(t, "link", "shop/web") {
+			t.Error("after logging out, anonymous (who has no grant) still sees shop/web")
+		}
+		b.follow(t, "link", "Log in")
 		b.login(t, "root", "admin-pw")
 		b.find(t, "link", "secret/app")
 		b.follow(t, "link", "shop/web")
@@ -644,6 +649,7 @@ func (b *browser) has(t *testing.T, role, name string) bool {
 // leads to, and returns its HTTP status (after redirects).
 func (b *browser) follow(t *testing.T, role, name string) int64 {
 	t.Helper()
+	b.find(t, role, name)
 	return b.click(t, fmt.Sprintf("%s %q", role, name), chromedp.Click(role+" "+name, byName(role, name), chromedp.NodeVisible))
 }
 
