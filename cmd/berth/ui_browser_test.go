@@ -92,6 +92,11 @@ func TestUIBrowser(t *testing.T) {
 		}
 		b.find(t, "button", "Copy pull command") // the contract's "Copy", named for a screen reader
 		b.shot(t, "manifest")
+		// Copy works (a failed clipboard write would show as an unhandled
+		// rejection in the console).
+		b.run(t, "click Copy", chromedp.Click("Copy", byName("button", "Copy pull command"), chromedp.NodeVisible))
+		b.run(t, "no Copied", chromedp.WaitVisible(chromedp.Search(`//button[normalize-space(.)='Copied']`)))
+		b.noConsoleErrors(t)
 
 		// An index shows its children's platforms, a child its referrers.
 		b.open(t, reg.base+"/ui/r/shop/multi/")
@@ -173,6 +178,14 @@ func TestUIBrowser(t *testing.T) {
 			t.Errorf("tags after untagging v1: %v, want %v", got, want)
 		}
 		reg.expect("GET", "/v2/shop/web/manifests/"+s.webV1.String(), http.StatusOK) // still there by digest
+
+		// A POST without the form's CSRF token is refused and changes nothing.
+		resp := reg.do("POST", "/ui/r/shop/web/-/untag/v2", []byte("csrf=forged"), 0,
+			"Content-Type: application/x-www-form-urlencoded")
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("untag with a forged CSRF token: %d, want 403", resp.StatusCode)
+		}
+		reg.expect("GET", "/v2/shop/web/manifests/v2", http.StatusOK)
 		b.noConsoleErrors(t)
 	})
 
@@ -233,6 +246,10 @@ func TestUIBrowser(t *testing.T) {
 		b.shot(t, "audit")
 		b.open(t, reg.base+"/ui/gc")
 		b.shot(t, "gc")
+		light, dark := b.colors(t, "light"), b.colors(t, "dark")
+		if light == dark {
+			t.Errorf("prefers-color-scheme: dark changes no color (%s)", light)
+		}
 		b.noConsoleErrors(t)
 	})
 
@@ -254,6 +271,15 @@ func TestUIBrowser(t *testing.T) {
 		if b.has(t, "link", "secret/app") {
 			t.Error("viewer sees secret/app, which they may not pull")
 		}
+		secret := reg.base + "/ui/r/secret/app/"
+		b.expectHTTPError(secret)
+		if st := b.status(t, secret); st != http.StatusForbidden && st != http.StatusNotFound {
+			t.Errorf("viewer opening secret/app: %d, want 403 or 404", st)
+		}
+		if strings.Contains(eval[string](t, b, `document.body.innerText`), "v1") {
+			t.Error("viewer sees the tags of secret/app")
+		}
+		b.open(t, reg.base+"/ui/")
 		b.follow(t, "link", "shop/web")
 		b.find(t, "link", "History of v1")
 		if b.has(t, "link", "Untag v1") || b.has(t, "button", "Untag v1") {
@@ -539,6 +565,36 @@ func (b *browser) open(t *testing.T, url string) {
 	b.checkTitle(t)
 }
 
+// status loads a page whatever it answers, and returns its status.
+func (b *browser) status(t *testing.T, url string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, actionTimeout)
+	defer cancel()
+	resp, err := chromedp.Run(ctx, chromedp.NavigateResponse(url))
+	if err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	b.checkTitle(t)
+	return resp.Status
+}
+
+// colors are the page's text and background colors in a color scheme.
+func (b *browser) colors(t *testing.T, scheme string) string {
+	t.Helper()
+	b.scheme(t, scheme)
+	defer b.scheme(t, "light")
+	return eval[string](t, b, `(() => { const s = getComputedStyle(document.body); return s.color + " on " + s.backgroundColor; })()`)
+}
+
+func (b *browser) scheme(t *testing.T, scheme string) {
+	t.Helper()
+	b.run(t, "prefers-color-scheme: "+scheme, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: scheme}}})
+		return err
+	}))
+}
+
 func (b *browser) checkTitle(t *testing.T) {
 	t.Helper()
 	if title := eval[string](t, b, `document.title`); strings.TrimSpace(title) == "" {
@@ -804,13 +860,8 @@ func (b *browser) shot(t *testing.T, name string) {
 	b.run(t, "blur", chromedp.Evaluate[chromedp.Void](`document.activeElement?.blur()`)) // no focus ring in the picture
 	for _, scheme := range []string{"light", "dark"} {
 		ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
-		png, err := chromedp.Run(ctx, func(ctx context.Context, tg *chromedp.Target) ([]byte, error) {
-			if _, err := cdp.Call(ctx, tg, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
-				Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: scheme}}}); err != nil {
-				return nil, err
-			}
-			return chromedp.FullScreenshot(100)(ctx, tg)
-		})
+		b.scheme(t, scheme)
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		cancel()
 		if err != nil {
 			t.Fatalf("screenshot of %s: %v", name, err)
@@ -819,11 +870,7 @@ func (b *browser) shot(t *testing.T, name string) {
 			t.Fatal(err)
 		}
 	}
-	b.run(t, "light again", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		_, err := cdp.Call(ctx, tg, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
-			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "light"}}})
-		return err
-	}))
+	b.scheme(t, "light")
 }
 
 // pageLoaded is the event of a page that finished loading.
