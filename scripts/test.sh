@@ -3,7 +3,7 @@
 # runs. Needs Go and a PostgreSQL server (BERTH_TEST_DATABASE_URL, default
 # the local server's "test" database); installs and starts everything else
 # it needs: a local S3 server (versitygw), the conformance suite, the
-# registry clients.
+# registry clients, headless Chromium for the web interface's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,17 @@ s3dir=$(mktemp -d)
 trap 'scripts/versitygw.sh stop "$s3dir" >/dev/null 2>&1 || true; rm -rf "$s3dir"' EXIT
 echo "== S3 server for the tests (versitygw)"
 eval "$(scripts/versitygw.sh start "$s3dir")"
+
+echo "== headless Chromium for the web interface's browser test (cmd/berth TestUIBrowser)"
+# Debian's chromium; fonts-dejavu-core so that pages have text to show.
+# type -P finds the program only, as in scripts/clients.sh.
+if ! type -P chromium >/dev/null || [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+	echo "installing with apt: chromium fonts-dejavu-core"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+chromium --version
 
 echo "== go vet"
 go vet ./...
