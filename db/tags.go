@@ -95,7 +95,11 @@ type tagTarget struct {
 // and, if the tag moved away from a manifest, that manifest's id: it may
 // be untagged now, and the caller queues it for garbage collection once it
 // holds its other locks.
-func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor) (movedFrom int64, previous string, err error) {
+//
+// Moving an existing tag is refused with a *TagRuleError when a tag rule
+// forbids it to actor; rules holds the repository's rules, read once per
+// transaction, after the first lock that needs them.
+func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor, rules *tagRules) (movedFrom int64, previous string, err error) {
 	for range contentionRounds {
 		previousID, current, found, err := tagLock(ctx, tx, t.repoID, t.tag)
 		if err != nil {
@@ -107,6 +111,9 @@ func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, acti
 		if found {
 			if current == t.digest {
 				return 0, current, nil // already there: no change, no history
+			}
+			if err := rules.check(ctx, tx, t.repo, t.tag, "", actor); err != nil {
+				return 0, "", err
 			}
 			if _, err := tx.Exec(ctx, `
 UPDATE tags SET manifest_id = $3, updated_at = now() WHERE repository_id = $1 AND name = $2`,
@@ -134,7 +141,8 @@ ON CONFLICT (repository_id, name) DO NOTHING`, t.repoID, t.tag, t.manifestID)
 
 // TagDelete removes tag from repo, if cond holds, and returns the digest it
 // pointed at. The manifest stays, pullable by digest. ErrTagUnknown when
-// there is no such tag (and no condition was given).
+// there is no such tag (and no condition was given); a *TagRuleError when
+// a tag rule forbids actor to untag it.
 //
 // Locks: the tag row FOR UPDATE, then deletes it.
 func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition, actor Actor) (string, error) {
@@ -156,6 +164,9 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 		}
 		if dgst = current; !cond.holds(dgst) {
 			return &PreconditionError{Repository: repo, Tag: tag, Current: dgst}
+		}
+		if err := (&tagRules{}).check(ctx, tx, repo, tag, "", actor); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
 			return fmt.Errorf("delete tag %s: %w", tag, err)
@@ -204,7 +215,7 @@ FOR SHARE`, repoID, dgst).Scan(&id)
 		}
 		var movedFrom int64
 		movedFrom, previous, err = tagSet(ctx, tx, tagTarget{repoID: repoID, repo: repo, tag: tag, manifestID: id, digest: dgst},
-			cond, ActionTagRestore, actor)
+			cond, ActionTagRestore, actor, &tagRules{})
 		if err != nil || movedFrom == 0 {
 			return err
 		}
