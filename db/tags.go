@@ -157,15 +157,32 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 		if dgst = current; !cond.holds(dgst) {
 			return &PreconditionError{Repository: repo, Tag: tag, Current: dgst}
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
-			return fmt.Errorf("delete tag %s: %w", tag, err)
-		}
-		if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
-			return err
-		}
-		return d.enqueueUntagged(ctx, tx, manifestID)
+		return d.tagRemove(ctx, tx, repoID, repo, tag, manifestID, dgst, actor)
 	})
 	return dgst, err
+}
+
+// tagRemove deletes tag, which the caller has locked and found pointing at
+// manifest id dgst: the row, its history (tag.untag), and the manifest's
+// garbage candidacy.
+func (d *DB) tagRemove(ctx context.Context, tx pgx.Tx, repoID int64, repo, tag string, manifestID int64, dgst string, actor Actor) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
+		return fmt.Errorf("delete tag %s: %w", tag, err)
+	}
+	if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
+		return err
+	}
+	return d.enqueueUntagged(ctx, tx, manifestID)
+}
+
+// tagDeleteLocked is an untag by actor of a tag the transaction has
+// locked already; a tag that is gone is left alone.
+func (d *DB) tagDeleteLocked(ctx context.Context, tx pgx.Tx, repoID int64, repo, tag string, actor Actor) error {
+	manifestID, dgst, found, err := tagLock(ctx, tx, repoID, tag)
+	if err != nil || !found {
+		return err
+	}
+	return d.tagRemove(ctx, tx, repoID, repo, tag, manifestID, dgst, actor)
 }
 
 // tagAbsent is the error for a change of a tag that does not exist: a
