@@ -458,9 +458,20 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// retentionLockKey is the session lock under which policy id runs: one run
-// of a policy at a time, across replicas ("rt" and the id).
-func retentionLockKey(id int64) int64 { return 0x7274<<48 | id }
+// retentionLockKey is the session lock under which policy name runs: one
+// run of a policy at a time, across replicas. Advisory locks are per
+// database, so the key is a hash of the schema as well as of the name:
+// registries sharing a database in schemas of their own do not wait for
+// each other.
+func (d *DB) retentionLockKey(ctx context.Context, name string) (int64, error) {
+	var key int64
+	err := d.q.QueryRow(ctx, `
+SELECT ('x' || left(md5(current_schema() || ' retention ' || $1), 16))::bit(64)::bigint`, name).Scan(&key)
+	if err != nil {
+		return 0, fmt.Errorf("lock key of retention policy %s: %w", name, err)
+	}
+	return key, nil
+}
 
 // RetentionRun runs policy name now and returns what it removed, by
 // repository. ErrRetentionBusy when another process is running it.
@@ -487,7 +498,11 @@ func (d *DB) retentionRun(ctx context.Context, name string, onlyIfDue bool) (out
 	if err != nil {
 		return nil, false, fmt.Errorf("read retention policy %s: %w", name, err)
 	}
-	ran, err = d.WithSessionLock(ctx, retentionLockKey(id), func() error {
+	key, err := d.retentionLockKey(ctx, name)
+	if err != nil {
+		return nil, false, err
+	}
+	ran, err = d.WithSessionLock(ctx, key, func() error {
 		// Read under the lock: the run before may have just finished.
 		p, err := retentionGet(ctx, d.q, name)
 		if err != nil {
@@ -609,14 +624,15 @@ SELECT 1 FROM tags WHERE repository_id = $1 AND name = ANY($2) ORDER BY name FOR
 			}
 			removed = append(removed, m)
 		}
+		var untag []string
 		for _, t := range tags2 {
-			if !locked["t:"+t.Tag] {
-				continue
+			if locked["t:"+t.Tag] {
+				untag = append(untag, t.Tag)
+				removed = append(removed, t)
 			}
-			if err := d.tagDeleteLocked(ctx, tx, repoID, repo, t.Tag, actor); err != nil {
-				return err
-			}
-			removed = append(removed, t)
+		}
+		if err := d.tagsRemove(ctx, tx, repoID, repo, untag, actor); err != nil {
+			return err
 		}
 		removed = mergeRemovals(removedTags(removed), removedManifests(removed))
 		return nil
