@@ -19,6 +19,7 @@
 //	signing_keys
 //
 //	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
+//	tag_rules (immutable and protected tags: a repository glob, a tag regexp)
 //
 // A blob is visible in a repository only through repository_blobs. A
 // manifest row is live while deleted_at is NULL; a delete by digest writes a
@@ -49,6 +50,10 @@
 //     stream row stays locked until the commit, which is what numbers a
 //     repository's events in commit order (see events.go). Delivery
 //     claims lock webhook_deliveries rows alone (SKIP LOCKED).
+//
+// Tag rules (tag_rules) are never locked: a transaction that would move or
+// remove an existing tag reads them once, after it holds the tag's row
+// (see tagrules.go).
 //
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
@@ -291,6 +296,11 @@ type Actor struct {
 	// Request describes the HTTP request, for events; nil for changes
 	// that no request made (garbage collection, maintenance commands).
 	Request *RequestInfo
+	// MayDelete says the principal holds the delete right on the
+	// repository changed: it may move or untag protected tags (see
+	// tagrules.go). The API sets it (always, with authentication off);
+	// the zero value treats the change as made without that right.
+	MayDelete bool
 }
 
 // RequestInfo is what events say about the request that made a change.

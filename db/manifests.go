@@ -190,6 +190,9 @@ type ManifestPut struct {
 // rows FOR SHARE, so garbage collection cannot claim them before the
 // references are recorded.
 //
+// Moving a tag that a tag rule covers is refused with a *TagRuleError
+// (creating it, or pushing the digest it already has, is not).
+//
 // It returns, for each tag that pointed at a manifest before, that
 // manifest's digest.
 func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (previous map[string]string, err error) {
@@ -233,9 +236,10 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 			action = ActionTagRestore
 		}
 		var movedFrom []int64
+		rules := &tagRules{}
 		for _, tag := range tags {
 			from, prev, err := tagSet(ctx, tx, tagTarget{repoID: repoID, repo: p.Repository, tag: tag, manifestID: id, digest: p.Digest},
-				p.TagCondition, action, actor)
+				p.TagCondition, action, actor, rules)
 			if err != nil {
 				return err
 			}
@@ -487,7 +491,8 @@ ON CONFLICT DO NOTHING`, id, childIDs); err != nil {
 // ManifestDelete soft-deletes live manifest dgst of repo: it writes a
 // tombstone and removes every tag pointing at it, in one transaction. A live
 // index of the same repository that lists the manifest blocks the delete
-// with *ReferencedError.
+// with *ReferencedError; a tag that a tag rule forbids actor to remove
+// blocks it with *TagRuleError, naming the tag.
 //
 // Locks: the manifest row FOR UPDATE (an index push referencing it holds
 // FOR SHARE, so the two serialise and the referrer check below sees any
@@ -557,6 +562,14 @@ RETURNING name`, id)
 		return fmt.Errorf("remove tags of %s: %w", dgst, err)
 	}
 	slices.Sort(tags)
+	// The tag rows are locked (deleted) now: a tag a rule forbids
+	// removing refuses the delete, and the rollback restores them.
+	rules := &tagRules{}
+	for _, tag := range tags {
+		if err := rules.check(ctx, tx, repo, tag, dgst, actor); err != nil {
+			return err
+		}
+	}
 	if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
 		return err
 	}

@@ -307,7 +307,7 @@ ORDER BY repo, digest`
 // matches (only repo, unless empty): tags, then manifests, each by
 // repository and name. subjects maps a manifest to its subject, for the
 // lock order.
-func retentionSet(ctx context.Context, q querier, p RetentionPolicy, repo string) (tags, manifests []Removal, subjects map[string]string, err error) {
+func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string) (tags, manifests []Removal, subjects map[string]string, err error) {
 	var only *string
 	if repo != "" {
 		only = &repo
@@ -348,6 +348,9 @@ func retentionSet(ctx context.Context, q querier, p RetentionPolicy, repo string
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("find the tags retention policy %s removes: %w", p.Name, err)
 		}
+		if tags, err = withoutRuledTags(ctx, q, tags, RetentionActor(p.Name)); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	if p.DeleteUntaggedAfter != nil {
 		rows, err := q.Query(ctx, retentionUntaggedSQL, p.ReposRegexp, only, p.DeleteUntaggedAfter.Microseconds())
@@ -373,6 +376,33 @@ func retentionSet(ctx context.Context, q querier, p RetentionPolicy, repo string
 		}
 	}
 	return tags, manifests, subjects, nil
+}
+
+// withoutRuledTags drops the tags that a tag rule covers: retention
+// never removes an immutable or a protected tag (its actor has no delete
+// right, so both kinds refuse it). The rules are Go regular expressions,
+// hence matched here rather than in the query; in a run they are read
+// after the tags are locked, as an untag reads them.
+func withoutRuledTags(ctx context.Context, tx pgx.Tx, tags []Removal, actor Actor) ([]Removal, error) {
+	rules := map[string]*tagRules{}
+	kept := tags[:0]
+	for _, t := range tags {
+		rs := rules[t.Repository]
+		if rs == nil {
+			rs = &tagRules{}
+			rules[t.Repository] = rs
+		}
+		err := rs.check(ctx, tx, t.Repository, t.Tag, "", actor)
+		var ruled *TagRuleError
+		if errors.As(err, &ruled) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		kept = append(kept, t)
+	}
+	return kept, nil
 }
 
 // tagReason names the keep rules that failed to keep a tag pushed (or

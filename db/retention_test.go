@@ -320,3 +320,43 @@ func TestRetentionAdmin(t *testing.T) {
 		t.Errorf("preview of a deleted policy: %v", err)
 	}
 }
+
+// Retention never removes an immutable or a protected tag.
+func TestRetentionRespectsTagRules(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.NewURL(t)
+	d, err := db.Open(ctx, url, db.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for i, tag := range []string{"a", "b", "c", "d"} {
+		pushBare(t, d, "app", dgstOf(tag), tag)
+		ago(t, url, "app", tag, time.Duration(i+1)*day)
+	}
+	for _, r := range []db.TagRule{
+		{Repos: "app", ReposRegexp: auth.GlobRegex("app"), Tags: "^c$", Kind: db.TagRuleImmutable},
+		{Repos: "app", ReposRegexp: auth.GlobRegex("app"), Tags: "^d$", Kind: db.TagRuleProtected},
+	} {
+		if _, err := d.TagRuleAdd(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := policy("p", "app")
+	p.KeepLast = 1
+	if err := d.RetentionAdd(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	preview, err := d.RetentionPreview(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(preview); !slices.Equal(got, []string{"app:b"}) {
+		t.Fatalf("preview %v, want app:b only", got)
+	}
+	run, err := d.RetentionRun(ctx, "p")
+	if err != nil || !slices.Equal(run, preview) {
+		t.Fatalf("run %v, %v", names(run), err)
+	}
+}

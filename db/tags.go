@@ -96,7 +96,11 @@ type tagTarget struct {
 // and, if the tag moved away from a manifest, that manifest's id: it may
 // be untagged now, and the caller queues it for garbage collection once it
 // holds its other locks.
-func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor) (movedFrom int64, previous string, err error) {
+//
+// Moving an existing tag is refused with a *TagRuleError when a tag rule
+// forbids it to actor; rules holds the repository's rules, read once per
+// transaction, after the first lock that needs them.
+func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, action string, actor Actor, rules *tagRules) (movedFrom int64, previous string, err error) {
 	for range contentionRounds {
 		previousID, current, found, err := tagLock(ctx, tx, t.repoID, t.tag)
 		if err != nil {
@@ -108,6 +112,9 @@ func tagSet(ctx context.Context, tx pgx.Tx, t tagTarget, cond TagCondition, acti
 		if found {
 			if current == t.digest {
 				return 0, current, nil // already there: no change, no history
+			}
+			if err := rules.check(ctx, tx, t.repo, t.tag, "", actor); err != nil {
+				return 0, "", err
 			}
 			if _, err := tx.Exec(ctx, `
 UPDATE tags SET manifest_id = $3, updated_at = now() WHERE repository_id = $1 AND name = $2`,
@@ -135,7 +142,8 @@ ON CONFLICT (repository_id, name) DO NOTHING`, t.repoID, t.tag, t.manifestID)
 
 // TagDelete removes tag from repo, if cond holds, and returns the digest it
 // pointed at. The manifest stays, pullable by digest. ErrTagUnknown when
-// there is no such tag (and no condition was given).
+// there is no such tag (and no condition was given); a *TagRuleError when
+// a tag rule forbids actor to untag it.
 //
 // Locks: the tag row FOR UPDATE, then deletes it.
 func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition, actor Actor) (string, error) {
@@ -190,6 +198,14 @@ RETURNING t.name, t.manifest_id, m.digest`, repoID, tags)
 		return fmt.Errorf("delete tags of %s: %w", repo, err)
 	}
 	slices.SortFunc(gone, func(a, b removed) int { return strings.Compare(a.tag, b.tag) })
+	// The rows are deleted (locked) now: a tag a rule forbids removing
+	// refuses the change, and the rollback restores them.
+	rules := &tagRules{}
+	for _, r := range gone {
+		if err := rules.check(ctx, tx, repo, r.tag, "", actor); err != nil {
+			return err
+		}
+	}
 	ids := make([]int64, 0, len(gone))
 	for _, r := range gone {
 		if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: r.tag, oldDigest: r.digest}); err != nil {
@@ -243,7 +259,7 @@ FOR SHARE`, repoID, dgst).Scan(&id)
 		}
 		var movedFrom int64
 		movedFrom, previous, err = tagSet(ctx, tx, tagTarget{repoID: repoID, repo: repo, tag: tag, manifestID: id, digest: dgst},
-			cond, ActionTagRestore, actor)
+			cond, ActionTagRestore, actor, &tagRules{})
 		if err != nil || movedFrom == 0 {
 			return err
 		}

@@ -350,6 +350,33 @@ func (p *principal) may(need auth.Scope) bool {
 	return true
 }
 
+// actorOn is actor for a change of repository repo's tags: with whether
+// the principal holds delete there, which moving or untagging a protected
+// tag needs (see db.TagRuleError). That is the principal's right, as its
+// grants give it (narrowed by an API token's scopes), not only what the
+// request's Bearer token carries: docker push asks for pull,push only,
+// and a user who may delete may move a protected tag with it. An
+// external token server's token is taken at its word.
+func (h *Handler) actorOn(r *http.Request, repo string) db.Actor {
+	a := h.actor(r)
+	if !h.auth.enabled() {
+		a.MayDelete = true
+		return a
+	}
+	p := principalOf(r.Context())
+	if p == nil {
+		return a
+	}
+	var have []string
+	if p.grants != nil {
+		have = auth.Allowed(p.Principal, p.grants, repo)
+	} else {
+		have = p.allowedActions(repo)
+	}
+	a.MayDelete = slices.Contains(have, auth.Delete)
+	return a
+}
+
 // authorizeRequest authenticates r, checks that it may have need, and
 // returns the request with its principal in the context (for the audit
 // trail and upload ownership). With authentication off it lets everything

@@ -176,6 +176,7 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		missing  *db.MissingReferenceError
 		mismatch *db.SizeMismatchError
 		refd     *db.ReferencedError
+		rule     *db.TagRuleError
 		slow     *slowBodyError
 	)
 	switch {
@@ -194,6 +195,12 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		return errorf(CodeManifestBlobUnknown, "%v", missing).withDetail(map[string]string{"digest": missing.Digest})
 	case errors.As(err, &mismatch):
 		return errorf(CodeManifestInvalid, "%v", mismatch)
+	case errors.As(err, &rule):
+		detail := map[string]any{"tag": rule.Tag, "rule": rule.Rule.ID, "kind": rule.Rule.Kind}
+		if rule.Manifest != "" {
+			detail["manifest"] = rule.Manifest
+		}
+		return errorf(CodeDenied, "%v", rule).withDetail(detail)
 	case errors.As(err, &refd):
 		return errorf(CodeDenied, "%v", refd).withStatus(http.StatusConflict).
 			withDetail(map[string]string{"referrer": refd.ReferrerOf})

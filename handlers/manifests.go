@@ -212,7 +212,7 @@ func (h *Handler) storeManifest(r *http.Request, name string, tags []string, con
 	// for 27,000 layers) and the annotations go before its statements
 	// run. Callers use the manifest's type and subject.
 	m.Blobs, m.Children, m.Annotations = nil, nil, nil
-	previous, err := h.db.ManifestStore(r.Context(), put, h.actor(r))
+	previous, err := h.db.ManifestStore(r.Context(), put, h.actorOn(r, name))
 	if err != nil {
 		return nil, "", err
 	}
@@ -280,7 +280,7 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt rout
 	if ref.tag != "" {
 		return h.untag(w, r, rt.name, ref.tag)
 	}
-	if err := h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), h.actor(r)); err != nil {
+	if err := h.db.ManifestDelete(r.Context(), rt.name, ref.digest.String(), h.actorOn(r, rt.name)); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Length", "0")

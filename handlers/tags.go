@@ -65,7 +65,7 @@ func (h *Handler) untag(w http.ResponseWriter, r *http.Request, name, tag string
 	if cond.IfNoneMatch {
 		return errorf(CodeUnsupported, "If-None-Match: * does not apply to removing a tag").withStatus(http.StatusBadRequest)
 	}
-	dgst, err := h.db.TagDelete(r.Context(), name, tag, cond, h.actor(r))
+	dgst, err := h.db.TagDelete(r.Context(), name, tag, cond, h.actorOn(r, name))
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (h *Handler) restoreTag(w http.ResponseWriter, r *http.Request, rt route) e
 	if err != nil {
 		return err
 	}
-	previous, err := h.db.TagRestore(r.Context(), rt.name, rt.ref, dgst.String(), cond, h.actor(r))
+	previous, err := h.db.TagRestore(r.Context(), rt.name, rt.ref, dgst.String(), cond, h.actorOn(r, rt.name))
 	if errors.Is(err, db.ErrManifestUnknown) {
 		previous, err = h.undelete(r, rt, dgst, cond)
 	}

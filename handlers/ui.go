@@ -155,7 +155,7 @@ func (b *uiBackend) Untag(r *http.Request, repo, tag string) error {
 	if err := b.need(r, repo, auth.Delete); err != nil {
 		return err
 	}
-	_, err := b.h.db.TagDelete(r.Context(), repo, tag, db.TagCondition{}, b.h.actor(r))
+	_, err := b.h.db.TagDelete(r.Context(), repo, tag, db.TagCondition{}, b.h.actorOn(r, repo))
 	return err
 }
 
@@ -164,7 +164,7 @@ func (b *uiBackend) DeleteManifest(r *http.Request, repo, dgst string) error {
 	if err := b.need(r, repo, auth.Delete); err != nil {
 		return err
 	}
-	return b.h.db.ManifestDelete(r.Context(), repo, dgst, b.h.actor(r))
+	return b.h.db.ManifestDelete(r.Context(), repo, dgst, b.h.actorOn(r, repo))
 }
 
 // RestoreTag is PUT /v2/<repo>/tags/<tag> with {"digest": dgst}:
@@ -177,7 +177,7 @@ func (b *uiBackend) RestoreTag(r *http.Request, repo, tag, dgst string) error {
 	if err != nil {
 		return err
 	}
-	_, err = b.h.db.TagRestore(r.Context(), repo, tag, d.String(), db.TagCondition{}, b.h.actor(r))
+	_, err = b.h.db.TagRestore(r.Context(), repo, tag, d.String(), db.TagCondition{}, b.h.actorOn(r, repo))
 	if errors.Is(err, db.ErrManifestUnknown) {
 		_, err = b.h.undelete(r, route{kind: routeTags, name: repo, ref: tag}, d, db.TagCondition{})
 	}

@@ -35,6 +35,8 @@ Usage:
   berth token revoke ID | list
   berth webhook add NAME URL [--secret S] [--repos G]... [--actions A,...] [--header 'K: V']... [--timeout D] [--pulls]
   berth webhook list | delete NAME | redrive NAME   webhooks and their deliveries
+  berth tag-rule add --repos GLOB --tags REGEX --immutable|--protected   immutable or protected tags; prints the rule's id
+  berth tag-rule list | delete ID     tag rules
 
   berth help <command>                flags of a command
 
@@ -102,6 +104,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return tokenCommand(ctx, rest, env)
 	case "webhook":
 		return webhookCommand(ctx, rest, env)
+	case "tag-rule":
+		return tagRuleCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)
