@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -55,8 +56,9 @@ type RetentionPolicy struct {
 	// or moved, within that long.
 	KeepPulledWithin time.Duration
 	KeepPushedWithin time.Duration
-	// KeepTags keeps tags whose name matches any of these (PostgreSQL)
-	// regular expressions.
+	// KeepTags keeps tags whose name matches any of these regular
+	// expressions (Go's syntax, as tag rules; anywhere in the name unless
+	// anchored).
 	KeepTags []string
 	// DeleteUntaggedAfter, when set, deletes live manifests that have had
 	// no tag for that long and that nothing references.
@@ -101,8 +103,7 @@ func pgDuration(d time.Duration, set bool) *int64 {
 }
 
 // RetentionAdd creates policy p; ErrRetentionExists if the name is taken.
-// The keep patterns are checked by PostgreSQL, whose regular expressions
-// the query uses.
+// The keep patterns must compile as Go regular expressions.
 func (d *DB) RetentionAdd(ctx context.Context, p RetentionPolicy) error {
 	if p.KeepPulledWithin > 0 {
 		ok, err := d.pullStatsRecorded(ctx)
@@ -114,14 +115,8 @@ func (d *DB) RetentionAdd(ctx context.Context, p RetentionPolicy) error {
 		}
 	}
 	for _, re := range p.KeepTags {
-		var ok bool
-		err := d.q.QueryRow(ctx, `SELECT '' ~ $1`, re).Scan(&ok)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "2201B" {
-			return fmt.Errorf("--keep-tags %q is not a valid regular expression: %s", re, pgErr.Message)
-		}
-		if err != nil {
-			return fmt.Errorf("check --keep-tags %q: %w", re, err)
+		if _, err := regexp.Compile(re); err != nil {
+			return fmt.Errorf("--keep-tags %q is not a valid regular expression: %w", re, err)
 		}
 	}
 	var keepLast *int
@@ -238,17 +233,18 @@ func (d *DB) RetentionDelete(ctx context.Context, name string) error {
 // retentionTagsSQL finds the tags policy removes: per repository whose
 // name matches $1 (and is $2, unless NULL), the tags ranked by updated_at
 // (set when a tag is created or moved) newest first, that no keep rule
-// keeps. $3 keep-last, $4 keep-pushed-within (µs), $5 keep-tags and $6
+// keeps. $3 keep-last, $4 keep-pushed-within (µs) and $5
 // keep-pulled-within (µs) are NULL when not given. The pull rule's column
-// is only named when the rule is given (see retentionTagsQuery).
+// is only named when the rule is given (see retentionSet). The keep
+// patterns are Go regular expressions, as tag rules are, so they are
+// matched on the rows this returns (see retentionSet).
 const retentionTagsSQL = `
-SELECT repo, tag, digest, updated_at, by_last, by_pushed, by_tags, by_pulled, last_pulled
+SELECT repo, tag, digest, updated_at, last_pulled
 FROM (
     SELECT x.repo, x.tag, m.digest, x.updated_at, x.last_pulled,
            coalesce(x.rank <= $3::int, false) AS by_last,
            coalesce(x.updated_at > now() - $4::bigint * interval '1 microsecond', false) AS by_pushed,
-           coalesce(x.tag ~ ANY($5::text[]), false) AS by_tags,
-           coalesce(x.last_pulled > now() - $6::bigint * interval '1 microsecond', false) AS by_pulled
+           coalesce(x.last_pulled > now() - $5::bigint * interval '1 microsecond', false) AS by_pulled
     FROM (
         SELECT r.name AS repo, t.name AS tag, t.manifest_id, t.updated_at, %s AS last_pulled,
                row_number() OVER (PARTITION BY t.repository_id ORDER BY t.updated_at DESC, t.name) AS rank
@@ -257,7 +253,7 @@ FROM (
     ) x
     JOIN manifests m ON m.id = x.manifest_id
 ) k
-WHERE NOT (by_last OR by_pushed OR by_tags OR by_pulled)
+WHERE NOT (by_last OR by_pushed OR by_pulled)
 ORDER BY repo, tag`
 
 // retentionUntaggedSQL finds the untagged manifests policy removes, in
@@ -321,12 +317,14 @@ func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string)
 		if p.KeepLast > 0 {
 			keepLast = &p.KeepLast
 		}
-		var keepTags []string
-		if len(p.KeepTags) > 0 {
-			keepTags = p.KeepTags
+		keep := make([]*regexp.Regexp, len(p.KeepTags))
+		for i, re := range p.KeepTags {
+			if keep[i], err = regexp.Compile(re); err != nil { // checked when added
+				return nil, nil, nil, fmt.Errorf("retention policy %s: --keep-tags %q: %w", p.Name, re, err)
+			}
 		}
 		rows, err := q.Query(ctx, fmt.Sprintf(retentionTagsSQL, pulled), p.ReposRegexp, only, keepLast,
-			pgDuration(p.KeepPushedWithin, p.KeepPushedWithin > 0), keepTags, pgDuration(p.KeepPulledWithin, p.KeepPulledWithin > 0))
+			pgDuration(p.KeepPushedWithin, p.KeepPushedWithin > 0), pgDuration(p.KeepPulledWithin, p.KeepPulledWithin > 0))
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column
 			return nil, nil, nil, ErrPullStatsMissing
@@ -338,8 +336,7 @@ func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string)
 			var r Removal
 			var updated time.Time
 			var lastPulled *time.Time
-			var byLast, byPushed, byTags, byPulled bool
-			if err := row.Scan(&r.Repository, &r.Tag, &r.Digest, &updated, &byLast, &byPushed, &byTags, &byPulled, &lastPulled); err != nil {
+			if err := row.Scan(&r.Repository, &r.Tag, &r.Digest, &updated, &lastPulled); err != nil {
 				return r, err
 			}
 			r.Rule, r.Reason = p.tagReason(updated, lastPulled)
@@ -348,6 +345,9 @@ func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("find the tags retention policy %s removes: %w", p.Name, err)
 		}
+		tags = slices.DeleteFunc(tags, func(r Removal) bool {
+			return slices.ContainsFunc(keep, func(re *regexp.Regexp) bool { return re.MatchString(r.Tag) })
+		})
 		if tags, err = withoutRuledTags(ctx, q, tags, RetentionActor(p.Name)); err != nil {
 			return nil, nil, nil, err
 		}
