@@ -39,7 +39,7 @@ var (
 	ErrRetentionBusy = errors.New("retention policy is running in another process")
 	// ErrPullStatsMissing means a policy asks for --keep-pulled-within but
 	// the schema records no pull times.
-	ErrPullStatsMissing = errors.New("--keep-pulled-within needs pull statistics (tags.last_pulled_at), which this database does not record")
+	ErrPullStatsMissing = errors.New("--keep-pulled-within needs pull statistics (table tag_pulls), which this database does not record; run berth migrate up with a build that records them")
 )
 
 // RetentionPolicy is a policy as stored. A zero rule is a rule not given.
@@ -146,12 +146,11 @@ VALUES ($1, $2, $3, $4, $5 * interval '1 microsecond', $6 * interval '1 microsec
 }
 
 // pullStatsRecorded reports whether the schema records when tags were
-// last pulled: the column --keep-pulled-within compares with.
+// last pulled (tag_pulls.last_pulled_at): what --keep-pulled-within
+// compares with.
 func (d *DB) pullStatsRecorded(ctx context.Context) (bool, error) {
 	var ok bool
-	err := d.q.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_schema = current_schema() AND table_name = 'tags' AND column_name = 'last_pulled_at')`).Scan(&ok)
+	err := d.q.QueryRow(ctx, `SELECT to_regclass('tag_pulls') IS NOT NULL`).Scan(&ok)
 	if err != nil {
 		return false, fmt.Errorf("look for pull statistics: %w", err)
 	}
@@ -311,7 +310,8 @@ func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string)
 	if p.HasTagRules() {
 		pulled := "NULL::timestamptz"
 		if p.KeepPulledWithin > 0 {
-			pulled = "t.last_pulled_at"
+			// A tag never pulled has no row: NULL, kept by no pull.
+			pulled = "(SELECT p.last_pulled_at FROM tag_pulls p WHERE p.repository_id = t.repository_id AND p.name = t.name)"
 		}
 		var keepLast *int
 		if p.KeepLast > 0 {
@@ -326,7 +326,7 @@ func retentionSet(ctx context.Context, q pgx.Tx, p RetentionPolicy, repo string)
 		rows, err := q.Query(ctx, fmt.Sprintf(retentionTagsSQL, pulled), p.ReposRegexp, only, keepLast,
 			pgDuration(p.KeepPushedWithin, p.KeepPushedWithin > 0), pgDuration(p.KeepPulledWithin, p.KeepPulledWithin > 0))
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column
+		if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
 			return nil, nil, nil, ErrPullStatsMissing
 		}
 		if err != nil {

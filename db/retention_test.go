@@ -360,3 +360,47 @@ func TestRetentionRespectsTagRules(t *testing.T) {
 		t.Fatalf("run %v, %v", names(run), err)
 	}
 }
+
+// --keep-pulled-within keeps tags pulled within its time; a tag never
+// pulled is kept by no pull. Needs the pull statistics' table.
+func TestRetentionKeepPulledWithin(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.NewURL(t)
+	d, err := db.Open(ctx, url, db.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if dbtest.QueryInt(t, url, `SELECT (to_regclass('tag_pulls') IS NOT NULL)::int`) == 0 {
+		t.Skip("this schema records no pull statistics (tag_pulls)")
+	}
+	for i, tag := range []string{"a", "b", "c"} {
+		pushBare(t, d, "app", dgstOf(tag), tag)
+		ago(t, url, "app", tag, time.Duration(i+40)*day)
+	}
+	// a pulled a day ago, b 20 days ago, c never.
+	dbtest.Exec(t, url, `
+INSERT INTO tag_pulls (repository_id, name, pull_count, last_pulled_at)
+SELECT repository_id, name, 1, now() - CASE name WHEN 'a' THEN interval '1 day' ELSE interval '20 days' END
+FROM tags WHERE name IN ('a', 'b')`)
+	p := policy("p", "app")
+	p.KeepPulledWithin = 7 * day
+	if err := d.RetentionAdd(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	preview, err := d.RetentionPreview(ctx, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(preview); !slices.Equal(got, []string{"app:b", "app:c"}) {
+		t.Fatalf("preview %v, want app:b app:c", got)
+	}
+	if !strings.HasPrefix(preview[0].Reason, "last pulled ") || !strings.HasPrefix(preview[1].Reason, "never pulled") {
+		t.Errorf("reasons %q, %q", preview[0].Reason, preview[1].Reason)
+	}
+	run, err := d.RetentionRun(ctx, "p")
+	if err != nil || !slices.Equal(run, preview) {
+		t.Fatalf("run %v, %v", names(run), err)
+	}
+}
