@@ -97,7 +97,7 @@ func retentionCommand(ctx context.Context, args []string, env cmdEnv) error {
 		if sub == "run" {
 			verb = "removed"
 		}
-		fmt.Fprintf(env.stderr, "retention policy %s %s %d tags and %d manifests\n", pos[0], verb, tags, len(rs)-tags)
+		fmt.Fprintf(env.stderr, "retention policy %s %s %s and %s\n", pos[0], verb, plural(tags, "tag"), plural(len(rs)-tags, "manifest"))
 		return nil
 	case "delete":
 		c, pos, err := env.parse("retention delete", "retention delete NAME [flags]", rest, 1, 1)
@@ -122,15 +122,20 @@ func retentionCommand(ctx context.Context, args []string, env cmdEnv) error {
 // printRemovals writes one line per removal, the same for a preview and
 // the run that follows it: repository, tag or manifest, and why.
 func printRemovals(env cmdEnv, rs []db.Removal) {
-	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
 	for _, r := range rs {
 		if r.Tag != "" {
-			fmt.Fprintf(tw, "%s\ttag %s\t%s\n", r.Repository, r.Tag, r.Reason)
+			fmt.Fprintf(env.stdout, "%s  tag %s  %s\n", r.Repository, r.Tag, r.Reason)
 		} else {
-			fmt.Fprintf(tw, "%s\tmanifest %s\t%s\n", r.Repository, r.Digest, r.Reason)
+			fmt.Fprintf(env.stdout, "%s  manifest %s  %s\n", r.Repository, r.Digest, r.Reason)
 		}
 	}
-	tw.Flush()
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // keepRules describes a policy's keep rules for the listing.
