@@ -73,6 +73,8 @@
 //	tag restore     the manifest FOR SHARE → the tag FOR UPDATE
 //	untag           the tag FOR UPDATE
 //	manifest delete the manifest FOR UPDATE → the tags pointing at it FOR UPDATE, by name (deleted)
+//	retention run   per repository: its set's manifests FOR UPDATE, subjects first, else by digest → its set's tags FOR UPDATE, by name
+//	                (the set computed again under the locks; see retention.go), under a session lock per policy taken alone
 //	blob commit     the upload session FOR UPDATE → the blob FOR UPDATE
 //	blob mount      the blob FOR SHARE
 //	blob unlink     the repository link (deleted)
