@@ -319,4 +319,3 @@ func merge(retry []db.PullCount, refs []string, rng *rand.Rand, at time.Time) []
 	}
 	return out
 }
-
