@@ -55,3 +55,22 @@ func benchmarkManifestStore(b *testing.B, setup func(*db.DB)) {
 		})
 	}
 }
+
+// BenchmarkManifestStoreTagRules is BenchmarkManifestStore with ten tag
+// rules covering the repositories but none of the tags pushed: every push
+// after the first hundred moves a tag, so each reads the rules (one
+// statement) and matches them. Compare with BenchmarkManifestStore.
+func BenchmarkManifestStoreTagRules(b *testing.B) {
+	benchmarkManifestStore(b, func(d *db.DB) {
+		for i := range 10 {
+			kind := db.TagRuleImmutable
+			if i%2 == 1 {
+				kind = db.TagRuleProtected
+			}
+			if _, err := d.TagRuleAdd(context.Background(), db.TagRule{Repos: "bench/**", ReposRegexp: "^bench/.*$",
+				Tags: fmt.Sprintf("^release-%d[.][0-9]+$", i), Kind: kind}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
