@@ -22,9 +22,10 @@ const (
 )
 
 // bigRepository fills repository "big" with 10,000 tags over 100
-// manifests, pushed (by SQL) between 0 and 99 days ago, and returns the
-// policy the tests run: keep the 500 most recent, anything pushed within
-// 30 days, and tags named keep-*.
+// manifests, pushed (by SQL) between 0 and 99 days ago, a third of them
+// pulled between 0 and 59 days ago, and returns the policy the tests run:
+// keep the 500 most recent, anything pushed within 30 days or pulled
+// within 14, and tags named keep-*.
 func bigRepository(t *testing.T, d *db.DB, url string) db.RetentionPolicy {
 	t.Helper()
 	for m := range bigManifests {
@@ -42,8 +43,13 @@ func bigRepository(t *testing.T, d *db.DB, url string) db.RetentionPolicy {
 	// disagree; whole seconds apart, so that no two ages tie.
 	dbtest.Exec(t, url, `
 UPDATE tags SET updated_at = now() - (abs(hashtext(name)) % (99 * 86400)) * interval '1 second'`)
+	// Pulls: a third of the tags, last pulled between 0 and 59 days ago.
+	dbtest.Exec(t, url, `
+INSERT INTO tag_pulls (repository_id, name, pull_count, last_pulled_at)
+SELECT repository_id, name, 1, now() - (abs(hashtext(name || 'pull')) % (59 * 86400)) * interval '1 second'
+FROM tags WHERE abs(hashtext(name || 'pulled')) % 3 = 0`)
 	p := policy("big", "big")
-	p.KeepLast, p.KeepPushedWithin, p.KeepTags = 500, 30*day, []string{"^keep-"}
+	p.KeepLast, p.KeepPushedWithin, p.KeepPulledWithin, p.KeepTags = 500, 30*day, 14*day, []string{"^keep-"}
 	if err := d.RetentionAdd(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +122,10 @@ func TestRetentionBigRunDuringPushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT name FROM tags WHERE updated_at > now() - interval '30 days' OR name ~ '^keep-'`)
+	rows, err := conn.Query(ctx, `
+SELECT name FROM tags t WHERE updated_at > now() - interval '30 days' OR name ~ '^keep-'
+    OR EXISTS (SELECT 1 FROM tag_pulls p WHERE p.repository_id = t.repository_id AND p.name = t.name
+               AND p.last_pulled_at > now() - interval '14 days')`)
 	if err != nil {
 		t.Fatal(err)
 	}

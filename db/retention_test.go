@@ -291,11 +291,6 @@ func TestRetentionAdmin(t *testing.T) {
 	if err := d.RetentionAdd(ctx, bad); err == nil || !strings.Contains(err.Error(), "not a valid regular expression") {
 		t.Errorf("bad pattern: %v", err)
 	}
-	pulled := policy("pulled", "app")
-	pulled.KeepPulledWithin = day
-	if err := d.RetentionAdd(ctx, pulled); !errors.Is(err, db.ErrPullStatsMissing) {
-		t.Errorf("keep-pulled-within without pull statistics: %v", err)
-	}
 	ps, err := d.RetentionList(ctx)
 	if err != nil || len(ps) != 1 || ps[0].KeepLast != 3 || ps[0].Schedule != time.Hour || ps[0].DeleteUntaggedAfter != nil {
 		t.Fatalf("list %+v, %v", ps, err)
@@ -402,5 +397,36 @@ FROM tags WHERE name IN ('a', 'b')`)
 	run, err := d.RetentionRun(ctx, "p")
 	if err != nil || !slices.Equal(run, preview) {
 		t.Fatalf("run %v, %v", names(run), err)
+	}
+}
+
+// On a schema without pull statistics (not migrated, say),
+// --keep-pulled-within is refused saying so, and a policy that has it
+// fails to run rather than keep nothing by pulls.
+func TestRetentionWithoutPullStatistics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.NewURL(t)
+	d, err := db.Open(ctx, url, db.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	pushBare(t, d, "app", dgstOf("a"), "a")
+	p := policy("pulled", "app")
+	p.KeepPulledWithin = day
+	if err := d.RetentionAdd(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	dbtest.Exec(t, url, `DROP TABLE tag_pulls`)
+	if _, err := d.RetentionPreview(ctx, "pulled"); !errors.Is(err, db.ErrPullStatsMissing) {
+		t.Errorf("preview without tag_pulls: %v", err)
+	}
+	if _, err := d.RetentionRun(ctx, "pulled"); !errors.Is(err, db.ErrPullStatsMissing) {
+		t.Errorf("run without tag_pulls: %v", err)
+	}
+	p.Name = "again"
+	if err := d.RetentionAdd(ctx, p); !errors.Is(err, db.ErrPullStatsMissing) {
+		t.Errorf("add without tag_pulls: %v", err)
 	}
 }

@@ -40,7 +40,6 @@ func TestRetentionCLI(t *testing.T) {
 		{[]string{"add", "p", "--repos", "Demo/*", "--keep-last", "2"}, "--repos Demo/*"},
 		{[]string{"add", "p", "--repos", "demo/**", "--keep-tags", "(", "--keep-last", "1"}, "not a valid regular expression"},
 		{[]string{"add", "p", "--repos", "demo/**", "--keep-pushed-within", "3x"}, "keep-pushed-within"},
-		{[]string{"add", "p", "--repos", "demo/**", "--keep-pulled-within", "30d"}, "needs pull statistics"},
 		{[]string{"preview", "nope"}, "retention policy nope is not known"},
 		{[]string{"delete", "nope"}, "retention policy nope is not known"},
 		{[]string{"prune"}, "unknown command: retention prune"},
@@ -48,20 +47,20 @@ func TestRetentionCLI(t *testing.T) {
 		berthCLI(t, url, "", append([]string{"retention"}, tc.args...)...).fails(t, tc.mention)
 	}
 
-	add := berthCLI(t, url, "", "retention", "add", "tidy", "--repos", "demo/**", "--keep-last", "2", "--keep-pushed-within", "25d",
+	add := berthCLI(t, url, "", "retention", "add", "tidy", "--repos", "demo/**", "--keep-last", "2", "--keep-pushed-within", "25d", "--keep-pulled-within", "7d",
 		"--keep-tags", "^v1$", "--delete-untagged-after", "30d", "--schedule", "24h").ok(t)
-	if !strings.Contains(add.stdout, "added retention policy tidy for demo/**: keeps last 2, pushed within 25d, tags ~ ^v1$; untagged manifests deleted after 30d; runs every 1d") {
+	if !strings.Contains(add.stdout, "added retention policy tidy for demo/**: keeps last 2, pushed within 25d, pulled within 7d, tags ~ ^v1$; untagged manifests deleted after 30d; runs every 1d") {
 		t.Errorf("add printed %q", add.stdout)
 	}
 	list := berthCLI(t, url, "", "retention", "list").ok(t)
-	for _, want := range []string{"tidy", "demo/**", "last 2, pushed within 25d, tags ~ ^v1$", "after 30d", "every 1d", "never"} {
+	for _, want := range []string{"tidy", "demo/**", "last 2, pushed within 25d, pulled within 7d, tags ~ ^v1$", "after 30d", "every 1d", "never"} {
 		if !strings.Contains(list.stdout, want) {
 			t.Errorf("list lacks %q:\n%s", want, list.stdout)
 		}
 	}
 	preview := berthCLI(t, url, "", "retention", "preview", "tidy").ok(t)
 	lines := strings.Split(strings.TrimSpace(preview.stdout), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "demo/app  tag v2  not among the 2 most recent; pushed over 25d ago; matches no keep pattern (pushed ") ||
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "demo/app  tag v2  not among the 2 most recent; pushed over 25d ago; never pulled; matches no keep pattern (pushed ") ||
 		!strings.HasPrefix(lines[1], "demo/app  tag v3  not among") {
 		t.Fatalf("preview printed:\n%s", preview.stdout)
 	}
