@@ -18,6 +18,8 @@
 //	        "authenticated"; text, not a key: see auth.go)
 //	signing_keys
 //
+//	manifests ─< manifest_pulls, tags ─< tag_pulls (pull statistics, ON DELETE CASCADE)
+//
 //	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
 //	tag_rules (immutable and protected tags: a repository glob, a tag regexp)
 //
@@ -55,6 +57,19 @@
 // remove an existing tag reads them once, after it holds the tag's row
 // (see tagrules.go).
 //
+// Pull statistics (manifest_pulls, tag_pulls) stand aside from this order,
+// because their flush (PullStatsAdd, one transaction per replica and flush
+// interval) never waits for a lock it could be part of a cycle with: it
+// adds to the statistics rows it can lock FOR NO KEY UPDATE SKIP LOCKED;
+// for a manifest or tag pulled for the first time, it locks the manifest
+// or tag FOR KEY SHARE SKIP LOCKED and inserts its row ON CONFLICT DO
+// NOTHING, in key order (manifest id; repository id and tag name), so
+// that it waits only for another flush's insert of the same new row, in
+// that same order. What it skips stays in the replica's buffer for the
+// next flush. In turn, a push waits for a flush only at a manifest's or
+// tag's first pull (FOR UPDATE against FOR KEY SHARE), and a delete, whose
+// cascade removes statistics rows, at most for one flush.
+//
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
 //
@@ -73,6 +88,8 @@
 //	tag restore     the manifest FOR SHARE → the tag FOR UPDATE
 //	untag           the tag FOR UPDATE
 //	manifest delete the manifest FOR UPDATE → the tags pointing at it FOR UPDATE, by name (deleted)
+//	retention run   per repository: its set's manifests FOR UPDATE, subjects first, else by digest → its set's tags FOR UPDATE, by name
+//	                (the set computed again under the locks; see retention.go), under a session lock per policy taken alone
 //	blob commit     the upload session FOR UPDATE → the blob FOR UPDATE
 //	blob mount      the blob FOR SHARE
 //	blob unlink     the repository link (deleted)
@@ -82,6 +99,7 @@
 //	token touch     the tokens FOR UPDATE, by id
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
 //	gc of manifest  the manifest FOR UPDATE → candidates
+//	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same
 // manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never

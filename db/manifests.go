@@ -510,60 +510,83 @@ FOR UPDATE OF m`, repo, dgst).Scan(&id)
 		if err != nil {
 			return fmt.Errorf("lock manifest %s: %w", dgst, err)
 		}
-		// A separate statement, so that under READ COMMITTED it sees every
-		// index committed while we waited for the lock.
-		var parent string
-		err = tx.QueryRow(ctx, `
+		return d.manifestRemove(ctx, tx, repo, id, dgst, actor)
+	})
+}
+
+// manifestDeleteLocked is a delete by digest by actor of a manifest the
+// transaction has locked already; one that is gone is left alone.
+func (d *DB) manifestDeleteLocked(ctx context.Context, tx pgx.Tx, repoID int64, repo, dgst string, actor Actor) error {
+	var id int64
+	err := tx.QueryRow(ctx, `
+SELECT id FROM manifests WHERE repository_id = $1 AND digest = $2 AND deleted_at IS NULL
+FOR UPDATE`, repoID, dgst).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lock manifest %s: %w", dgst, err)
+	}
+	return d.manifestRemove(ctx, tx, repo, id, dgst, actor)
+}
+
+// manifestRemove tombstones live manifest id (dgst), which the caller has
+// locked FOR UPDATE, and removes its tags: what a delete by digest does,
+// history, audit, events and garbage candidates included.
+func (d *DB) manifestRemove(ctx context.Context, tx pgx.Tx, repo string, id int64, dgst string, actor Actor) error {
+	// A separate statement, so that under READ COMMITTED it sees every
+	// index committed while we waited for the lock.
+	var parent string
+	err := tx.QueryRow(ctx, `
 SELECT p.digest FROM manifest_children c JOIN manifests p ON p.id = c.parent_id
 WHERE c.child_id = $1 AND p.deleted_at IS NULL
 ORDER BY p.digest LIMIT 1`, id).Scan(&parent)
-		if err == nil {
-			return &ReferencedError{Digest: dgst, ReferrerOf: parent}
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("check referrers of %s: %w", dgst, err)
-		}
-		// The tag rows are locked in name order, as a push of several tags
-		// locks them: deleting them in scan order could take one tag, wait
-		// for a push holding another, and be waited for by that push.
-		rows, err := tx.Query(ctx, `
+	if err == nil {
+		return &ReferencedError{Digest: dgst, ReferrerOf: parent}
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("check referrers of %s: %w", dgst, err)
+	}
+	// The tag rows are locked in name order, as a push of several tags
+	// locks them: deleting them in scan order could take one tag, wait
+	// for a push holding another, and be waited for by that push.
+	rows, err := tx.Query(ctx, `
 DELETE FROM tags WHERE manifest_id = $1 AND name IN (
 	SELECT name FROM tags WHERE manifest_id = $1 ORDER BY name FOR UPDATE)
 RETURNING name`, id)
-		if err != nil {
-			return fmt.Errorf("remove tags of %s: %w", dgst, err)
-		}
-		tags, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return fmt.Errorf("remove tags of %s: %w", dgst, err)
-		}
-		slices.Sort(tags)
-		// The tag rows are locked (deleted) now: a tag a rule forbids
-		// removing refuses the delete, and the rollback restores them.
-		rules := &tagRules{}
-		for _, tag := range tags {
-			if err := rules.check(ctx, tx, repo, tag, dgst, actor); err != nil {
-				return err
-			}
-		}
-		if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
+	if err != nil {
+		return fmt.Errorf("remove tags of %s: %w", dgst, err)
+	}
+	tags, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("remove tags of %s: %w", dgst, err)
+	}
+	slices.Sort(tags)
+	// The tag rows are locked (deleted) now: a tag a rule forbids
+	// removing refuses the delete, and the rollback restores them.
+	rules := &tagRules{}
+	for _, tag := range tags {
+		if err := rules.check(ctx, tx, repo, tag, dgst, actor); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx,
-			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
-			id, actor.Name); err != nil {
-			return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
-		}
-		if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
-			detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
-			return err
-		}
-		// The tombstone is a candidate once its retention ends.
-		if err := enqueue(ctx, tx, CandidateManifest, fmt.Sprint(id), d.gc.TombstoneRetention); err != nil {
-			return err
-		}
-		return d.enqueueDependents(ctx, tx, id)
-	})
+	}
+	if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx,
+		`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
+		id, actor.Name); err != nil {
+		return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
+	}
+	if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
+		detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
+		return err
+	}
+	// The tombstone is a candidate once its retention ends.
+	if err := enqueue(ctx, tx, CandidateManifest, fmt.Sprint(id), d.gc.TombstoneRetention); err != nil {
+		return err
+	}
+	return d.enqueueDependents(ctx, tx, id)
 }
 
 // Referrer is a manifest whose subject is a given digest, as the referrers

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -155,7 +156,7 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 		if err != nil {
 			return err
 		}
-		manifestID, current, found, err := tagLock(ctx, tx, repoID, tag)
+		_, current, found, err := tagLock(ctx, tx, repoID, tag)
 		if err != nil {
 			return err
 		}
@@ -165,18 +166,61 @@ func (d *DB) TagDelete(ctx context.Context, repo, tag string, cond TagCondition,
 		if dgst = current; !cond.holds(dgst) {
 			return &PreconditionError{Repository: repo, Tag: tag, Current: dgst}
 		}
-		if err := (&tagRules{}).check(ctx, tx, repo, tag, "", actor); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM tags WHERE repository_id = $1 AND name = $2`, repoID, tag); err != nil {
-			return fmt.Errorf("delete tag %s: %w", tag, err)
-		}
-		if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: tag, oldDigest: dgst}); err != nil {
-			return err
-		}
-		return d.enqueueUntagged(ctx, tx, manifestID)
+		return d.tagsRemove(ctx, tx, repoID, repo, []string{tag}, actor)
 	})
 	return dgst, err
+}
+
+// tagsRemove deletes tags of repo, which the caller has locked FOR
+// UPDATE (in name order), as an untag by actor: the rows, their history
+// (tag.untag, in name order), and the garbage candidacy of the manifests
+// they pointed at. A tag that is gone is skipped. One statement for any
+// number of tags: a retention run removes thousands at once.
+func (d *DB) tagsRemove(ctx context.Context, tx pgx.Tx, repoID int64, repo string, tags []string, actor Actor) error {
+	rows, err := tx.Query(ctx, `
+DELETE FROM tags t USING manifests m
+WHERE t.repository_id = $1 AND t.name = ANY($2) AND m.id = t.manifest_id
+RETURNING t.name, t.manifest_id, m.digest`, repoID, tags)
+	if err != nil {
+		return fmt.Errorf("delete tags of %s: %w", repo, err)
+	}
+	type removed struct {
+		tag        string
+		manifestID int64
+		digest     string
+	}
+	gone, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (removed, error) {
+		var r removed
+		err := row.Scan(&r.tag, &r.manifestID, &r.digest)
+		return r, err
+	})
+	if err != nil {
+		return fmt.Errorf("delete tags of %s: %w", repo, err)
+	}
+	slices.SortFunc(gone, func(a, b removed) int { return strings.Compare(a.tag, b.tag) })
+	// The rows are deleted (locked) now: a tag a rule forbids removing
+	// refuses the change, and the rollback restores them.
+	rules := &tagRules{}
+	for _, r := range gone {
+		if err := rules.check(ctx, tx, repo, r.tag, "", actor); err != nil {
+			return err
+		}
+	}
+	ids := make([]int64, 0, len(gone))
+	for _, r := range gone {
+		if err := audit(ctx, tx, actor, event{action: ActionTagUntag, repository: repo, tag: r.tag, oldDigest: r.digest}); err != nil {
+			return err
+		}
+		ids = append(ids, r.manifestID)
+	}
+	// In ascending id order, as enqueueDependents queues them.
+	slices.Sort(ids)
+	for _, id := range slices.Compact(ids) {
+		if err := d.enqueueUntagged(ctx, tx, id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // tagAbsent is the error for a change of a tag that does not exist: a

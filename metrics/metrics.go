@@ -69,6 +69,12 @@ var (
 	webhookAttempts = prometheus.NewDesc("berth_webhook_deliveries_total",
 		"This replica's delivery attempts, by webhook and outcome: delivered, retried (failed, tried again later), dead.",
 		[]string{"webhook", "result"}, nil)
+	retentionTags = prometheus.NewDesc("berth_retention_tags_removed_total",
+		"Tags a retention policy removed since it was created, in the registry (every replica reports the same).", []string{"policy"}, nil)
+	retentionManifests = prometheus.NewDesc("berth_retention_manifests_removed_total",
+		"Untagged manifests a retention policy deleted since it was created, in the registry.", []string{"policy"}, nil)
+	retentionLastRun = prometheus.NewDesc("berth_retention_last_run_timestamp_seconds",
+		"When a retention policy last ran, by hand or scheduled, in any replica (0: never).", []string{"policy"}, nil)
 	pullEvents = prometheus.NewDesc("berth_pull_events_total",
 		"Pull events this replica wrote, and those it dropped (buffer full while the database was slow or down).", []string{"result"}, nil)
 )
@@ -85,7 +91,8 @@ type berth struct {
 func (b *berth) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolAcquireSeconds,
 		manifestReads, manifestStatements, dbUp, dbOutages, dbUnavailable, uploads, uploadBytes, gcQueue, gcItems, gcBytes,
-		webhookPending, webhookDead, webhookOldest, webhookAttempts, pullEvents} {
+		webhookPending, webhookDead, webhookOldest, webhookAttempts, pullEvents,
+		retentionTags, retentionManifests, retentionLastRun} {
 		ch <- d
 	}
 }
@@ -137,6 +144,19 @@ func (b *berth) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(gcQueue, prometheus.GaugeValue, float64(due), "due")
 	} else {
 		b.warn("metrics: count garbage candidates", err)
+	}
+	if policies, err := b.db.RetentionList(ctx); err == nil {
+		for _, p := range policies {
+			ch <- prometheus.MustNewConstMetric(retentionTags, prometheus.CounterValue, float64(p.TagsRemoved), p.Name)
+			ch <- prometheus.MustNewConstMetric(retentionManifests, prometheus.CounterValue, float64(p.ManifestsRemoved), p.Name)
+			last := 0.0
+			if !p.LastRunAt.IsZero() {
+				last = float64(p.LastRunAt.UnixNano()) / 1e9
+			}
+			ch <- prometheus.MustNewConstMetric(retentionLastRun, prometheus.GaugeValue, last, p.Name)
+		}
+	} else {
+		b.warn("metrics: read retention policies", err)
 	}
 	if gauges, err := b.db.WebhookGauges(ctx); err == nil {
 		for _, g := range gauges {

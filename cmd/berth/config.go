@@ -74,6 +74,8 @@ type Config struct {
 	WebhookPoll        time.Duration
 	EventsRetention    time.Duration
 	PullEventsFlush    time.Duration
+
+	RetentionPoll time.Duration
 }
 
 // setting describes one configuration value. The flag is --<name>, the
@@ -320,6 +322,8 @@ var settings = []setting{
 		positiveDuration(func(c *Config) *time.Duration { return &c.WebhookPoll })},
 	{"events-retention", "168h", "how long delivered and dead-lettered deliveries, and events, are kept",
 		positiveDuration(func(c *Config) *time.Duration { return &c.EventsRetention })},
+	{"retention-poll", "1m", "how often a replica looks for retention policies whose --schedule is due (one replica runs each)",
+		positiveDuration(func(c *Config) *time.Duration { return &c.RetentionPoll })},
 	{"pull-events-flush", "1s", "how often buffered pull events are written (what a crash of the replica may lose)",
 		positiveDuration(func(c *Config) *time.Duration { return &c.PullEventsFlush })},
 }

@@ -35,6 +35,8 @@ Usage:
   berth token revoke ID | list
   berth webhook add NAME URL [--secret S] [--repos G]... [--actions A,...] [--header 'K: V']... [--timeout D] [--pulls]
   berth webhook list | delete NAME | redrive NAME   webhooks and their deliveries
+  berth retention add NAME --repos G [--keep-last N] [--keep-pulled-within D] [--keep-pushed-within D] [--keep-tags RE]... [--delete-untagged-after D] [--schedule D]
+  berth retention list | preview NAME | run NAME | delete NAME   what retention removes, and removing it
   berth tag-rule add --repos GLOB --tags REGEX --immutable|--protected   immutable or protected tags; prints the rule's id
   berth tag-rule list | delete ID     tag rules
 
@@ -104,6 +106,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return tokenCommand(ctx, rest, env)
 	case "webhook":
 		return webhookCommand(ctx, rest, env)
+	case "retention":
+		return retentionCommand(ctx, rest, env)
 	case "tag-rule":
 		return tagRuleCommand(ctx, rest, env)
 	case "help", "-h", "--help":

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
+	"github.com/berth-registry/berth/retention"
 )
 
 // Main is one running registry: what `berth serve` starts. Tests start it
@@ -129,9 +130,13 @@ func (m *Main) Run(ctx context.Context) error {
 		Lease: c.WebhookLease, Retention: c.EventsRetention, Poll: c.WebhookPoll, Waker: waker, Logger: m.Logger,
 	})
 	pulls := events.NewPulls(m.db, c.PullEventsFlush, m.Logger)
-	m.eventsDone.Add(2)
+	scheduler := retention.New(m.db, retention.Config{Poll: c.RetentionPoll, Logger: m.Logger})
+	m.eventsDone.Add(3)
 	go func() { defer m.eventsDone.Done(); worker.Run(evCtx) }()
 	go func() { defer m.eventsDone.Done(); pulls.Run(evCtx) }()
+	// Stopped with the events: a run in progress ends its transaction
+	// (rolled back) and the policy is due again at the next start.
+	go func() { defer m.eventsDone.Done(); scheduler.Run(evCtx) }()
 	registry := metrics.Registry(m.db, collector, worker, pulls, m.Logger)
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,

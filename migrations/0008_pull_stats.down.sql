@@ -1,0 +1,4 @@
+BEGIN;
+DROP TABLE tag_pulls;
+DROP TABLE manifest_pulls;
+COMMIT;

@@ -1,0 +1,4 @@
+BEGIN;
+DROP INDEX audit_log_old_digest;
+DROP TABLE retention_policies;
+COMMIT;
