@@ -26,6 +26,7 @@ import (
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
+	"github.com/berth-registry/berth/pullstats"
 )
 
 // Main is one running registry: what `berth serve` starts. Tests start it
@@ -133,6 +134,14 @@ func (m *Main) Run(ctx context.Context) error {
 	go func() { defer m.eventsDone.Done(); worker.Run(evCtx) }()
 	go func() { defer m.eventsDone.Done(); pulls.Run(evCtx) }()
 	registry := metrics.Registry(m.db, collector, worker, pulls, m.Logger)
+	var pullCounter handlers.PullCounter // nil, not a nil *pullstats.Stats
+	if c.PullStatsFlush > 0 {
+		stats := pullstats.New(m.db, c.PullStatsFlush, m.Logger)
+		m.eventsDone.Add(1)
+		go func() { defer m.eventsDone.Done(); stats.Run(evCtx) }()
+		registry.MustRegister(metrics.PullStats(stats))
+		pullCounter = stats
+	}
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
 		Registry: registry,
@@ -158,6 +167,7 @@ func (m *Main) Run(ctx context.Context) error {
 		ManifestBudget: c.ManifestBudget,
 		Auth:           authConfig,
 		Pulls:          pulls,
+		PullStats:      pullCounter,
 		NoUI:           !c.UI,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
