@@ -60,6 +60,7 @@ type Stats struct {
 	pending, pendingTags []db.PullCount
 
 	flushed, tagsFlushed, gone, full atomic.Int64
+	busy                             atomic.Int64 // flushes that gave up waiting for a lock
 	buffered                         atomic.Int64
 }
 
@@ -107,6 +108,10 @@ func (s *Stats) TagsFlushed() int64 { return s.tagsFlushed.Load() }
 // Dropped is how many manifest pulls were not counted: the manifest was
 // gone (deleted) when they were flushed, or the buffer was full.
 func (s *Stats) Dropped() (gone, full int64) { return s.gone.Load(), s.full.Load() }
+
+// Busy is how many flushes gave up waiting for a lock (see
+// db.PullStatsResult.Busy); their counts went to the next flush.
+func (s *Stats) Busy() int64 { return s.busy.Load() }
 
 // Buffered is how many keys have counts waiting for a flush: the
 // manifest and tag pulls counted since the last flush, and the manifests
@@ -165,6 +170,9 @@ func (s *Stats) Flush(ctx context.Context) error {
 		s.pending, s.pendingTags = ms, ts
 	} else {
 		s.pending, s.pendingTags = res.Retry, res.RetryTags
+		if res.Busy {
+			s.busy.Add(1)
+		}
 		s.flushed.Add(res.Added)
 		s.tagsFlushed.Add(res.TagsAdded)
 		s.gone.Add(res.Dropped)
