@@ -66,9 +66,13 @@
 // NOTHING, in key order (manifest id; repository id and tag name), so
 // that it waits only for another flush's insert of the same new row, in
 // that same order. What it skips stays in the replica's buffer for the
-// next flush. In turn, a push waits for a flush only at a manifest's or
-// tag's first pull (FOR UPDATE against FOR KEY SHARE), and a delete, whose
-// cascade removes statistics rows, at most for one flush.
+// next flush. SKIP LOCKED does not cover every wait (PostgreSQL may wait
+// while following the update chain of a row a push is moving), so a flush
+// also runs with a short lock_timeout, and gives up rather than wait
+// longer (pullStatsLockTimeout): whatever it waits for, no push or delete
+// waits behind it for longer. In turn, a push waits for a flush only at a
+// manifest's or tag's first pull (FOR UPDATE against FOR KEY SHARE), and
+// a delete, whose cascade removes statistics rows, at most for one flush.
 //
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:

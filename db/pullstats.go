@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Pull statistics (manifest_pulls, tag_pulls) are counted in memory by each
@@ -34,7 +35,19 @@ type PullStatsResult struct {
 	// locked (a push or delete in progress): the caller adds them again
 	// at its next flush.
 	Retry, RetryTags []PullCount
+	// Busy means the flush gave up after waiting pullStatsLockTimeout
+	// for a lock: nothing was added, and everything is in Retry.
+	Busy bool
 }
+
+// pullStatsLockTimeout bounds any wait of a flush for a lock. SKIP LOCKED
+// leaves out what a change holds, but does not cover every wait:
+// PostgreSQL can still wait while it follows the update chain of a row
+// that a change is moving, and an insert waits for another flush's insert
+// of the same row. A flush that would wait longer than this gives up, and
+// its counts wait for the next one: a push or delete never waits behind a
+// flush for longer, whatever the flush itself waits for.
+const pullStatsLockTimeout = "500ms"
 
 // PullStatsAdd adds pull counts to the statistics of manifests and tags,
 // in one transaction. It never waits for the manifests and tags themselves
@@ -48,6 +61,9 @@ func (d *DB) PullStatsAdd(ctx context.Context, manifests, tags []PullCount) (Pul
 	}
 	err := d.withTx(ctx, func(tx pgx.Tx) error {
 		res = PullStatsResult{} // the transaction may run again
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+pullStatsLockTimeout+`'`); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
+		}
 		var err error
 		res.Added, res.Dropped, res.Retry, err = addPulls(ctx, tx, manifestPullStatements, manifests)
 		if err != nil {
@@ -59,6 +75,10 @@ func (d *DB) PullStatsAdd(ctx context.Context, manifests, tags []PullCount) (Pul
 		}
 		return nil
 	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55P03" { // lock_not_available
+		return PullStatsResult{Retry: manifests, RetryTags: tags, Busy: true}, nil
+	}
 	return res, err
 }
 

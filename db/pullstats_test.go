@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	neturl "net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -165,14 +166,23 @@ func TestPullStatsAdd(t *testing.T) {
 // rows, and a manifest with tags is deleted and pushed again (its delete
 // removes statistics rows by cascade): every count of a live manifest or
 // tag is added exactly once (retrying what a push or another flush held),
-// and no flush fails, with a deadlock or otherwise.
+// and no flush or push fails, with a deadlock or otherwise.
 func TestPullStatsConcurrentFlushes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := dbtest.NewURL(t)
+	// deadlock_timeout far above any legitimate wait: a deadlock is not
+	// broken by PostgreSQL and retried by withTx, but stalls until the
+	// statement deadline, and the failed change fails the test.
+	pu, err := neturl.Parse(dbtest.NewURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := pu.Query()
+	q.Set("deadlock_timeout", "10min")
+	pu.RawQuery = q.Encode()
 	var handles [2]*db.DB
 	for i := range handles {
-		d, err := db.Open(ctx, url, db.Options{})
+		d, err := db.Open(ctx, pu.String(), db.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +260,7 @@ func TestPullStatsConcurrentFlushes(t *testing.T) {
 	}()
 
 	var flushes sync.WaitGroup
-	var retried, added atomic.Int64
+	var retried, added, busy atomic.Int64
 	errs := make(chan error, flushers)
 	for f := range flushers {
 		flushes.Add(1)
@@ -275,6 +285,9 @@ func TestPullStatsConcurrentFlushes(t *testing.T) {
 					return
 				}
 				retry, retryTags = res.Retry, res.RetryTags
+				if res.Busy {
+					busy.Add(1)
+				}
 				retried.Add(int64(len(retry) + len(retryTags)))
 			}
 		}()
@@ -286,7 +299,7 @@ func TestPullStatsConcurrentFlushes(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	t.Logf("counts left for the next flush because a push, a delete or another flush held them: %d, pushes: %d", retried.Load(), pushes.Load())
+	t.Logf("counts left for the next flush because a push, a delete or another flush held them: %d, pushes: %d, flushes that gave up waiting: %d", retried.Load(), pushes.Load(), busy.Load())
 	// Each flusher adds, per round, one pull of every manifest and tag.
 	want := added.Load()
 	for _, dgst := range digests {

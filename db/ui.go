@@ -132,6 +132,10 @@ type TagSummary struct {
 	// layers, or for an index those of the manifests it lists.
 	Size     int64
 	PushedAt time.Time // when the tag was last pointed where it points
+	// Pulls and LastPulled are the tag's pull statistics, as far as the
+	// replicas have flushed them (LastPulled zero: never pulled).
+	Pulls      int64
+	LastPulled time.Time
 	// Payload is the manifest of an index or manifest list (for its
 	// platforms), nil for others.
 	Payload []byte
@@ -144,10 +148,11 @@ var indexMediaTypes = []string{"application/vnd.oci.image.index.v1+json", "appli
 // whether more follow. ErrRepositoryUnknown when repo does not exist.
 func (d *DB) TagSummaries(ctx context.Context, repo string, q TagQuery) ([]TagSummary, bool, error) {
 	rows, err := d.q.Query(ctx, `
-SELECT t.name, t.digest, t.media_type, t.artifact_type, t.size, t.updated_at, t.payload
+SELECT t.name, t.digest, t.media_type, t.artifact_type, t.size, t.updated_at, t.payload, t.pull_count, t.last_pulled_at
 FROM repositories r
 LEFT JOIN LATERAL (
     SELECT t.name, m.digest, m.media_type, coalesce(m.artifact_type, '') AS artifact_type, t.updated_at,
+        coalesce(p.pull_count, 0) AS pull_count, p.last_pulled_at,
         CASE WHEN m.media_type = ANY ($5) THEN m.payload END AS payload,
         m.size + (SELECT coalesce(sum(b.size), 0)::bigint FROM blobs b WHERE b.digest IN (
             SELECT mb.digest FROM manifest_blobs mb WHERE mb.manifest_id = m.id
@@ -155,6 +160,7 @@ LEFT JOIN LATERAL (
             SELECT mb.digest FROM manifest_children c JOIN manifest_blobs mb ON mb.manifest_id = c.child_id
             WHERE c.parent_id = m.id)) AS size
     FROM tags t JOIN manifests m ON m.id = t.manifest_id
+    LEFT JOIN tag_pulls p ON p.repository_id = t.repository_id AND p.name = t.name
     WHERE t.repository_id = r.id AND t.name > $2 AND ($3 = '' OR strpos(t.name, $3) > 0)
     ORDER BY t.name LIMIT $4
 ) t ON true
@@ -170,14 +176,19 @@ WHERE r.name = $1`, repo, q.After, q.Search, q.Limit+1, indexMediaTypes)
 		var size *int64
 		var at *time.Time
 		var payload []byte
-		if err := rows.Scan(&name, &dgst, &mediaType, &artifactType, &size, &at, &payload); err != nil {
+		var pulls *int64
+		var pulledAt *time.Time
+		if err := rows.Scan(&name, &dgst, &mediaType, &artifactType, &size, &at, &payload, &pulls, &pulledAt); err != nil {
 			return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)
 		}
 		if name == nil {
 			continue // no (matching) tag
 		}
 		list = append(list, TagSummary{Name: *name, Digest: *dgst, MediaType: *mediaType, ArtifactType: *artifactType,
-			Size: *size, PushedAt: *at, Payload: payload})
+			Size: *size, PushedAt: *at, Payload: payload, Pulls: *pulls})
+		if pulledAt != nil {
+			list[len(list)-1].LastPulled = *pulledAt
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("list tags of %s: %w", repo, err)

@@ -71,6 +71,15 @@ type Options struct {
 	Pulls PullRecorder
 	// NoUI turns the web interface (/ui/, see package ui) off.
 	NoUI bool
+	// PullStats counts manifest pulls for the pull statistics
+	// (pullstats.Stats); nil counts none.
+	PullStats PullCounter
+}
+
+// PullCounter counts manifest pulls (pullstats.Stats). Record is called on
+// every manifest GET that serves content, so it must be cheap.
+type PullCounter interface {
+	Record(repo, digest, tag string)
 }
 
 // PullRecorder buffers pull events (events.Pulls).
@@ -96,6 +105,7 @@ type Handler struct {
 
 	auth      AuthConfig
 	pulls     PullRecorder
+	pullStats PullCounter
 	throttle  *auth.Throttle
 	passwords passwordCache
 	tokenUses *tokenUses
@@ -110,7 +120,8 @@ const redirectExpiry = 20 * time.Minute
 
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
-	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth, pulls: opts.Pulls}
+	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth, pulls: opts.Pulls,
+		pullStats: opts.PullStats}
 	if opts.ManifestBudget == 0 {
 		opts.ManifestBudget = DefaultManifestBudget
 	}

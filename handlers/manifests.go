@@ -79,6 +79,9 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	w.WriteHeader(http.StatusOK)
 	if withPayload {
 		w.Write(m.Payload)
+		if h.pullStats != nil {
+			h.pullStats.Record(rt.name, m.Digest, ref.tag)
+		}
 		h.recordPull(r, db.PullEvent{Repository: rt.name, Digest: m.Digest, MediaType: m.MediaType, Size: m.Size, Tag: ref.tag})
 	}
 	return nil

@@ -74,6 +74,7 @@ type Config struct {
 	WebhookPoll        time.Duration
 	EventsRetention    time.Duration
 	PullEventsFlush    time.Duration
+	PullStatsFlush     time.Duration // 0: no pull statistics
 
 	RetentionPoll time.Duration
 }
@@ -326,6 +327,8 @@ var settings = []setting{
 		positiveDuration(func(c *Config) *time.Duration { return &c.RetentionPoll })},
 	{"pull-events-flush", "1s", "how often buffered pull events are written (what a crash of the replica may lose)",
 		positiveDuration(func(c *Config) *time.Duration { return &c.PullEventsFlush })},
+	{"pull-stats-flush", "10s", "how often the pull counts of manifests and tags are added to the database (what a crash of the replica may lose); 0 turns pull statistics off",
+		duration(func(c *Config) *time.Duration { return &c.PullStatsFlush })},
 }
 
 // positiveDuration parses a duration above zero.

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
+	"github.com/berth-registry/berth/pullstats"
 	"github.com/berth-registry/berth/retention"
 )
 
@@ -138,6 +139,14 @@ func (m *Main) Run(ctx context.Context) error {
 	// (rolled back) and the policy is due again at the next start.
 	go func() { defer m.eventsDone.Done(); scheduler.Run(evCtx) }()
 	registry := metrics.Registry(m.db, collector, worker, pulls, m.Logger)
+	var pullCounter handlers.PullCounter // nil, not a nil *pullstats.Stats
+	if c.PullStatsFlush > 0 {
+		stats := pullstats.New(m.db, c.PullStatsFlush, m.Logger)
+		m.eventsDone.Add(1)
+		go func() { defer m.eventsDone.Done(); stats.Run(evCtx) }()
+		registry.MustRegister(metrics.PullStats(stats))
+		pullCounter = stats
+	}
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
 		Registry: registry,
@@ -163,6 +172,7 @@ func (m *Main) Run(ctx context.Context) error {
 		ManifestBudget: c.ManifestBudget,
 		Auth:           authConfig,
 		Pulls:          pulls,
+		PullStats:      pullCounter,
 		NoUI:           !c.UI,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
