@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/gc"
+	"github.com/berth-registry/berth/handlers"
 )
 
 // danglingBlobs is the number of candidates the benchmark collects.
@@ -23,13 +27,17 @@ const danglingBlobs = 10_000
 // BenchmarkCollectDanglingBlobs measures how fast one collector deletes
 // unreferenced blobs from the filesystem store: each iteration seeds
 // 10,000 blobs (bytes in the store, a row and a due candidate each, no
-// link and no manifest), then times one pass. It reports blobs/s.
+// link and no manifest), then times one pass, while a client keeps
+// pushing images (blobs and a tagged manifest each) through the HTTP API.
+// It reports blobs/s, and the pushes/s that went on meanwhile.
 //
 //	go test -run XXX -bench CollectDanglingBlobs -benchtime 3x ./gc/
 func BenchmarkCollectDanglingBlobs(b *testing.B) {
 	ctx := context.Background()
 	url := dbtest.NewURL(b)
-	d, err := db.Open(ctx, url, db.Options{})
+	// The review delay protects what the pusher pushes.
+	policy := db.GCPolicy{ReviewDelay: time.Hour, TombstoneRetention: time.Hour}
+	d, err := db.Open(ctx, url, db.Options{GC: policy})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -38,21 +46,90 @@ func BenchmarkCollectDanglingBlobs(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	collector := gc.New(d, store, gc.Config{UploadTimeout: time.Hour, Batch: 100,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	collector := gc.New(d, store, gc.Config{Policy: policy, UploadTimeout: time.Hour, Batch: 100, Logger: log})
+	// Pushes continue while the collector works, through the HTTP API of
+	// the same database and store: blobs and manifests that the review
+	// delay protects, so the pass collects exactly the dangling blobs.
+	api := httptest.NewServer(handlers.New(handlers.Options{DB: d, Blobs: store, Logger: log}))
+	defer api.Close()
+	var pushing atomic.Bool
+	var pushes atomic.Int64
+	pushErr := make(chan error, 1)
+	stopPusher := make(chan struct{})
+	pusherDone := make(chan struct{})
+	go func() {
+		defer close(pusherDone)
+		for n := 0; ; n++ {
+			select {
+			case <-stopPusher:
+				return
+			default:
+			}
+			if err := pushImage(api.URL, "push/p", fmt.Sprint(n)); err != nil {
+				select {
+				case pushErr <- err:
+				default:
+				}
+				return
+			}
+			if pushing.Load() {
+				pushes.Add(1)
+			}
+		}
+	}()
+	defer func() { close(stopPusher); <-pusherDone }()
 	var total time.Duration
 	for i := range b.N {
 		b.StopTimer()
 		seedDangling(b, ctx, url, store, i)
 		b.StartTimer()
+		pushing.Store(true)
 		start := time.Now()
 		rep, err := collector.Pass(ctx, false)
 		total += time.Since(start)
+		pushing.Store(false)
 		if err != nil || rep.BlobsDeleted != danglingBlobs {
 			b.Fatalf("pass: %d deleted, %v", rep.BlobsDeleted, err)
 		}
 	}
+	select {
+	case err := <-pushErr:
+		b.Fatalf("push during collection: %v", err)
+	default:
+	}
 	b.ReportMetric(float64(danglingBlobs*b.N)/total.Seconds(), "blobs/s")
+	b.ReportMetric(float64(pushes.Load())/total.Seconds(), "pushes/s")
+}
+
+// pushImage pushes a config, a layer and a manifest that references them,
+// tagged, the way a client does; seed makes them unique.
+func pushImage(base, repo, seed string) error {
+	cfg := []byte(`{"bench":"` + seed + `"}`)
+	layer := []byte("bench layer " + seed)
+	for _, blob := range [][]byte{cfg, layer} {
+		resp, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/?digest="+digest.FromBytes(blob).String(),
+			"application/octet-stream", bytes.NewReader(blob))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			return fmt.Errorf("upload blob: %d", resp.StatusCode)
+		}
+	}
+	body := imageManifest(digest.FromBytes(cfg), len(cfg), digest.FromBytes(layer), len(layer))
+	req, _ := http.NewRequest("PUT", base+"/v2/"+repo+"/manifests/t"+seed, bytes.NewReader(body))
+	req.Header.Set("Content-Type", mtManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		return fmt.Errorf("push manifest: %d", resp.StatusCode)
+	}
+	return nil
 }
 
 // seedDangling publishes danglingBlobs small blobs and records them as

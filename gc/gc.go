@@ -91,8 +91,11 @@ type Config struct {
 	SweepInterval time.Duration // time between sweeps for orphaned bytes in Run
 	// Lease is how long a claimed candidate stays with its collector; a
 	// collector that dies gives it up when the lease ends.
-	Lease  time.Duration
-	Logger *slog.Logger
+	Lease time.Duration
+	// DeleteConcurrency bounds the blob byte deletions a collector runs at
+	// once (default 16): on S3 each is a round trip.
+	DeleteConcurrency int
+	Logger            *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -107,6 +110,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Lease <= 0 {
 		c.Lease = 5 * time.Minute
+	}
+	if c.DeleteConcurrency <= 0 {
+		c.DeleteConcurrency = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -222,7 +228,19 @@ rounds:
 		if len(cands) == 0 {
 			break
 		}
-		for _, cand := range cands {
+		// Blob candidates are collected in batches (see collectBlobs); a
+		// batch that fails stays leased and is examined again once its
+		// lease ends.
+		blobs, others := splitBlobs(cands)
+		for _, err := range c.collectBlobs(ctx, blobs, &rep) {
+			if ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) {
+				failed = append(failed, err)
+				break rounds
+			}
+			c.log.WarnContext(ctx, "gc: blob candidate failed", "err", err)
+			failed = append(failed, err)
+		}
+		for _, cand := range others {
 			// One candidate failing (the store briefly unreachable, say)
 			// must not hold back the others; it stays leased and is
 			// examined again once its lease ends.
@@ -261,7 +279,17 @@ func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		for _, cand := range cands {
+		blobs, others := splitBlobs(cands)
+		if len(blobs) > 0 {
+			revs, err := c.db.GCReviewBlobs(ctx, blobs, true)
+			if err != nil {
+				return err
+			}
+			for _, rev := range revs {
+				c.reportReview(rev, true, rep)
+			}
+		}
+		for _, cand := range others {
 			if err := c.review(ctx, cand, true, rep); err != nil {
 				return err
 			}
@@ -275,48 +303,89 @@ func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
 
 func (c *Collector) review(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
 	switch cand.Kind {
-	case db.CandidateBlob:
-		return c.reviewBlob(ctx, cand, dryRun, rep)
 	case db.CandidateManifest:
 		return c.reviewManifest(ctx, cand, dryRun, rep)
 	}
 	return fmt.Errorf("unknown garbage candidate kind %q", cand.Kind)
 }
 
-func (c *Collector) reviewBlob(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
-	rev, err := c.db.GCReviewBlob(ctx, cand, dryRun)
-	if err != nil {
-		return err
+// splitBlobs separates blob candidates from the others.
+func splitBlobs(cands []db.Candidate) (blobs, others []db.Candidate) {
+	for _, cand := range cands {
+		if cand.Kind == db.CandidateBlob {
+			blobs = append(blobs, cand)
+		} else {
+			others = append(others, cand)
+		}
 	}
+	return blobs, others
+}
+
+// collectBlobs collects a batch of blob candidates in two transactions,
+// the two steps of the package documentation taken for the whole batch:
+// GCReviewBlobs removes stale links and marks the unreferenced blobs
+// 'deleting'; GCDeleteBlobs, holding their row locks, deletes their bytes
+// DeleteConcurrency at a time, then their rows. It returns the errors of
+// the batch: one for a transaction that failed (its candidates stay
+// leased), or one per blob whose bytes could not be deleted.
+func (c *Collector) collectBlobs(ctx context.Context, cands []db.Candidate, rep *Report) []error {
+	if len(cands) == 0 {
+		return nil
+	}
+	revs, err := c.db.GCReviewBlobs(ctx, cands, false)
+	if err != nil {
+		return []error{err}
+	}
+	var collect []db.Candidate
+	for i, rev := range revs {
+		if c.reportReview(rev, false, rep) {
+			collect = append(collect, cands[i])
+		}
+	}
+	if len(collect) == 0 {
+		return nil
+	}
+	res, err := c.db.GCDeleteBlobs(ctx, collect, c.cfg.DeleteConcurrency, func(ctx context.Context, dgst string) error {
+		return c.store.Delete(ctx, digest.Digest(dgst))
+	})
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	for _, r := range res {
+		switch {
+		case r.Err != nil:
+			errs = append(errs, r.Err)
+		case r.Deleted:
+			rep.BlobsDeleted++
+			rep.BlobBytes += r.Size
+			rep.item("delete blob %s (%d bytes): nothing references it", r.Digest, r.Size)
+		default:
+			rep.Kept++ // an upload revived it between the two steps
+		}
+	}
+	return errs
+}
+
+// reportReview adds what a blob review did to rep and reports whether the
+// blob must now be deleted (always false in a dry run, which counts it
+// as deleted).
+func (c *Collector) reportReview(rev db.BlobReview, dryRun bool, rep *Report) bool {
 	for _, repo := range rev.UnlinkedFrom {
 		rep.LinksRemoved++
 		rep.item("unlink blob %s from %s: no manifest of the repository references it", rev.Digest, repo)
 	}
 	if !rev.Collect {
 		rep.Kept++
-		return nil
+		return false
 	}
 	if dryRun {
 		rep.BlobsDeleted++
 		rep.BlobBytes += rev.Size
 		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, rev.Size)
-		return nil
+		return false
 	}
-	dgst := digest.Digest(rev.Digest)
-	deleted, size, err := c.db.GCDeleteBlob(ctx, cand, func(ctx context.Context) error {
-		return c.store.Delete(ctx, dgst)
-	})
-	if err != nil {
-		return err
-	}
-	if deleted {
-		rep.BlobsDeleted++
-		rep.BlobBytes += size
-		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, size)
-	} else {
-		rep.Kept++ // an upload revived it between the two steps
-	}
-	return nil
+	return true
 }
 
 func (c *Collector) reviewManifest(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
