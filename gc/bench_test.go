@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,6 +35,36 @@ const danglingBlobs = 10_000
 //
 //	go test -run XXX -bench CollectDanglingBlobs -benchtime 3x ./gc/
 func BenchmarkCollectDanglingBlobs(b *testing.B) {
+	store, err := blobstore.NewFS(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchCollect(b, store)
+}
+
+// BenchmarkCollectDanglingBlobsS3 is BenchmarkCollectDanglingBlobs on the
+// S3 server of BERTH_TEST_S3_* (see scripts/versitygw.sh), under a fresh
+// prefix; skipped without one.
+func BenchmarkCollectDanglingBlobsS3(b *testing.B) {
+	endpoint := os.Getenv("BERTH_TEST_S3_ENDPOINT")
+	if endpoint == "" {
+		b.Skip("BERTH_TEST_S3_ENDPOINT is not set; start a server with scripts/versitygw.sh")
+	}
+	store, err := blobstore.NewS3(context.Background(), blobstore.S3Config{
+		Bucket:         os.Getenv("BERTH_TEST_S3_BUCKET"),
+		Endpoint:       endpoint,
+		ForcePathStyle: true,
+		AccessKey:      os.Getenv("BERTH_TEST_S3_ACCESS_KEY"),
+		SecretKey:      os.Getenv("BERTH_TEST_S3_SECRET_KEY"),
+		Prefix:         fmt.Sprintf("berth-bench-%d/", time.Now().UnixNano()),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchCollect(b, store)
+}
+
+func benchCollect(b *testing.B, store blobstore.Store) {
 	ctx := context.Background()
 	url := dbtest.NewURL(b)
 	// The review delay protects what the pusher pushes.
@@ -42,10 +74,6 @@ func BenchmarkCollectDanglingBlobs(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer d.Close()
-	store, err := blobstore.NewFS(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	collector := gc.New(d, store, gc.Config{Policy: policy, UploadTimeout: time.Hour, Batch: 100, Logger: log})
 	// Pushes continue while the collector works, through the HTTP API of
@@ -132,27 +160,44 @@ func pushImage(base, repo, seed string) error {
 	return nil
 }
 
-// seedDangling publishes danglingBlobs small blobs and records them as
-// unreferenced candidates, the state a repository deletion leaves behind
-// once its manifests are purged.
-func seedDangling(b *testing.B, ctx context.Context, url string, store *blobstore.FS, round int) {
+// seedDangling publishes danglingBlobs small blobs (16 at a time) and
+// records them as unreferenced candidates, the state a repository deletion
+// leaves behind once its manifests are purged.
+func seedDangling(b *testing.B, ctx context.Context, url string, store blobstore.Store, round int) {
 	digests := make([]string, danglingBlobs)
 	sizes := make([]int64, danglingBlobs)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	next := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				content := []byte(fmt.Sprintf("dangling blob %d of round %d", i, round))
+				dg := digest.FromBytes(content)
+				id := fmt.Sprintf("bench-%d-%d", round, i)
+				state, _, err := store.AppendChunk(ctx, id, nil, bytes.NewReader(content))
+				if err == nil {
+					err = store.Publish(ctx, id, state, dg)
+				}
+				if err == nil {
+					err = store.DeleteUpload(ctx, id, state)
+				}
+				if err != nil {
+					failed.Store(err)
+				}
+				digests[i], sizes[i] = dg.String(), int64(len(content))
+			}
+		}()
+	}
 	for i := range danglingBlobs {
-		content := []byte(fmt.Sprintf("dangling blob %d of round %d", i, round))
-		dg := digest.FromBytes(content)
-		id := fmt.Sprintf("bench-%d-%d", round, i)
-		state, _, err := store.AppendChunk(ctx, id, nil, bytes.NewReader(content))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := store.Publish(ctx, id, state, dg); err != nil {
-			b.Fatal(err)
-		}
-		if err := store.DeleteUpload(ctx, id, state); err != nil {
-			b.Fatal(err)
-		}
-		digests[i], sizes[i] = dg.String(), int64(len(content))
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
 	}
 	dbtest.Exec(b, url, `INSERT INTO blobs (digest, size) SELECT * FROM unnest($1::text[], $2::bigint[])`, digests, sizes)
 	dbtest.Exec(b, url, `INSERT INTO gc_queue (kind, key, review_after) SELECT 'blob', d, now() FROM unnest($1::text[]) d`, digests)

@@ -47,6 +47,14 @@
 //	                                                     the bytes again under
 //	                                                     the lock, then 'ready'
 //
+// The collector takes both steps for a batch of blob candidates at once
+// (db.GCReviewBlobs, db.GCDeleteBlobs): tx1 locks the batch's rows in
+// ascending digest order and checks them with set-based statements; tx2
+// locks them again, deletes the bytes of those still 'deleting'
+// concurrently (Config.DeleteConcurrency), still holding every lock, then
+// the rows. A blob whose bytes could not be deleted keeps its 'deleting'
+// row and its candidate, as if tx2 had rolled back for it alone.
+//
 // Bytes are deleted only inside tx2, holding the row lock. An upload takes
 // the same lock before it trusts the bytes it published, and re-publishes
 // them when it finds the row absent or not 'ready'. So an upload that
@@ -64,6 +72,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -95,7 +104,10 @@ type Config struct {
 	// DeleteConcurrency bounds the blob byte deletions a collector runs at
 	// once (default 16): on S3 each is a round trip.
 	DeleteConcurrency int
-	Logger            *slog.Logger
+	// Workers is how many claim rounds a pass runs at once (default 4):
+	// while one batch waits for the database or the store, another works.
+	Workers int
+	Logger  *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -110,6 +122,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Lease <= 0 {
 		c.Lease = 5 * time.Minute
+	}
+	if c.Workers <= 0 {
+		c.Workers = 4
 	}
 	if c.DeleteConcurrency <= 0 {
 		c.DeleteConcurrency = 16
@@ -213,54 +228,91 @@ func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
 	if dryRun {
 		return rep, c.reviewDue(ctx, &rep)
 	}
-	// Claim until nothing is due. Collecting can make other candidates due
-	// at once (a purged manifest frees its blobs); those are taken in the
-	// same pass. Candidates put back for later are due in the future, so
-	// the loop ends; the bound is only a guard.
-	var failed []error
-rounds:
-	for range maxRounds {
-		cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
-		if err != nil {
-			failed = append(failed, err)
-			break
-		}
-		if len(cands) == 0 {
-			break
-		}
-		// Blob candidates are collected in batches (see collectBlobs); a
-		// batch that fails stays leased and is examined again once its
-		// lease ends.
-		blobs, others := splitBlobs(cands)
-		for _, err := range c.collectBlobs(ctx, blobs, &rep) {
-			if ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) {
-				failed = append(failed, err)
-				break rounds
+	// Claim until nothing is due: Config.Workers claim rounds at a time,
+	// each worker going on until it finds nothing due. Collecting can make
+	// other candidates due at once (a purged manifest frees its blobs);
+	// those are taken in the same pass, by another phase of the workers if
+	// they had stopped. Candidates put back for later are due in the
+	// future, so the loop ends; the bound is only a guard.
+	var (
+		mu      sync.Mutex
+		failed  []error
+		stop    bool
+		rounds  int
+		claimed bool
+	)
+	worker := func() {
+		for {
+			mu.Lock()
+			if stop || rounds >= maxRounds || len(failed) > maxFailures {
+				mu.Unlock()
+				return
 			}
-			c.log.WarnContext(ctx, "gc: blob candidate failed", "err", err)
-			failed = append(failed, err)
-		}
-		for _, cand := range others {
-			// One candidate failing (the store briefly unreachable, say)
-			// must not hold back the others; it stays leased and is
-			// examined again once its lease ends.
-			if err := c.review(ctx, cand, false, &rep); err != nil {
-				if ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) {
-					// Stopping, or every other candidate would fail the
-					// same way: the next pass takes them.
-					failed = append(failed, err)
-					break rounds
+			rounds++
+			mu.Unlock()
+			cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
+			if err != nil || len(cands) == 0 {
+				mu.Lock()
+				if err != nil {
+					failed, stop = append(failed, err), true
 				}
-				c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
-				failed = append(failed, err)
+				mu.Unlock()
+				return
 			}
+			var r Report
+			errs, fatal := c.collectRound(ctx, cands, &r)
+			mu.Lock()
+			rep.Add(r)
+			failed = append(failed, errs...)
+			claimed = true
+			stop = stop || fatal
+			mu.Unlock()
 		}
-		if len(failed) > maxFailures {
+	}
+	for {
+		claimed = false
+		var wg sync.WaitGroup
+		for range c.cfg.Workers {
+			wg.Add(1)
+			go func() { defer wg.Done(); worker() }()
+		}
+		wg.Wait()
+		if !claimed || stop || rounds >= maxRounds || len(failed) > maxFailures {
 			break
 		}
 	}
 	c.stats.record(rep)
 	return rep, errors.Join(failed...)
+}
+
+// collectRound examines the candidates of one claim. One candidate failing
+// (the store briefly unreachable, say) must not hold back the others; it
+// stays leased and is examined again once its lease ends. fatal is true
+// when the pass should stop: it is ending, or every other candidate would
+// fail the same way (the database is unavailable), so the next pass takes
+// them.
+func (c *Collector) collectRound(ctx context.Context, cands []db.Candidate, rep *Report) (failed []error, fatal bool) {
+	stopping := func(err error) bool { return ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) }
+	// Blob candidates are collected in batches (see collectBlobs); a batch
+	// whose transaction fails stays leased.
+	blobs, others := splitBlobs(cands)
+	for _, err := range c.collectBlobs(ctx, blobs, rep) {
+		failed = append(failed, err)
+		if stopping(err) {
+			return failed, true
+		}
+		c.log.WarnContext(ctx, "gc: blob candidate failed", "err", err)
+	}
+	for _, cand := range others {
+		if err := c.review(ctx, cand, false, rep); err != nil {
+			failed = append(failed, err)
+			if stopping(err) {
+				return failed, true
+			}
+			c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
+		}
+	}
+	return failed, false
 }
 
 // maxFailures ends a pass whose candidates keep failing: something is wrong

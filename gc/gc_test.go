@@ -517,7 +517,7 @@ func TestBatchRevivedFailedDeleted(t *testing.T) {
 		}
 	}
 	e.expect(404, "HEAD", "/v2/repo/blobs/"+revived.String(), nil) // 'deleting' is invisible
-	e.pushBlob("repo", []byte("revived"))                            // revives it under the row lock
+	e.pushBlob("repo", []byte("revived"))                          // revives it under the row lock
 	boom := errors.New("store unavailable")
 	res, err := e.db.GCDeleteBlobs(ctx, cands, 4, func(_ context.Context, dgst string) error {
 		switch dgst {
