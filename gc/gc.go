@@ -104,8 +104,9 @@ type Config struct {
 	// DeleteConcurrency bounds the blob byte deletions a collector runs at
 	// once (default 16): on S3 each is a round trip.
 	DeleteConcurrency int
-	// Workers is how many claim rounds a pass runs at once (default 4):
+	// Workers is how many claim rounds a pass runs at once (default 2):
 	// while one batch waits for the database or the store, another works.
+	// More take more of the machine (and of the store) from pushes.
 	Workers int
 	Logger  *slog.Logger
 }
@@ -124,7 +125,7 @@ func (c *Config) setDefaults() {
 		c.Lease = 5 * time.Minute
 	}
 	if c.Workers <= 0 {
-		c.Workers = 4
+		c.Workers = 2
 	}
 	if c.DeleteConcurrency <= 0 {
 		c.DeleteConcurrency = 16
