@@ -102,6 +102,7 @@
 //	user delete     the user FOR UPDATE → its tokens FOR UPDATE, by id → (deleted, with memberships) → its grants (deleted)
 //	token touch     the tokens FOR UPDATE, by id
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
+//	gc of blobs     a batch's blobs FOR UPDATE, by digest → their stale links (deleted) → their candidates, by key
 //	gc of manifest  the manifest FOR UPDATE → candidates
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //

@@ -47,6 +47,14 @@
 //	                                                     the bytes again under
 //	                                                     the lock, then 'ready'
 //
+// The collector takes both steps for a batch of blob candidates at once
+// (db.GCReviewBlobs, db.GCDeleteBlobs): tx1 locks the batch's rows in
+// ascending digest order and checks them with set-based statements; tx2
+// locks them again, deletes the bytes of those still 'deleting'
+// concurrently (Config.DeleteConcurrency), still holding every lock, then
+// the rows. A blob whose bytes could not be deleted keeps its 'deleting'
+// row and its candidate, as if tx2 had rolled back for it alone.
+//
 // Bytes are deleted only inside tx2, holding the row lock. An upload takes
 // the same lock before it trusts the bytes it published, and re-publishes
 // them when it finds the row absent or not 'ready'. So an upload that
@@ -64,6 +72,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -91,8 +100,15 @@ type Config struct {
 	SweepInterval time.Duration // time between sweeps for orphaned bytes in Run
 	// Lease is how long a claimed candidate stays with its collector; a
 	// collector that dies gives it up when the lease ends.
-	Lease  time.Duration
-	Logger *slog.Logger
+	Lease time.Duration
+	// DeleteConcurrency bounds the blob byte deletions a collector runs at
+	// once (default 16): on S3 each is a round trip.
+	DeleteConcurrency int
+	// Workers is how many claim rounds a pass runs at once (default 2):
+	// while one batch waits for the database or the store, another works.
+	// More take more of the machine (and of the store) from pushes.
+	Workers int
+	Logger  *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -107,6 +123,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Lease <= 0 {
 		c.Lease = 5 * time.Minute
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2
+	}
+	if c.DeleteConcurrency <= 0 {
+		c.DeleteConcurrency = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -207,42 +229,91 @@ func (c *Collector) Pass(ctx context.Context, dryRun bool) (Report, error) {
 	if dryRun {
 		return rep, c.reviewDue(ctx, &rep)
 	}
-	// Claim until nothing is due. Collecting can make other candidates due
-	// at once (a purged manifest frees its blobs); those are taken in the
-	// same pass. Candidates put back for later are due in the future, so
-	// the loop ends; the bound is only a guard.
-	var failed []error
-rounds:
-	for range maxRounds {
-		cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
-		if err != nil {
-			failed = append(failed, err)
-			break
-		}
-		if len(cands) == 0 {
-			break
-		}
-		for _, cand := range cands {
-			// One candidate failing (the store briefly unreachable, say)
-			// must not hold back the others; it stays leased and is
-			// examined again once its lease ends.
-			if err := c.review(ctx, cand, false, &rep); err != nil {
-				if ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) {
-					// Stopping, or every other candidate would fail the
-					// same way: the next pass takes them.
-					failed = append(failed, err)
-					break rounds
-				}
-				c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
-				failed = append(failed, err)
+	// Claim until nothing is due: Config.Workers claim rounds at a time,
+	// each worker going on until it finds nothing due. Collecting can make
+	// other candidates due at once (a purged manifest frees its blobs);
+	// those are taken in the same pass, by another phase of the workers if
+	// they had stopped. Candidates put back for later are due in the
+	// future, so the loop ends; the bound is only a guard.
+	var (
+		mu      sync.Mutex
+		failed  []error
+		stop    bool
+		rounds  int
+		claimed bool
+	)
+	worker := func() {
+		for {
+			mu.Lock()
+			if stop || rounds >= maxRounds || len(failed) > maxFailures {
+				mu.Unlock()
+				return
 			}
+			rounds++
+			mu.Unlock()
+			cands, err := c.db.GCClaim(ctx, c.cfg.Batch, c.cfg.Lease)
+			if err != nil || len(cands) == 0 {
+				mu.Lock()
+				if err != nil {
+					failed, stop = append(failed, err), true
+				}
+				mu.Unlock()
+				return
+			}
+			var r Report
+			errs, fatal := c.collectRound(ctx, cands, &r)
+			mu.Lock()
+			rep.Add(r)
+			failed = append(failed, errs...)
+			claimed = true
+			stop = stop || fatal
+			mu.Unlock()
 		}
-		if len(failed) > maxFailures {
+	}
+	for {
+		claimed = false
+		var wg sync.WaitGroup
+		for range c.cfg.Workers {
+			wg.Add(1)
+			go func() { defer wg.Done(); worker() }()
+		}
+		wg.Wait()
+		if !claimed || stop || rounds >= maxRounds || len(failed) > maxFailures {
 			break
 		}
 	}
 	c.stats.record(rep)
 	return rep, errors.Join(failed...)
+}
+
+// collectRound examines the candidates of one claim. One candidate failing
+// (the store briefly unreachable, say) must not hold back the others; it
+// stays leased and is examined again once its lease ends. fatal is true
+// when the pass should stop: it is ending, or every other candidate would
+// fail the same way (the database is unavailable), so the next pass takes
+// them.
+func (c *Collector) collectRound(ctx context.Context, cands []db.Candidate, rep *Report) (failed []error, fatal bool) {
+	stopping := func(err error) bool { return ctx.Err() != nil || errors.Is(err, db.ErrUnavailable) }
+	// Blob candidates are collected in batches (see collectBlobs); a batch
+	// whose transaction fails stays leased.
+	blobs, others := splitBlobs(cands)
+	for _, err := range c.collectBlobs(ctx, blobs, rep) {
+		failed = append(failed, err)
+		if stopping(err) {
+			return failed, true
+		}
+		c.log.WarnContext(ctx, "gc: blob candidate failed", "err", err)
+	}
+	for _, cand := range others {
+		if err := c.review(ctx, cand, false, rep); err != nil {
+			failed = append(failed, err)
+			if stopping(err) {
+				return failed, true
+			}
+			c.log.WarnContext(ctx, "gc: candidate failed", "kind", cand.Kind, "key", cand.Key, "err", err)
+		}
+	}
+	return failed, false
 }
 
 // maxFailures ends a pass whose candidates keep failing: something is wrong
@@ -261,7 +332,17 @@ func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		for _, cand := range cands {
+		blobs, others := splitBlobs(cands)
+		if len(blobs) > 0 {
+			revs, err := c.db.GCReviewBlobs(ctx, blobs, true)
+			if err != nil {
+				return err
+			}
+			for _, rev := range revs {
+				c.reportReview(rev, true, rep)
+			}
+		}
+		for _, cand := range others {
 			if err := c.review(ctx, cand, true, rep); err != nil {
 				return err
 			}
@@ -275,48 +356,89 @@ func (c *Collector) reviewDue(ctx context.Context, rep *Report) error {
 
 func (c *Collector) review(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
 	switch cand.Kind {
-	case db.CandidateBlob:
-		return c.reviewBlob(ctx, cand, dryRun, rep)
 	case db.CandidateManifest:
 		return c.reviewManifest(ctx, cand, dryRun, rep)
 	}
 	return fmt.Errorf("unknown garbage candidate kind %q", cand.Kind)
 }
 
-func (c *Collector) reviewBlob(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {
-	rev, err := c.db.GCReviewBlob(ctx, cand, dryRun)
-	if err != nil {
-		return err
+// splitBlobs separates blob candidates from the others.
+func splitBlobs(cands []db.Candidate) (blobs, others []db.Candidate) {
+	for _, cand := range cands {
+		if cand.Kind == db.CandidateBlob {
+			blobs = append(blobs, cand)
+		} else {
+			others = append(others, cand)
+		}
 	}
+	return blobs, others
+}
+
+// collectBlobs collects a batch of blob candidates in two transactions,
+// the two steps of the package documentation taken for the whole batch:
+// GCReviewBlobs removes stale links and marks the unreferenced blobs
+// 'deleting'; GCDeleteBlobs, holding their row locks, deletes their bytes
+// DeleteConcurrency at a time, then their rows. It returns the errors of
+// the batch: one for a transaction that failed (its candidates stay
+// leased), or one per blob whose bytes could not be deleted.
+func (c *Collector) collectBlobs(ctx context.Context, cands []db.Candidate, rep *Report) []error {
+	if len(cands) == 0 {
+		return nil
+	}
+	revs, err := c.db.GCReviewBlobs(ctx, cands, false)
+	if err != nil {
+		return []error{err}
+	}
+	var collect []db.Candidate
+	for i, rev := range revs {
+		if c.reportReview(rev, false, rep) {
+			collect = append(collect, cands[i])
+		}
+	}
+	if len(collect) == 0 {
+		return nil
+	}
+	res, err := c.db.GCDeleteBlobs(ctx, collect, c.cfg.DeleteConcurrency, func(ctx context.Context, dgst string) error {
+		return c.store.Delete(ctx, digest.Digest(dgst))
+	})
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	for _, r := range res {
+		switch {
+		case r.Err != nil:
+			errs = append(errs, r.Err)
+		case r.Deleted:
+			rep.BlobsDeleted++
+			rep.BlobBytes += r.Size
+			rep.item("delete blob %s (%d bytes): nothing references it", r.Digest, r.Size)
+		default:
+			rep.Kept++ // an upload revived it between the two steps
+		}
+	}
+	return errs
+}
+
+// reportReview adds what a blob review did to rep and reports whether the
+// blob must now be deleted (always false in a dry run, which counts it
+// as deleted).
+func (c *Collector) reportReview(rev db.BlobReview, dryRun bool, rep *Report) bool {
 	for _, repo := range rev.UnlinkedFrom {
 		rep.LinksRemoved++
 		rep.item("unlink blob %s from %s: no manifest of the repository references it", rev.Digest, repo)
 	}
 	if !rev.Collect {
 		rep.Kept++
-		return nil
+		return false
 	}
 	if dryRun {
 		rep.BlobsDeleted++
 		rep.BlobBytes += rev.Size
 		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, rev.Size)
-		return nil
+		return false
 	}
-	dgst := digest.Digest(rev.Digest)
-	deleted, size, err := c.db.GCDeleteBlob(ctx, cand, func(ctx context.Context) error {
-		return c.store.Delete(ctx, dgst)
-	})
-	if err != nil {
-		return err
-	}
-	if deleted {
-		rep.BlobsDeleted++
-		rep.BlobBytes += size
-		rep.item("delete blob %s (%d bytes): nothing references it", rev.Digest, size)
-	} else {
-		rep.Kept++ // an upload revived it between the two steps
-	}
-	return nil
+	return true
 }
 
 func (c *Collector) reviewManifest(ctx context.Context, cand db.Candidate, dryRun bool, rep *Report) error {

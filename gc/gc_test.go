@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -485,5 +486,86 @@ func TestSweepOncePerInterval(t *testing.T) {
 	e.exec(`UPDATE gc_state SET at = now() - interval '2 hours'`)
 	if rep, err := other.collector.SweepIfDue(ctx, time.Hour, false); err != nil || rep.OrphanUploads != 1 {
 		t.Fatalf("a sweep due after the interval: %+v %v", rep, err)
+	}
+}
+
+// The batched path keeps the semantics of one blob at a time: in one batch,
+// a blob an upload revived between the two steps is left alone, a blob
+// whose bytes cannot be deleted keeps its 'deleting' row and its bytes and
+// is finished by a later pass, and the others go, bytes and rows.
+func TestBatchRevivedFailedDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, collectAll, time.Hour)
+	ctx := context.Background()
+	revived := e.pushBlob("repo", []byte("revived"))
+	failing := e.pushBlob("repo", []byte("failing"))
+	var gone []digest.Digest
+	for i := range 5 {
+		gone = append(gone, e.pushBlob("repo", []byte(fmt.Sprintf("gone %d", i))))
+	}
+	cands, err := e.db.GCClaim(ctx, 100, 0) // a lease that has already run out
+	if err != nil || len(cands) != 7 {
+		t.Fatalf("claim: %v %v", cands, err)
+	}
+	revs, err := e.db.GCReviewBlobs(ctx, cands, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range revs {
+		if !rev.Collect || len(rev.UnlinkedFrom) != 1 {
+			t.Fatalf("review: %+v", rev)
+		}
+	}
+	e.expect(404, "HEAD", "/v2/repo/blobs/"+revived.String(), nil) // 'deleting' is invisible
+	e.pushBlob("repo", []byte("revived"))                          // revives it under the row lock
+	boom := errors.New("store unavailable")
+	res, err := e.db.GCDeleteBlobs(ctx, cands, 4, func(_ context.Context, dgst string) error {
+		switch dgst {
+		case revived.String():
+			t.Error("bytes deleted although an upload revived the blob")
+		case failing.String():
+			return boom
+		}
+		return e.store.Delete(ctx, digest.Digest(dgst))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := 0
+	for _, r := range res {
+		switch {
+		case r.Digest == revived.String() && (r.Deleted || r.Err != nil):
+			t.Errorf("revived blob: %+v", r)
+		case r.Digest == failing.String() && (r.Deleted || !errors.Is(r.Err, boom)):
+			t.Errorf("failing blob: %+v", r)
+		case r.Deleted:
+			deleted++
+		}
+	}
+	if deleted != len(gone) {
+		t.Fatalf("%d deleted, want %d: %+v", deleted, len(gone), res)
+	}
+	for _, d := range gone {
+		if e.hasBytes(d) || e.count(`SELECT count(*) FROM blobs WHERE digest = $1`, d.String()) != 0 {
+			t.Errorf("blob %s left behind", d)
+		}
+	}
+	if got := e.expect(200, "GET", "/v2/repo/blobs/"+revived.String(), nil); string(got) != "revived" {
+		t.Fatalf("GET revived blob returned %q", got)
+	}
+	if !e.hasBytes(failing) || e.count(`SELECT count(*) FROM blobs WHERE digest = $1 AND state = 'deleting'`, failing.String()) != 1 ||
+		e.count(`SELECT count(*) FROM gc_queue WHERE key = $1`, failing.String()) != 1 {
+		t.Fatal("a failed deletion must leave the bytes, the 'deleting' row and the candidate")
+	}
+	if n := e.count(`SELECT count(*) FROM audit_log WHERE action = 'blob.delete'`); n != int64(len(gone)) {
+		t.Errorf("%d blob.delete audit rows, want %d", n, len(gone))
+	}
+	// The next pass finishes the failed deletion, and collects the revived
+	// blob, unreferenced and (with no review delay) unprotected.
+	if rep := e.pass(); rep.BlobsDeleted != 2 {
+		t.Fatalf("the next pass did not finish the failed deletion: %+v", rep)
+	}
+	if e.hasBytes(failing) || e.hasBytes(revived) || e.count(`SELECT count(*) FROM blobs`) != 0 {
+		t.Fatal("failed deletion left behind")
 	}
 }
