@@ -37,86 +37,77 @@ func retentionCommand(ctx context.Context, args []string, env cmdEnv) error {
 	case "add":
 		return retentionAdd(ctx, rest, env)
 	case "list":
-		c, _, err := env.parse("retention list", "retention list [flags]", rest, 0, 0)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		ps, err := d.RetentionList(ctx)
-		if err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tREPOS\tKEEP\tUNTAGGED\tSCHEDULE\tLAST RUN\tREMOVED (LAST RUN)\tREMOVED (TOTAL)")
-		for _, p := range ps {
-			untagged, schedule, last := "kept", "by hand", "never"
-			if p.DeleteUntaggedAfter != nil {
-				untagged = "after " + db.FormatDays(*p.DeleteUntaggedAfter)
-			}
-			if p.Schedule > 0 {
-				schedule = "every " + db.FormatDays(p.Schedule)
-			}
-			if !p.LastRunAt.IsZero() {
-				last = timestamp(p.LastRunAt)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d tags, %d manifests\t%d tags, %d manifests\n", p.Name, listOr(p.Repos, "-"),
-				keepRules(p), untagged, schedule, last, p.LastRunTags, p.LastRunManifests, p.TagsRemoved, p.ManifestsRemoved)
-		}
-		return tw.Flush()
+		return env.withDB(ctx, "retention list", "retention list [flags]", rest, 0, 0, func(d *db.DB, _ []string) error {
+			return printRetentionPolicies(ctx, d, env)
+		})
 	case "preview", "run":
-		c, pos, err := env.parse("retention "+sub, "retention "+sub+" NAME [flags]", rest, 1, 1)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		var rs []db.Removal
-		if sub == "preview" {
-			rs, err = d.RetentionPreview(ctx, pos[0])
-		} else {
-			rs, err = d.RetentionRun(ctx, pos[0])
-		}
-		if err != nil {
-			return err
-		}
-		printRemovals(env, rs)
-		tags := 0
-		for _, r := range rs {
-			if r.Tag != "" {
-				tags++
-			}
-		}
-		verb := "would remove"
-		if sub == "run" {
-			verb = "removed"
-		}
-		fmt.Fprintf(env.stderr, "retention policy %s %s %s and %s\n", pos[0], verb, plural(tags, "tag"), plural(len(rs)-tags, "manifest"))
-		return nil
+		return env.withDB(ctx, "retention "+sub, "retention "+sub+" NAME [flags]", rest, 1, 1, func(d *db.DB, pos []string) error {
+			return retentionApply(ctx, d, env, sub, pos[0])
+		})
 	case "delete":
-		c, pos, err := env.parse("retention delete", "retention delete NAME [flags]", rest, 1, 1)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		if err := d.RetentionDelete(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "deleted retention policy %s\n", pos[0])
-		return nil
+		return env.withDB(ctx, "retention delete", "retention delete NAME [flags]", rest, 1, 1, func(d *db.DB, pos []string) error {
+			if err := d.RetentionDelete(ctx, pos[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.stdout, "deleted retention policy %s\n", pos[0])
+			return nil
+		})
 	}
 	fmt.Fprint(env.stderr, retentionUsage)
 	return fmt.Errorf("unknown command: retention %s", sub)
+}
+
+// printRetentionPolicies prints the policies with their last run.
+func printRetentionPolicies(ctx context.Context, d *db.DB, env cmdEnv) error {
+	ps, err := d.RetentionList(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tREPOS\tKEEP\tUNTAGGED\tSCHEDULE\tLAST RUN\tREMOVED (LAST RUN)\tREMOVED (TOTAL)")
+	for _, p := range ps {
+		untagged, schedule, last := "kept", "by hand", "never"
+		if p.DeleteUntaggedAfter != nil {
+			untagged = "after " + db.FormatDays(*p.DeleteUntaggedAfter)
+		}
+		if p.Schedule > 0 {
+			schedule = "every " + db.FormatDays(p.Schedule)
+		}
+		if !p.LastRunAt.IsZero() {
+			last = timestamp(p.LastRunAt)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d tags, %d manifests\t%d tags, %d manifests\n", p.Name, listOr(p.Repos, "-"),
+			keepRules(p), untagged, schedule, last, p.LastRunTags, p.LastRunManifests, p.TagsRemoved, p.ManifestsRemoved)
+	}
+	return tw.Flush()
+}
+
+// retentionApply previews (sub "preview") or runs policy name, and prints
+// what it removes.
+func retentionApply(ctx context.Context, d *db.DB, env cmdEnv, sub, name string) error {
+	var rs []db.Removal
+	var err error
+	if sub == "preview" {
+		rs, err = d.RetentionPreview(ctx, name)
+	} else {
+		rs, err = d.RetentionRun(ctx, name)
+	}
+	if err != nil {
+		return err
+	}
+	printRemovals(env, rs)
+	tags := 0
+	for _, r := range rs {
+		if r.Tag != "" {
+			tags++
+		}
+	}
+	verb := "would remove"
+	if sub == "run" {
+		verb = "removed"
+	}
+	fmt.Fprintf(env.stderr, "retention policy %s %s %s and %s\n", name, verb, plural(tags, "tag"), plural(len(rs)-tags, "manifest"))
+	return nil
 }
 
 // printRemovals writes one line per removal, the same for a preview and

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"text/tabwriter"
-	"time"
 
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
@@ -44,25 +43,18 @@ func tagRuleCommand(ctx context.Context, args []string, env cmdEnv) error {
 	case "add":
 		return tagRuleAdd(ctx, rest, env)
 	case "list":
-		c, _, err := env.parse("tag-rule list", "tag-rule list [flags]", rest, 0, 0)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		rules, err := d.TagRuleList(ctx)
-		if err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tREPOS\tTAGS\tKIND\tCREATED")
-		for _, r := range rules {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.ID, r.Repos, r.Tags, r.Kind, r.CreatedAt.UTC().Format(time.RFC3339))
-		}
-		return tw.Flush()
+		return env.withDB(ctx, "tag-rule list", "tag-rule list [flags]", rest, 0, 0, func(d *db.DB, _ []string) error {
+			rules, err := d.TagRuleList(ctx)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tREPOS\tTAGS\tKIND\tCREATED")
+			for _, r := range rules {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.ID, r.Repos, r.Tags, r.Kind, timestamp(r.CreatedAt))
+			}
+			return tw.Flush()
+		})
 	case "delete":
 		c, pos, err := env.parse("tag-rule delete", "tag-rule delete ID [flags]", rest, 1, 1)
 		if err != nil {

@@ -131,40 +131,26 @@ func userCommand(ctx context.Context, args []string, env cmdEnv) error {
 	case "add":
 		return userAdd(ctx, rest, env)
 	case "delete":
-		c, pos, err := env.parse("user delete", "user delete NAME [flags]", rest, 1, 1)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		if err := d.UserDelete(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Fprintf(env.stdout, "deleted user %s, with its API tokens, group memberships and grants\n", pos[0])
-		return nil
+		return env.withDB(ctx, "user delete", "user delete NAME [flags]", rest, 1, 1, func(d *db.DB, pos []string) error {
+			if err := d.UserDelete(ctx, pos[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(env.stdout, "deleted user %s, with its API tokens, group memberships and grants\n", pos[0])
+			return nil
+		})
 	case "list":
-		c, _, err := env.parse("user list", "user list [flags]", rest, 0, 0)
-		if err != nil {
-			return err
-		}
-		d, closeDB, err := env.open(ctx, c)
-		if err != nil {
-			return err
-		}
-		defer closeDB()
-		users, err := d.UserList(ctx)
-		if err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tADMIN\tGROUPS\tCREATED")
-		for _, u := range users {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Name, yesNo(u.Admin), listOr(u.Groups, "-"), timestamp(u.CreatedAt))
-		}
-		return tw.Flush()
+		return env.withDB(ctx, "user list", "user list [flags]", rest, 0, 0, func(d *db.DB, _ []string) error {
+			users, err := d.UserList(ctx)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tADMIN\tGROUPS\tCREATED")
+			for _, u := range users {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Name, yesNo(u.Admin), listOr(u.Groups, "-"), timestamp(u.CreatedAt))
+			}
+			return tw.Flush()
+		})
 	case "import-htpasswd":
 		return userImport(ctx, rest, env)
 	}
