@@ -23,36 +23,19 @@ import (
 func (d *DB) GCReviewBlobs(ctx context.Context, cands []Candidate, dryRun bool) ([]BlobReview, error) {
 	var revs []BlobReview
 	err := d.reviewTx(ctx, dryRun, func(tx pgx.Tx) error {
+		locked, err := lockBlobCandidates(ctx, tx, cands, "review")
+		if err != nil {
+			return err
+		}
 		revs = make([]BlobReview, len(cands))
 		byKey := make(map[string]int, len(cands))
-		keys := make([]string, len(cands))
+		state := make(map[string]string, len(locked))
 		for i, c := range cands {
-			if c.Kind != CandidateBlob {
-				return fmt.Errorf("review blobs: candidate %s %s is not a blob", c.Kind, c.Key)
-			}
-			revs[i] = BlobReview{Digest: c.Key}
+			revs[i] = BlobReview{Digest: c.Key, Size: locked[c.Key].size}
 			byKey[c.Key] = i
-			keys[i] = c.Key
-		}
-		rows, err := tx.Query(ctx,
-			`SELECT digest, state, size FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE`, keys)
-		if err != nil {
-			return fmt.Errorf("lock blobs: %w", err)
-		}
-		state := make(map[string]string, len(cands))
-		for rows.Next() {
-			var dg, st string
-			var size int64
-			if err := rows.Scan(&dg, &st, &size); err != nil {
-				rows.Close()
-				return fmt.Errorf("lock blobs: %w", err)
+			if b, ok := locked[c.Key]; ok {
+				state[c.Key] = b.state
 			}
-			state[dg] = st
-			revs[byKey[dg]].Size = size
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("lock blobs: %w", err)
 		}
 		var done []Candidate
 		var ready []string
@@ -198,36 +181,17 @@ func (d *DB) GCDeleteBlobs(ctx context.Context, cands []Candidate, concurrency i
 	}
 	var res []BlobDeletion
 	err := d.withTx(ctx, func(tx pgx.Tx) error {
+		locked, err := lockBlobCandidates(ctx, tx, cands, "delete")
+		if err != nil {
+			return err
+		}
 		res = make([]BlobDeletion, len(cands))
 		byKey := make(map[string]int, len(cands))
-		keys := make([]string, len(cands))
+		deleting := make(map[string]bool, len(locked))
 		for i, c := range cands {
-			if c.Kind != CandidateBlob {
-				return fmt.Errorf("delete blobs: candidate %s %s is not a blob", c.Kind, c.Key)
-			}
-			res[i] = BlobDeletion{Digest: c.Key}
+			res[i] = BlobDeletion{Digest: c.Key, Size: locked[c.Key].size}
 			byKey[c.Key] = i
-			keys[i] = c.Key
-		}
-		rows, err := tx.Query(ctx,
-			`SELECT digest, state, size FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE`, keys)
-		if err != nil {
-			return fmt.Errorf("lock blobs: %w", err)
-		}
-		deleting := map[string]bool{}
-		for rows.Next() {
-			var dg, st string
-			var size int64
-			if err := rows.Scan(&dg, &st, &size); err != nil {
-				rows.Close()
-				return fmt.Errorf("lock blobs: %w", err)
-			}
-			res[byKey[dg]].Size = size
-			deleting[dg] = st == BlobDeleting
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("lock blobs: %w", err)
+			deleting[c.Key] = locked[c.Key].state == BlobDeleting
 		}
 
 		// The bytes, concurrently, under the row locks.
@@ -317,4 +281,43 @@ WHERE q.kind = l.kind AND q.key = l.key AND c.key = l.key AND c.seq <> l.seq`, k
 		return fmt.Errorf("finish %d %s candidates: %w", len(cands), kind, err)
 	}
 	return nil
+}
+
+// lockedBlob is a blob row as lockBlobCandidates found it.
+type lockedBlob struct {
+	state string
+	size  int64
+}
+
+// lockBlobCandidates locks the blob rows of cands FOR UPDATE, in ascending
+// digest order (the lock order of blobs), and returns them by digest; a
+// blob without a row is absent. Candidates that are not blobs are an
+// error (what names the caller's step in it).
+func lockBlobCandidates(ctx context.Context, tx pgx.Tx, cands []Candidate, what string) (map[string]lockedBlob, error) {
+	keys := make([]string, len(cands))
+	for i, c := range cands {
+		if c.Kind != CandidateBlob {
+			return nil, fmt.Errorf("%s blobs: candidate %s %s is not a blob", what, c.Kind, c.Key)
+		}
+		keys[i] = c.Key
+	}
+	rows, err := tx.Query(ctx,
+		`SELECT digest, state, size FROM blobs WHERE digest = ANY($1) ORDER BY digest FOR UPDATE`, keys)
+	if err != nil {
+		return nil, fmt.Errorf("lock blobs: %w", err)
+	}
+	defer rows.Close()
+	locked := make(map[string]lockedBlob, len(cands))
+	for rows.Next() {
+		var dg string
+		var b lockedBlob
+		if err := rows.Scan(&dg, &b.state, &b.size); err != nil {
+			return nil, fmt.Errorf("lock blobs: %w", err)
+		}
+		locked[dg] = b
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock blobs: %w", err)
+	}
+	return locked, nil
 }
