@@ -23,8 +23,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIST_MODULE=github.com/distribution/distribution/v3
-DIST_VERSION=v3.1.2
 CACHE=${BERTH_CACHE_DIR:-$PWD/.cache}
 mkdir -p "$CACHE/bin"
 
@@ -38,11 +36,7 @@ done
 
 # The reference registry, from the Go module proxy, if missing or another
 # version.
-registry=$CACHE/bin/registry
-if ! go version -m "$registry" 2>/dev/null | grep -q "mod[[:space:]]*$DIST_MODULE[[:space:]]*$DIST_VERSION"; then
-	echo "bench: installing $DIST_MODULE/cmd/registry@$DIST_VERSION into $CACHE/bin" >&2
-	GOBIN=$CACHE/bin go install "$DIST_MODULE/cmd/registry@$DIST_VERSION"
-fi
+registry=$(scripts/registry.sh)
 
 go build -o "$CACHE/berth" ./cmd/berth
 go build -o "$CACHE/bench" ./tools/bench

@@ -23,6 +23,10 @@ if ! type -P chromium >/dev/null || [ ! -e /usr/share/fonts/truetype/dejavu/Deja
 fi
 chromium --version
 
+echo "== the reference registry, as an upstream and a storage tree to import (BERTH_TEST_REGISTRY)"
+BERTH_TEST_REGISTRY=$(scripts/registry.sh)
+export BERTH_TEST_REGISTRY
+
 echo "== go vet"
 go vet ./...
 echo "== unit, integration and race tests (real PostgreSQL, real S3)"

@@ -330,6 +330,7 @@ func TestWebhookDeliveryTorture(t *testing.T) {
 	type heldRequest struct {
 		d   hookDelivery
 		ctx context.Context // ends when the sender gives up or dies
+		at  time.Time       // when it arrived
 	}
 	held := make(chan heldRequest, 10000)
 	release := make(chan struct{})
@@ -362,7 +363,7 @@ func TestWebhookDeliveryTorture(t *testing.T) {
 		case phaseHold:
 			injectedHeld.Add(1)
 			select {
-			case held <- heldRequest{d, r.Context()}:
+			case held <- heldRequest{d, r.Context(), time.Now()}:
 			default:
 			}
 			select {
@@ -413,8 +414,14 @@ func TestWebhookDeliveryTorture(t *testing.T) {
 	waitFor(t, time.Minute, "replica b to send a request", func() bool {
 		select {
 		case h := <-held:
+			// Only a request well inside the sender's 2 s --timeout: an
+			// older one could time out, and b record that, between this
+			// check and the kill.
+			if time.Since(h.at) > 500*time.Millisecond {
+				return false
+			}
 			row := w.deliveryRow(pool, h.d.event.ID)
-			if h.ctx.Err() != nil || row.state != "pending" || row.claimedBy != instance[b.addr] {
+			if h.ctx.Err() != nil || row.state != "pending" || row.claimedBy != instance[b.addr] || time.Since(h.at) > time.Second {
 				return false // not b's, or no longer in flight
 			}
 			w.bDead.Store(true) // the writers leave b
@@ -448,7 +455,14 @@ func TestWebhookDeliveryTorture(t *testing.T) {
 		}
 		return false
 	})
-	if row := w.deliveryRow(pool, victim.event.ID); row.claimedBy != instance[a.addr] || row.state != "delivered" {
+	// The receiver records a delivery before it answers, so a's worker may
+	// not have written the outcome yet: wait for the row to say so.
+	var row deliveryRow
+	waitFor(t, time.Minute, "replica a to record the delivery it made", func() bool {
+		row = w.deliveryRow(pool, victim.event.ID)
+		return row.state != "pending"
+	})
+	if row.claimedBy != instance[a.addr] || row.state != "delivered" {
 		t.Fatalf("the delivery held when b was killed: %+v, want delivered by a", row)
 	}
 	t.Logf("%s: replica a delivered it, %s after the kill (%s)", time.Since(start).Round(time.Millisecond),
