@@ -203,7 +203,8 @@ type TagPast struct {
 //
 // Seeded rows are history only: they change no state and make no events.
 //
-// Locks: a transaction-level advisory lock on the tag's name, taken
+// Locks: a transaction-level advisory lock (26980 = 0x6964, "id", and a
+// hash of repository and tag) on the tag's name, taken
 // alone (nothing else is locked in this transaction), so that two imports
 // seeding the same tag at once write it once.
 func (d *DB) TagHistorySeed(ctx context.Context, repo, tag string, past []TagPast) (seeded bool, err error) {
@@ -212,7 +213,7 @@ func (d *DB) TagHistorySeed(ctx context.Context, repo, tag string, past []TagPas
 	}
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
 		seeded = false
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(0x6964, hashtext($1 || ':' || $2))`, repo, tag); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(26980, hashtext($1 || ':' || $2))`, repo, tag); err != nil {
 			return fmt.Errorf("lock history of %s:%s: %w", repo, tag, err)
 		}
 		var exists bool

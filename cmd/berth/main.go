@@ -40,6 +40,9 @@ Usage:
   berth tag-rule add --repos GLOB --tags REGEX --immutable|--protected   immutable or protected tags; prints the rule's id
   berth tag-rule list | delete ID     tag rules
 
+  berth import --from-dir PATH | --from-s3 --s3-bucket B [--s3-prefix P]   move a reference registry's storage tree into Berth
+                                      (--s3-* flags name the source; Berth's own store comes from BERTH_*)
+
   berth help <command>                flags of a command
 
 Run "berth serve --help" for every setting.
@@ -110,6 +113,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return retentionCommand(ctx, rest, env)
 	case "tag-rule":
 		return tagRuleCommand(ctx, rest, env)
+	case "import":
+		return importCommand(ctx, rest, getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)
