@@ -1,0 +1,212 @@
+package importer_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-registry/berth/blobstore"
+	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/db/dbtest"
+	"github.com/berth-registry/berth/importer"
+	"github.com/berth-registry/berth/internal/regtree"
+)
+
+type fixture struct {
+	tree  *regtree.Tree
+	d     *db.DB
+	store *blobstore.FS
+	im    *importer.Importer
+}
+
+func setup(t *testing.T, cfg importer.Config) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{tree: &regtree.Tree{Root: filepath.Join(dir, "registry")}, d: dbtest.New(t)}
+	var err error
+	if f.store, err = blobstore.NewFS(filepath.Join(dir, "berth")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(f.tree.Root, "docker/registry/v2/repositories"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := importer.NewDirSource(f.tree.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.im = importer.New(cfg, src, f.d, f.store)
+	return f
+}
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func check(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// skipReasons maps "repository what" to the reason of each skip.
+func skipReasons(rep *importer.Report) map[string]string {
+	m := map[string]string{}
+	for _, s := range rep.Skipped {
+		m[s.Repository+" "+s.What] = s.Reason
+	}
+	return m
+}
+
+// A tree with everything a years-old registry holds that cannot be
+// imported, next to what can: each skip says why, everything else
+// arrives, and a second pass finds nothing to do.
+func TestImportSkips(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := setup(t, importer.Config{})
+	tr := f.tree
+	desc := must[regtree.Descriptor](t)
+
+	// Good: an image whose tag moved once, and an index of two images.
+	old := desc(tr.Image("good/app", []byte(`{"v":0}`), []byte("layer-0")))
+	v1 := desc(tr.Image("good/app", []byte(`{"v":1}`), []byte("layer-1")))
+	t0 := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	check(t, tr.Tag("good/app", "v1", old.Digest, t0))
+	check(t, tr.Tag("good/app", "v1", v1.Digest, t0.Add(24*time.Hour)))
+	amd := desc(tr.Image("good/app", []byte(`{"arch":"amd64"}`), []byte("amd")))
+	arm := desc(tr.Image("good/app", []byte(`{"arch":"arm64"}`), []byte("arm")))
+	multi := desc(tr.Index("good/app", amd, arm))
+	check(t, tr.Tag("good/app", "multi", multi.Digest, time.Time{}))
+
+	// Schema 1.
+	s1 := must[digest.Digest](t)(tr.Schema1("old/s1", "latest"))
+	check(t, tr.Tag("old/s1", "latest", s1, time.Time{}))
+	// A revision link whose data is gone, and a tag pointing at nothing.
+	ghost := regtree.FakeDigest("ghost")
+	check(t, tr.LinkRevision("bad/links", ghost))
+	check(t, tr.Tag("bad/links", "ghost", regtree.FakeDigest("no revision"), time.Time{}))
+	check(t, tr.LinkLayer("bad/links", regtree.FakeDigest("layer")))
+	// A manifest whose layer's data is gone.
+	lost := desc(tr.Image("bad/blobs", []byte(`{"v":"lost"}`), []byte("lost layer")))
+	lostLayer := digest.FromBytes([]byte("lost layer"))
+	check(t, os.RemoveAll(filepath.Join(tr.Root, "docker/registry/v2/blobs/sha256", lostLayer.Encoded()[:2], lostLayer.Encoded())))
+	// A layer whose data does not hash to its name.
+	liar := digest.FromBytes([]byte("what the manifest says"))
+	check(t, tr.BlobAs(liar, []byte("something else!!!!!!!")))
+	check(t, tr.LinkLayer("bad/blobs", liar))
+	// An index listing a manifest the repository does not have.
+	orphan := desc(tr.Index("bad/index", regtree.Descriptor{MediaType: regtree.MediaTypeManifest, Digest: regtree.FakeDigest("child"), Size: 10}))
+
+	rep, err := f.im.Pass(ctx, 1)
+	check(t, err)
+	reasons := skipReasons(rep)
+	want := map[string]string{
+		"old/s1 " + s1.String():                             "Docker schema 1",
+		"bad/links " + ghost.String():                       "dangling revision link",
+		"bad/links ghost":                                   "dangling tag link",
+		"bad/links " + regtree.FakeDigest("layer").String(): "dangling layer link",
+		"bad/blobs " + lost.Digest.String():                 "missing blob " + lostLayer.String(),
+		"bad/blobs " + liar.String():                        "does not match its digest",
+		"bad/index " + orphan.Digest.String():               "is not in the repository",
+	}
+	for k, w := range want {
+		if !strings.Contains(reasons[k], w) {
+			t.Errorf("skip of %s: %q, want it to say %q", k, reasons[k], w)
+		}
+	}
+	if len(reasons) != len(want) {
+		t.Errorf("skipped %d things, want %d: %v", len(reasons), len(want), reasons)
+	}
+	if got := rep.Manifests.Load(); got != 5 {
+		t.Errorf("stored %d manifests, want 5 (two of v1, the index and its two children)", got)
+	}
+	for tag, d := range map[string]digest.Digest{"v1": v1.Digest, "multi": multi.Digest} {
+		m, err := f.d.ManifestByTag(ctx, "good/app", tag, false)
+		if err != nil || m.Digest != d.String() {
+			t.Errorf("good/app:%s is %s, %v; want %s", tag, m.Digest, err, d)
+		}
+	}
+	if _, err := f.d.ManifestByDigest(ctx, "good/app", old.Digest.String(), false); err != nil {
+		t.Errorf("the untagged revision was not imported: %v", err)
+	}
+	// The history: the source's two digests, dated from the index links,
+	// then the import's creation of the tag.
+	hist, _, err := f.d.TagHistory(ctx, "good/app", "v1", 0, 10)
+	check(t, err)
+	slices.Reverse(hist)
+	if len(hist) != 3 || hist[0].Digest != old.Digest.String() || !hist[0].At.Equal(t0) ||
+		hist[1].Digest != v1.Digest.String() || hist[1].OldDigest != old.Digest.String() || !hist[1].At.Equal(t0.Add(24*time.Hour)) ||
+		hist[2].Action != db.ActionTagCreate || hist[2].Digest != v1.Digest.String() {
+		t.Errorf("history of v1: %+v", hist)
+	}
+
+	rep, err = f.im.Pass(ctx, 2)
+	check(t, err)
+	if rep.Changes() != 0 {
+		t.Errorf("second pass changed %d things", rep.Changes())
+	}
+	if len(skipReasons(rep)) != len(want) {
+		t.Errorf("second pass skipped %v", skipReasons(rep))
+	}
+}
+
+// Catch-up passes follow the source: new tags and manifests arrive, moved
+// tags move, removed tags go; but a tag someone changed in Berth since the
+// import is Berth's, and stays.
+func TestImportCatchUp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := setup(t, importer.Config{TrustDigests: true})
+	tr := f.tree
+	desc := must[regtree.Descriptor](t)
+	a := desc(tr.Image("r", []byte(`{"a":1}`), []byte("a")))
+	b := desc(tr.Image("r", []byte(`{"b":1}`), []byte("b")))
+	for _, tag := range []string{"moves", "goes", "stays", "mine"} {
+		check(t, tr.Tag("r", tag, a.Digest, time.Time{}))
+	}
+	_, err := f.im.Pass(ctx, 1)
+	check(t, err)
+	// In Berth, someone points "mine" elsewhere.
+	_, err = f.d.TagRestore(ctx, "r", "mine", b.Digest.String(), db.TagCondition{}, db.Actor{Name: "alice", MayDelete: true})
+	check(t, err)
+
+	c := desc(tr.Image("r", []byte(`{"c":1}`), []byte("c")))
+	check(t, tr.Tag("r", "moves", c.Digest, time.Time{}))
+	check(t, tr.Tag("r", "mine", c.Digest, time.Time{}))
+	check(t, tr.DeleteTag("r", "goes"))
+	check(t, tr.Tag("r", "new", b.Digest, time.Time{}))
+	rep, err := f.im.Pass(ctx, 2)
+	check(t, err)
+	tags, _, err := f.d.TagList(ctx, "r", "", 100)
+	check(t, err)
+	if want := []string{"mine", "moves", "new", "stays"}; !slices.Equal(tags, want) {
+		t.Errorf("tags %v, want %v", tags, want)
+	}
+	for tag, d := range map[string]digest.Digest{"moves": c.Digest, "mine": b.Digest, "new": b.Digest, "stays": a.Digest} {
+		m, err := f.d.ManifestByTag(ctx, "r", tag, false)
+		if err != nil || m.Digest != d.String() {
+			t.Errorf("r:%s is %s (%v), want %s", tag, m.Digest, err, d)
+		}
+	}
+	if !strings.Contains(skipReasons(rep)["r mine"], "changed in Berth") {
+		t.Errorf("the skip of mine: %v", skipReasons(rep))
+	}
+	rep, err = f.im.Pass(ctx, 3)
+	check(t, err)
+	if rep.Changes() != 0 {
+		t.Errorf("third pass changed %d things", rep.Changes())
+	}
+}
