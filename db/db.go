@@ -53,6 +53,13 @@
 //     repository's events in commit order (see events.go). Delivery
 //     claims lock webhook_deliveries rows alone (SKIP LOCKED).
 //
+// An import (package importer) stores manifests and tags through
+// ManifestStore and removes tags through TagDelete, so it locks what a push
+// and an untag lock. Its own transactions fit the order too: BlobImport
+// locks blobs (5), in digest order, then queues candidates (6), as a blob
+// commit does; TagHistorySeed takes only an advisory transaction lock on
+// the tag's name, in a transaction that locks nothing else, like 11 below.
+//
 // Tag rules (tag_rules) are never locked: a transaction that would move or
 // remove an existing tag reads them once, after it holds the tag's row
 // (see tagrules.go).
@@ -105,6 +112,8 @@
 //	gc of blobs     a batch's blobs FOR UPDATE, by digest → their stale links (deleted) → their candidates, by key
 //	gc of manifest  the manifest FOR UPDATE → candidates
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
+//	blob import     the blobs FOR UPDATE, by digest (inserted where missing) → their candidates (berth import: a blob commit without a session, see import.go)
+//	history seed    the advisory transaction lock (26980, hash of repository and tag), alone in its transaction (berth import, see TagHistorySeed)
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same
 // manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never

@@ -483,6 +483,20 @@ func (im *Importer) storeManifest(ctx context.Context, r *Repository, sm *srcMan
 		rep.skip(r.Name, string(sm.digest), fmt.Sprintf("references %s, which Berth does not have in the repository", missing.Digest))
 	case errors.As(err, &size):
 		rep.skip(r.Name, string(sm.digest), err.Error())
+	case errors.As(err, &pre) && len(tags) > 1:
+		// One of the tags changed since our lookup (another import, or a
+		// client): store the manifest, then each tag on its own.
+		if ok, err := im.storeManifest(ctx, r, sm, nil, db.TagCondition{}, rep); !ok || err != nil {
+			return ok, err
+		}
+		for _, tag := range tags {
+			if _, err := im.storeManifest(ctx, r, sm, []string{tag}, cond, rep); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	case errors.As(err, &pre) && pre.Current == string(sm.digest):
+		return true, nil // another import set it meanwhile
 	case errors.As(err, &pre):
 		// Changed in Berth between our lookup and now: left as it is.
 		rep.skip(r.Name, strings.Join(tags, ","), "changed in Berth during the import: left as Berth has it")

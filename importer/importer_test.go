@@ -210,3 +210,78 @@ func TestImportCatchUp(t *testing.T) {
 		t.Errorf("third pass changed %d things", rep.Changes())
 	}
 }
+
+// Two imports of one tree at once, each with its own database handle (as
+// two processes would be) and four workers: every manifest, tag and blob
+// arrives once, each tag's history is seeded once and ends where the tag
+// is, and a later pass finds nothing to do.
+func TestImportTwoAtOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "registry")
+	const repos, tags = 12, 6
+	check(t, regtree.Generate(root, repos, tags, 4<<10, 512))
+	url := dbtest.NewURL(t)
+	store, err := blobstore.NewFS(filepath.Join(dir, "berth"))
+	check(t, err)
+	src, err := importer.NewDirSource(root)
+	check(t, err)
+	open := func() *db.DB {
+		d, err := db.Open(ctx, url, db.Options{})
+		check(t, err)
+		t.Cleanup(d.Close)
+		return d
+	}
+	var reps [2]*importer.Report
+	var errs [2]error
+	done := make(chan int)
+	for i := range 2 {
+		go func() {
+			im := importer.New(importer.Config{Workers: 4}, src, open(), store)
+			reps[i], errs[i] = im.Pass(ctx, 1)
+			done <- i
+		}()
+	}
+	<-done
+	<-done
+	for i := range 2 {
+		check(t, errs[i])
+		if len(reps[i].Skipped) > 0 {
+			t.Errorf("import %d skipped %v", i, reps[i].Skipped)
+		}
+	}
+	d := open()
+	names, _, err := d.RepositoryList(ctx, "", 1000)
+	check(t, err)
+	if len(names) != repos {
+		t.Fatalf("%d repositories, want %d", len(names), repos)
+	}
+	for _, repo := range names {
+		list, _, err := d.TagList(ctx, repo, "", 1000)
+		check(t, err)
+		if len(list) != tags {
+			t.Errorf("%s: %d tags, want %d", repo, len(list), tags)
+		}
+		for _, tag := range list {
+			m, err := d.ManifestByTag(ctx, repo, tag, false)
+			check(t, err)
+			hist, _, err := d.TagHistory(ctx, repo, tag, 0, 100)
+			check(t, err)
+			// Newest first: the import's creation, then the seeded rows
+			// (one per digest of the tag's index: two for every tenth).
+			wantSeeded := 1
+			if strings.HasSuffix(tag, ".0") {
+				wantSeeded = 2
+			}
+			if len(hist) != wantSeeded+1 || hist[0].Digest != m.Digest || hist[1].Digest != m.Digest {
+				t.Errorf("%s:%s at %s: history %+v", repo, tag, m.Digest, hist)
+			}
+		}
+	}
+	rep, err := importer.New(importer.Config{}, src, d, store).Pass(ctx, 2)
+	check(t, err)
+	if rep.Changes() != 0 {
+		t.Errorf("a later pass changed %d things", rep.Changes())
+	}
+}
