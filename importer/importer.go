@@ -102,6 +102,9 @@ func (im *Importer) Run(ctx context.Context) ([]*Report, error) {
 func (im *Importer) Pass(ctx context.Context, n int) (*Report, error) {
 	rep := newReport(n)
 	start := time.Now()
+	if p := im.cfg.Progress; p != nil {
+		fmt.Fprintf(p.W, "pass %d: scanning %s\n", n, im.src)
+	}
 	repos, err := im.src.Scan(ctx)
 	if err != nil {
 		return rep, err
