@@ -505,8 +505,12 @@ func (im *Importer) storeManifest(ctx context.Context, r *Repository, sm *srcMan
 		rep.skip(r.Name, strings.Join(tags, ","), "changed in Berth during the import: left as Berth has it")
 	case errors.As(err, &rule):
 		rep.skip(r.Name, strings.Join(tags, ","), err.Error())
-	default:
+	case errors.Is(err, db.ErrUnavailable), ctx.Err() != nil:
 		return false, err
+	default:
+		// A refusal this package does not know (a quota, say): the
+		// manifest is skipped with Berth's reason, and a rerun tries again.
+		rep.skip(r.Name, string(sm.digest), "Berth refused it: "+err.Error())
 	}
 	return false, nil
 }
