@@ -57,8 +57,9 @@
 // ManifestStore and removes tags through TagDelete, so it locks what a push
 // and an untag lock. Its own transactions fit the order too: BlobImport
 // locks blobs (5), in digest order, then queues candidates (6), as a blob
-// commit does; TagHistorySeed takes only an advisory transaction lock on
-// the tag's name, in a transaction that locks nothing else, like 11 below.
+// commit does; TagHistorySeed takes only advisory transaction locks on the
+// names of the tags it seeds, in key order, in a transaction that locks
+// nothing else, like 11 below.
 //
 // Tag rules (tag_rules) are never locked: a transaction that would move or
 // remove an existing tag reads them once, after it holds the tag's row
@@ -113,7 +114,7 @@
 //	gc of manifest  the manifest FOR UPDATE → candidates
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //	blob import     the blobs FOR UPDATE, by digest (inserted where missing) → their candidates (berth import: a blob commit without a session, see import.go)
-//	history seed    the advisory transaction lock (26980, hash of repository and tag), alone in its transaction (berth import, see TagHistorySeed)
+//	history seed    advisory transaction locks (26980, hash of repository and tag), in key order, alone in their transaction (berth import, see TagHistorySeed)
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same
 // manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never

@@ -193,57 +193,80 @@ type TagPast struct {
 	At     time.Time
 }
 
-// TagHistorySeed writes the history a tag had in the source registry
-// before Berth imports it: past, oldest first, as tag.create then tag.move
-// rows dated At, by the import actor, with {"seeded": true} in their
-// detail. It does so only while the tag has no history in Berth at all, so
-// that a second import (or a resumed one) writes nothing, and reports
-// whether it wrote. Called before the tag is created, so that the
-// history's newest row is the import's own creation of the tag.
+// TagHistorySeed writes the history tags had in the source registry
+// before Berth imports them: for each tag of seeds, its past, oldest first,
+// as tag.create then tag.move rows dated At, by the import actor, with
+// {"seeded": true} in their detail. A tag is seeded only while it has no
+// history in Berth at all, so that a second import (or a resumed one)
+// writes nothing; it returns the tags it seeded. Called before the tags
+// are created, so that a history's newest row is the import's own
+// creation of the tag. One transaction for all the tags of a repository.
 //
 // Seeded rows are history only: they change no state and make no events.
 //
-// Locks: a transaction-level advisory lock (26980 = 0x6964, "id", and a
-// hash of repository and tag) on the tag's name, taken
-// alone (nothing else is locked in this transaction), so that two imports
-// seeding the same tag at once write it once.
-func (d *DB) TagHistorySeed(ctx context.Context, repo, tag string, past []TagPast) (seeded bool, err error) {
-	if len(past) == 0 {
-		return false, nil
+// Locks: transaction-level advisory locks (26980 = 0x6964, "id", and a
+// hash of repository and tag), in ascending key order, in a transaction
+// that locks nothing else, so that two imports seeding the same tags at
+// once write each history once and never wait on each other in a cycle.
+func (d *DB) TagHistorySeed(ctx context.Context, repo string, seeds map[string][]TagPast) (seeded []string, err error) {
+	tags := make([]string, 0, len(seeds))
+	for tag, past := range seeds {
+		if len(past) > 0 {
+			tags = append(tags, tag)
+		}
 	}
+	if len(tags) == 0 {
+		return nil, nil
+	}
+	slices.Sort(tags)
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
-		seeded = false
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(26980, hashtext($1 || ':' || $2))`, repo, tag); err != nil {
-			return fmt.Errorf("lock history of %s:%s: %w", repo, tag, err)
+		seeded = nil
+		// Volatile functions in the select list run after the ORDER BY.
+		if _, err := tx.Exec(ctx, `
+SELECT pg_advisory_xact_lock(26980, k)
+FROM (SELECT DISTINCT hashtext($1 || ':' || t) AS k FROM unnest($2::text[]) AS t) s
+ORDER BY k`, repo, tags); err != nil {
+			return fmt.Errorf("lock histories of %s: %w", repo, err)
 		}
-		var exists bool
-		if err := tx.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM audit_log WHERE repository = $1 AND tag = $2 AND action LIKE 'tag.%')`,
-			repo, tag).Scan(&exists); err != nil {
-			return fmt.Errorf("read history of %s:%s: %w", repo, tag, err)
+		rows, err := tx.Query(ctx, `
+SELECT DISTINCT tag FROM audit_log
+WHERE repository = $1 AND tag = ANY($2) AND action LIKE 'tag.%'`, repo, tags)
+		if err != nil {
+			return fmt.Errorf("read histories of %s: %w", repo, err)
 		}
-		if exists {
-			return nil
+		have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("read histories of %s: %w", repo, err)
 		}
-		n := len(past)
-		actions, digests, olds, ats := make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
-		for i, p := range past {
-			actions[i], digests[i], ats[i] = ActionTagMove, p.Digest, p.At
-			if i == 0 {
-				actions[i] = ActionTagCreate
-			} else {
-				olds[i] = past[i-1].Digest
+		var actions, tagCol, digests, olds []string
+		var ats []time.Time
+		for _, tag := range tags {
+			if slices.Contains(have, tag) {
+				continue
+			}
+			seeded = append(seeded, tag)
+			for i, p := range seeds[tag] {
+				action, old := ActionTagMove, ""
+				if i == 0 {
+					action = ActionTagCreate
+				} else {
+					old = seeds[tag][i-1].Digest
+				}
+				actions, tagCol, digests, olds, ats = append(actions, action), append(tagCol, tag),
+					append(digests, p.Digest), append(olds, old), append(ats, p.At)
 			}
 		}
-		_, err := tx.Exec(ctx, `
-INSERT INTO audit_log (at, actor, action, repository, tag, digest, old_digest, detail)
-SELECT u.at, $1, u.action, $2, $3, u.digest, NULLIF(u.old, ''), '{"seeded": true}'::jsonb
-FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[]) WITH ORDINALITY AS u(action, digest, old, at, n)
-ORDER BY u.n`, ImportActor.Name, repo, tag, actions, digests, olds, ats)
-		if err != nil {
-			return fmt.Errorf("seed history of %s:%s: %w", repo, tag, err)
+		if len(actions) == 0 {
+			return nil
 		}
-		seeded = true
+		_, err = tx.Exec(ctx, `
+INSERT INTO audit_log (at, actor, action, repository, tag, digest, old_digest, detail)
+SELECT u.at, $1, u.action, $2, u.tag, u.digest, NULLIF(u.old, ''), '{"seeded": true}'::jsonb
+FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) WITH ORDINALITY AS u(action, tag, digest, old, at, n)
+ORDER BY u.n`, ImportActor.Name, repo, actions, tagCol, digests, olds, ats)
+		if err != nil {
+			return fmt.Errorf("seed histories of %s: %w", repo, err)
+		}
 		return nil
 	})
 	return seeded, err

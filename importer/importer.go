@@ -318,6 +318,19 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 			pending[d] = true
 		}
 	}
+	// The history of the tags about to be created, in one transaction.
+	seeds := map[string][]db.TagPast{}
+	for tag, d := range current {
+		if _, ok := have.Tags[tag]; ok || !(stored[d] || pending[d]) {
+			continue
+		}
+		for _, e := range r.Tags[tag].Index {
+			seeds[tag] = append(seeds[tag], db.TagPast{Digest: string(e.Digest), At: e.At})
+		}
+	}
+	if _, err := im.db.TagHistorySeed(ctx, r.Name, seeds); err != nil {
+		return err
+	}
 	for len(pending) > 0 {
 		progress := false
 		for _, d := range sortedKeys(pending) {
@@ -438,19 +451,6 @@ func (im *Importer) setTag(ctx context.Context, r *Repository, tag string, d dig
 // storeManifest stores sm with tags; false (and a skip) when Berth refuses
 // it for a reason that belongs to the data, not to Berth.
 func (im *Importer) storeManifest(ctx context.Context, r *Repository, sm *srcManifest, tags []string, cond db.TagCondition, rep *Report) (bool, error) {
-	if cond.IfNoneMatch {
-		for _, tag := range tags {
-			if t := r.Tags[tag]; t != nil {
-				past := make([]db.TagPast, 0, len(t.Index))
-				for _, e := range t.Index {
-					past = append(past, db.TagPast{Digest: string(e.Digest), At: e.At})
-				}
-				if _, err := im.db.TagHistorySeed(ctx, r.Name, tag, past); err != nil {
-					return false, err
-				}
-			}
-		}
-	}
 	m := sm.m
 	put := db.ManifestPut{
 		Repository:   r.Name,
