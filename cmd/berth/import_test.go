@@ -611,4 +611,18 @@ func TestImportFromS3(t *testing.T) {
 		"--s3-prefix", run + "/berth/", "--s3-force-path-style"}).url()
 	n := compare(t, reg.base, berth, root)
 	t.Logf("%d manifests byte-identical", n)
+
+	// From S3 into a filesystem Berth: the blobs are streamed, and hashed
+	// on the way.
+	dbURL = dbtest.NewURL(t)
+	storeDir := t.TempDir()
+	out = runImport(t, []string{"BERTH_DATABASE_URL=" + dbURL, "BERTH_STORAGE_DIR=" + storeDir, "BERTH_LOG_LEVEL=warn",
+		"AWS_ACCESS_KEY_ID=" + os.Getenv("BERTH_TEST_S3_ACCESS_KEY"), "AWS_SECRET_ACCESS_KEY=" + os.Getenv("BERTH_TEST_S3_SECRET_KEY")},
+		"--from-s3", "--s3-bucket", bucket, "--s3-prefix", run+"/src", "--s3-endpoint", endpoint, "--s3-force-path-style", "--trust-digests")
+	t.Logf("import from S3 into a filesystem store:\n%s", out)
+	if !regexp.MustCompile(`pass 1 .*\(0 hard-linked, 0 copied on the S3 server, [1-9][0-9]* streamed\)`).MatchString(out) {
+		t.Errorf("blobs were not streamed:\n%s", out)
+	}
+	berth = startReplica(t, dbURL, []string{"--storage-dir", storeDir}).url()
+	compare(t, reg.base, berth, root)
 }
