@@ -210,21 +210,6 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 	for d := range needed {
 		needed[d] = im.readManifest(ctx, d)
 	}
-	// Children of a new index that Berth lacks must come too, if the
-	// repository has them.
-	for _, sm := range needed {
-		if sm.m == nil {
-			continue
-		}
-		for _, c := range sm.m.Children {
-			if _, ok := needed[c.Digest]; !ok && !have.Manifests[string(c.Digest)] {
-				if revisions[c.Digest] {
-					needed[c.Digest] = im.readManifest(ctx, c.Digest)
-				}
-			}
-		}
-	}
-
 	// Blobs: the repository's layer links and what the new manifests
 	// reference, less those Berth has linked already.
 	declared := map[digest.Digest]int64{} // size a manifest declares, -1: a layer link only
@@ -580,7 +565,9 @@ func (im *Importer) place(ctx context.Context, d digest.Digest, size int64, rep 
 		}
 		return nil
 	}
-	if !im.cfg.TrustDigests {
+	// A stream hashes what it copies; a hard link or a server-side copy
+	// reads nothing, so the bytes are read for the hash alone.
+	if !im.cfg.TrustDigests && im.fastPath() {
 		if err := im.verify(ctx, d, rep); err != nil {
 			if errors.Is(err, errDigestMismatch) {
 				im.verified.Store(d, err)
@@ -589,10 +576,27 @@ func (im *Importer) place(ctx context.Context, d digest.Digest, size int64, rep 
 		}
 	}
 	if err := im.ensure(ctx, d, size, rep); err != nil {
+		if errors.Is(err, errDigestMismatch) {
+			im.verified.Store(d, err)
+		}
 		return err
 	}
 	im.verified.Store(d, nil)
 	return nil
+}
+
+// fastPath reports whether blobs reach the store without passing through
+// this process: a hard link, or a copy on the S3 server.
+func (im *Importer) fastPath() bool {
+	switch im.src.(type) {
+	case *DirSource:
+		_, ok := im.store.(blobstore.FileImporter)
+		return ok
+	case *S3Source:
+		_, ok := im.store.(blobstore.ObjectCopier)
+		return ok
+	}
+	return false
 }
 
 // verify reads and hashes every byte of blob d.
@@ -665,6 +669,7 @@ func (im *Importer) stream(ctx context.Context, d digest.Digest, size int64, rep
 	if err != nil {
 		return fmt.Errorf("copy blob %s: %w", d, err)
 	}
+	rep.BytesVerified.Add(n)
 	if n != size || !v.Verified() {
 		return fmt.Errorf("%w: %s (%d bytes read)", errDigestMismatch, d, n)
 	}
