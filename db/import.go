@@ -28,6 +28,7 @@ var ImportActor = Actor{Name: "import", MayDelete: true}
 // RepositoryContents is what a repository holds, for an import to skip.
 type RepositoryContents struct {
 	Manifests map[string]bool   // live manifest digests
+	Deleted   map[string]bool   // manifests deleted in Berth (tombstones not yet purged)
 	Tags      map[string]string // tag → digest
 	// ImportedTags are the tags whose last change the import made (its
 	// actor), with the digest it set: a catch-up pass may move or remove
@@ -40,20 +41,29 @@ type RepositoryContents struct {
 // holds nothing. Three reads, no locks: a catch-up pass compares this
 // with the source and changes the difference through the locking paths.
 func (d *DB) RepositoryContentsGet(ctx context.Context, repo string) (RepositoryContents, error) {
-	c := RepositoryContents{Manifests: map[string]bool{}, Tags: map[string]string{}, ImportedTags: map[string]string{},
-		Blobs: map[string]bool{}}
+	c := RepositoryContents{Manifests: map[string]bool{}, Deleted: map[string]bool{}, Tags: map[string]string{},
+		ImportedTags: map[string]string{}, Blobs: map[string]bool{}}
 	rows, err := d.q.Query(ctx, `
-SELECT m.digest FROM repositories r JOIN manifests m ON m.repository_id = r.id
-WHERE r.name = $1 AND m.deleted_at IS NULL`, repo)
+SELECT m.digest, m.deleted_at IS NOT NULL FROM repositories r JOIN manifests m ON m.repository_id = r.id
+WHERE r.name = $1`, repo)
 	if err != nil {
 		return c, fmt.Errorf("list manifests of %s: %w", repo, err)
 	}
-	digests, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return c, fmt.Errorf("list manifests of %s: %w", repo, err)
+	for rows.Next() {
+		var dg string
+		var deleted bool
+		if err := rows.Scan(&dg, &deleted); err != nil {
+			rows.Close()
+			return c, fmt.Errorf("list manifests of %s: %w", repo, err)
+		}
+		if deleted {
+			c.Deleted[dg] = true
+		} else {
+			c.Manifests[dg] = true
+		}
 	}
-	for _, dg := range digests {
-		c.Manifests[dg] = true
+	if err := rows.Err(); err != nil {
+		return c, fmt.Errorf("list manifests of %s: %w", repo, err)
 	}
 	// The last tag.* row of each tag says who set it last.
 	rows, err = d.q.Query(ctx, `
@@ -93,7 +103,7 @@ WHERE r.name = $1 AND b.state = 'ready'`, repo)
 	if err != nil {
 		return c, fmt.Errorf("list blobs of %s: %w", repo, err)
 	}
-	digests, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	digests, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return c, fmt.Errorf("list blobs of %s: %w", repo, err)
 	}

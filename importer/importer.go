@@ -198,17 +198,14 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 	}
 	needed := map[digest.Digest]*srcManifest{}
 	for _, d := range r.Revisions {
-		if !have.Manifests[string(d)] {
-			needed[d] = nil
+		switch {
+		case have.Manifests[string(d)]:
+		case have.Deleted[string(d)]:
+			// Deleted in Berth: Berth's decision stands.
+			needed[d] = &srcManifest{digest: d, skip: "deleted in Berth: left deleted (push or restore it to bring it back)"}
+		default:
+			needed[d] = im.readManifest(ctx, d)
 		}
-	}
-	for _, d := range current {
-		if _, ok := needed[d]; !ok && !have.Manifests[string(d)] && revisions[d] {
-			needed[d] = nil
-		}
-	}
-	for d := range needed {
-		needed[d] = im.readManifest(ctx, d)
 	}
 	// Blobs: the repository's layer links and what the new manifests
 	// reference, less those Berth has linked already.

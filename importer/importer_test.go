@@ -179,8 +179,12 @@ func TestImportCatchUp(t *testing.T) {
 	for _, tag := range []string{"moves", "goes", "stays", "mine"} {
 		check(t, tr.Tag("r", tag, a.Digest, time.Time{}))
 	}
+	del := desc(tr.Image("r", []byte(`{"d":1}`), []byte("d")))
+	check(t, tr.Tag("r", "deleted", del.Digest, time.Time{}))
 	_, err := f.im.Pass(ctx, 1)
 	check(t, err)
+	// In Berth, someone deletes a manifest: it stays deleted.
+	check(t, f.d.ManifestDelete(ctx, "r", del.Digest.String(), db.Actor{Name: "alice", MayDelete: true}))
 	// In Berth, someone points "mine" elsewhere.
 	_, err = f.d.TagRestore(ctx, "r", "mine", b.Digest.String(), db.TagCondition{}, db.Actor{Name: "alice", MayDelete: true})
 	check(t, err)
@@ -205,6 +209,12 @@ func TestImportCatchUp(t *testing.T) {
 	}
 	if !strings.Contains(skipReasons(rep)["r mine"], "changed in Berth") {
 		t.Errorf("the skip of mine: %v", skipReasons(rep))
+	}
+	if !strings.Contains(skipReasons(rep)["r "+del.Digest.String()], "deleted in Berth") {
+		t.Errorf("the skip of the manifest deleted in Berth: %v", skipReasons(rep))
+	}
+	if _, err := f.d.ManifestByDigest(ctx, "r", del.Digest.String(), false); err == nil {
+		t.Error("the manifest deleted in Berth was imported again")
 	}
 	rep, err = f.im.Pass(ctx, 3)
 	check(t, err)
