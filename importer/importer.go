@@ -153,7 +153,25 @@ type srcManifest struct {
 	skip    string // why it cannot be imported, if it cannot
 }
 
-// repository imports one repository: what Berth does not have yet.
+// repoImport is the import of one repository in one pass.
+type repoImport struct {
+	im   *Importer
+	r    *Repository
+	rep  *Report
+	have db.RepositoryContents // what Berth had when the pass reached it
+
+	current   map[string]digest.Digest // tag → digest, as current/link says
+	revisions map[digest.Digest]bool
+	needed    map[digest.Digest]*srcManifest // manifests Berth lacks
+	blobErr   map[digest.Digest]string       // blobs that cannot be linked, and why
+	stored    map[digest.Digest]bool         // manifests live in Berth
+	created   map[string]bool                // tags created with their manifest
+}
+
+func (ri *repoImport) skip(what, reason string) { ri.rep.skip(ri.r.Name, what, reason) }
+
+// repository imports one repository: what Berth does not have yet, in
+// four steps, each taking what the one before left.
 func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) error {
 	if !names.ValidRepository(r.Name) {
 		rep.skip(r.Name, "", "repository name is not valid in the OCI distribution spec")
@@ -166,54 +184,73 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 	if err != nil {
 		return err
 	}
-	// The tags, as they are now (current/link).
-	current := map[string]digest.Digest{}
-	for _, name := range sortedKeys(r.Tags) {
-		t := r.Tags[name]
+	ri := &repoImport{im: im, r: r, rep: rep, have: have, blobErr: map[digest.Digest]string{},
+		stored: map[digest.Digest]bool{}, created: map[string]bool{}}
+	for d := range have.Manifests {
+		ri.stored[digest.Digest(d)] = true
+	}
+	ri.readTags(ctx)
+	ri.readManifests(ctx)
+	if err := ri.linkBlobs(ctx); err != nil {
+		return err
+	}
+	if err := ri.storeManifests(ctx); err != nil {
+		return err
+	}
+	return ri.syncTags(ctx)
+}
+
+// readTags reads where each tag points now (current/link).
+func (ri *repoImport) readTags(ctx context.Context) {
+	ri.current = map[string]digest.Digest{}
+	for _, name := range sortedKeys(ri.r.Tags) {
 		if !names.ValidTag(name) {
-			rep.skip(r.Name, name, "tag name is not valid in the OCI distribution spec")
+			ri.skip(name, "tag name is not valid in the OCI distribution spec")
 			continue
 		}
-		if !t.HasCurrent {
-			rep.skip(r.Name, name, "tag without a current link (being written, or a broken tree)")
+		if !ri.r.Tags[name].HasCurrent {
+			ri.skip(name, "tag without a current link (being written, or a broken tree)")
 			continue
 		}
-		dg, err := im.src.ReadLink(ctx, r.Name, "_manifests/tags/"+name+"/current/link")
+		dg, err := ri.im.src.ReadLink(ctx, ri.r.Name, "_manifests/tags/"+name+"/current/link")
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted since the scan
 		}
 		if err != nil {
-			rep.skip(r.Name, name, fmt.Sprintf("tag's current link unreadable: %v", err))
+			ri.skip(name, fmt.Sprintf("tag's current link unreadable: %v", err))
 			continue
 		}
-		current[name] = digest.Digest(dg)
+		ri.current[name] = digest.Digest(dg)
 	}
+}
 
-	// The manifests Berth does not have: every revision, and what the tags
-	// point at (a tag may point at a manifest whose revision link is gone:
-	// a dangling tag, skipped below).
-	revisions := map[digest.Digest]bool{}
-	for _, d := range r.Revisions {
-		revisions[d] = true
-	}
-	needed := map[digest.Digest]*srcManifest{}
-	for _, d := range r.Revisions {
+// readManifests reads, hashes and parses every revision Berth lacks. A tag
+// pointing at a digest that is not a revision is dangling (see syncTags).
+func (ri *repoImport) readManifests(ctx context.Context) {
+	ri.revisions = map[digest.Digest]bool{}
+	ri.needed = map[digest.Digest]*srcManifest{}
+	for _, d := range ri.r.Revisions {
+		ri.revisions[d] = true
 		switch {
-		case have.Manifests[string(d)]:
-		case have.Deleted[string(d)]:
+		case ri.have.Manifests[string(d)]:
+		case ri.have.Deleted[string(d)]:
 			// Deleted in Berth: Berth's decision stands.
-			needed[d] = &srcManifest{digest: d, skip: "deleted in Berth: left deleted (push or restore it to bring it back)"}
+			ri.needed[d] = &srcManifest{digest: d, skip: "deleted in Berth: left deleted (push or restore it to bring it back)"}
 		default:
-			needed[d] = im.readManifest(ctx, d)
+			ri.needed[d] = ri.im.readManifest(ctx, d)
 		}
 	}
-	// Blobs: the repository's layer links and what the new manifests
-	// reference, less those Berth has linked already.
+}
+
+// linkBlobs places and links the repository's layer links and what the
+// new manifests reference, less what Berth has linked already; what cannot
+// be linked goes to blobErr.
+func (ri *repoImport) linkBlobs(ctx context.Context) error {
 	declared := map[digest.Digest]int64{} // size a manifest declares, -1: a layer link only
-	for _, d := range r.Layers {
+	for _, d := range ri.r.Layers {
 		declared[d] = -1
 	}
-	for _, sm := range needed {
+	for _, sm := range ri.needed {
 		if sm.m == nil {
 			continue
 		}
@@ -221,109 +258,108 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 			declared[b.Digest] = b.Size
 		}
 	}
-	blobErr := map[digest.Digest]string{}
-	var toLink []db.BlobRef
 	var lookup []string
 	for d := range declared {
-		if !have.Blobs[string(d)] {
+		if !ri.have.Blobs[string(d)] {
 			lookup = append(lookup, string(d))
 		}
 	}
 	slices.Sort(lookup)
-	ready, err := im.db.BlobsReady(ctx, lookup)
+	ready, err := ri.im.db.BlobsReady(ctx, lookup)
 	if err != nil {
 		return err
 	}
+	var toLink []db.BlobRef
 	for _, ds := range lookup {
 		d := digest.Digest(ds)
 		size, inBerth := ready[ds]
 		if !inBerth {
 			var err error
-			size, err = im.src.BlobSize(ctx, d)
+			size, err = ri.im.src.BlobSize(ctx, d)
 			if errors.Is(err, ErrNotFound) {
-				blobErr[d] = "blob data missing from the source"
+				ri.blobErr[d] = "blob data missing from the source"
 				if declared[d] < 0 {
-					rep.skip(r.Name, ds, "dangling layer link: the blob's data is gone")
+					ri.skip(ds, "dangling layer link: the blob's data is gone")
 				}
 				continue
 			}
 			if err != nil {
 				return err
 			}
-			if err := im.place(ctx, d, size, rep); err != nil {
+			if err := ri.im.place(ctx, d, size, ri.rep); err != nil {
 				if errors.Is(err, errDigestMismatch) {
-					blobErr[d] = err.Error()
-					rep.skip(r.Name, ds, err.Error())
+					ri.blobErr[d] = err.Error()
+					ri.skip(ds, err.Error())
 					continue
 				}
 				return err
 			}
 		}
 		if want := declared[d]; want >= 0 && want != size {
-			blobErr[d] = fmt.Sprintf("blob is %d bytes, the manifest says %d", size, want)
+			ri.blobErr[d] = fmt.Sprintf("blob is %d bytes, the manifest says %d", size, want)
 			continue
 		}
 		toLink = append(toLink, db.BlobRef{Digest: ds, Size: size})
 	}
 	for i := 0; i < len(toLink); i += blobBatch {
 		batch := toLink[i:min(i+blobBatch, len(toLink))]
-		err := im.db.BlobImport(ctx, r.Name, batch, func(ctx context.Context, b db.BlobRef) error {
+		err := ri.im.db.BlobImport(ctx, ri.r.Name, batch, func(ctx context.Context, b db.BlobRef) error {
 			// Under the row lock: make sure the bytes are (still) there.
-			return im.ensure(ctx, digest.Digest(b.Digest), b.Size, rep)
+			return ri.im.ensure(ctx, digest.Digest(b.Digest), b.Size, ri.rep)
 		})
 		if err != nil {
 			return err
 		}
-		rep.BlobsLinked.Add(int64(len(batch)))
+		ri.rep.BlobsLinked.Add(int64(len(batch)))
 	}
+	return nil
+}
 
-	// Manifests, children before their index.
-	stored := map[digest.Digest]bool{}
-	for d := range have.Manifests {
-		stored[digest.Digest(d)] = true
-	}
+// storeManifests stores the new manifests, children before their index,
+// each with the new tags that point at it, after seeding those tags'
+// history.
+func (ri *repoImport) storeManifests(ctx context.Context) error {
 	tagsOf := map[digest.Digest][]string{}
-	for tag, d := range current {
-		if _, ok := have.Tags[tag]; !ok {
+	for tag, d := range ri.current {
+		if _, ok := ri.have.Tags[tag]; !ok {
 			tagsOf[d] = append(tagsOf[d], tag)
 		}
 	}
-	created := map[string]bool{}
 	pending := map[digest.Digest]bool{}
-	for d, sm := range needed {
+	for d, sm := range ri.needed {
 		switch {
 		case sm.skip != "":
-			rep.skip(r.Name, string(d), sm.skip)
-		case missingBlob(sm.m, blobErr) != "":
-			rep.skip(r.Name, string(d), missingBlob(sm.m, blobErr))
+			ri.skip(string(d), sm.skip)
+		case missingBlob(sm.m, ri.blobErr) != "":
+			ri.skip(string(d), missingBlob(sm.m, ri.blobErr))
 		default:
 			pending[d] = true
 		}
 	}
 	// The history of the tags about to be created, in one transaction.
 	seeds := map[string][]db.TagPast{}
-	for tag, d := range current {
-		if _, ok := have.Tags[tag]; ok || !(stored[d] || pending[d]) {
+	for tag, d := range ri.current {
+		if _, ok := ri.have.Tags[tag]; ok || !(ri.stored[d] || pending[d]) {
 			continue
 		}
-		for _, e := range r.Tags[tag].Index {
+		for _, e := range ri.r.Tags[tag].Index {
 			seeds[tag] = append(seeds[tag], db.TagPast{Digest: string(e.Digest), At: e.At})
 		}
 	}
-	if _, err := im.db.TagHistorySeed(ctx, r.Name, seeds); err != nil {
+	if _, err := ri.im.db.TagHistorySeed(ctx, ri.r.Name, seeds); err != nil {
 		return err
 	}
 	for len(pending) > 0 {
 		progress := false
 		for _, d := range sortedKeys(pending) {
-			sm := needed[d]
+			sm := ri.needed[d]
 			waiting, missing := false, ""
 			for _, c := range sm.m.Children {
 				switch {
-				case stored[c.Digest]:
+				case ri.stored[c.Digest]:
 				case pending[c.Digest]:
 					waiting = true
-				case needed[c.Digest] != nil:
+				case ri.needed[c.Digest] != nil:
 					missing = "child manifest " + string(c.Digest) + " was skipped"
 				default:
 					missing = "child manifest " + string(c.Digest) + " is not in the repository"
@@ -335,74 +371,70 @@ func (im *Importer) repository(ctx context.Context, r *Repository, rep *Report) 
 			delete(pending, d)
 			progress = true
 			if missing != "" {
-				rep.skip(r.Name, string(d), missing)
+				ri.skip(string(d), missing)
 				continue
 			}
 			tags := tagsOf[d]
 			slices.Sort(tags)
-			ok, err := im.storeManifest(ctx, r, sm, tags, db.TagCondition{IfNoneMatch: len(tags) > 0}, rep)
+			ok, err := ri.im.storeManifest(ctx, ri.r, sm, tags, db.TagCondition{IfNoneMatch: len(tags) > 0}, ri.rep)
 			if err != nil {
 				return err
 			}
 			if ok {
-				stored[d] = true
-				rep.Manifests.Add(1)
-				rep.TagsSet.Add(int64(len(tags)))
+				ri.stored[d] = true
+				ri.rep.Manifests.Add(1)
+				ri.rep.TagsSet.Add(int64(len(tags)))
 				for _, t := range tags {
-					created[t] = true
+					ri.created[t] = true
 				}
 			}
 		}
 		if !progress {
 			for _, d := range sortedKeys(pending) {
-				rep.skip(r.Name, string(d), "its child manifests form a cycle")
+				ri.skip(string(d), "its child manifests form a cycle")
 			}
 			break
 		}
 	}
+	return nil
+}
 
-	// Tags on manifests Berth had already, and tags that moved.
-	for _, tag := range sortedKeys(current) {
-		d := current[tag]
-		berth, inBerth := have.Tags[tag]
-		if inBerth && berth == string(d) {
+// syncTags creates the tags on manifests Berth had already, moves those
+// that moved in the source, and removes those the source removed — the
+// last two only where Berth's tag is still as the import left it.
+func (ri *repoImport) syncTags(ctx context.Context) error {
+	for _, tag := range sortedKeys(ri.current) {
+		d := ri.current[tag]
+		berth, inBerth := ri.have.Tags[tag]
+		switch {
+		case inBerth && berth == string(d), ri.created[tag]:
 			continue
-		}
-		if !revisions[d] && !stored[d] {
-			rep.skip(r.Name, tag, "dangling tag link: it points at "+string(d)+", which is not a manifest of the repository")
+		case !ri.revisions[d] && !ri.stored[d]:
+			ri.skip(tag, "dangling tag link: it points at "+string(d)+", which is not a manifest of the repository")
 			continue
-		}
-		if !stored[d] {
+		case !ri.stored[d]:
 			continue // its manifest was skipped, and said why
-		}
-		if created[tag] {
-			continue
-		}
-		if !inBerth {
-			if err := im.setTag(ctx, r, tag, d, db.TagCondition{IfNoneMatch: true}, rep); err != nil {
+		case !inBerth:
+			if err := ri.im.setTag(ctx, ri.r, tag, d, db.TagCondition{IfNoneMatch: true}, ri.rep); err != nil {
 				return err
 			}
-			continue
-		}
-		if have.ImportedTags[tag] != berth {
-			rep.skip(r.Name, tag, "moved in the source, but changed in Berth since the import: left as Berth has it")
-			continue
-		}
-		if err := im.setTag(ctx, r, tag, d, db.TagCondition{IfMatch: []string{berth}}, rep); err != nil {
-			return err
+		case ri.have.ImportedTags[tag] != berth:
+			ri.skip(tag, "moved in the source, but changed in Berth since the import: left as Berth has it")
+		default:
+			if err := ri.im.setTag(ctx, ri.r, tag, d, db.TagCondition{IfMatch: []string{berth}}, ri.rep); err != nil {
+				return err
+			}
 		}
 	}
-	// Tags the source no longer has: removed, if the import set them and
-	// nobody changed them in Berth since.
-	for _, tag := range sortedKeys(have.ImportedTags) {
-		if _, ok := r.Tags[tag]; ok {
+	for _, tag := range sortedKeys(ri.have.ImportedTags) {
+		if _, ok := ri.r.Tags[tag]; ok {
 			continue
 		}
-		_, err := im.db.TagDelete(ctx, r.Name, tag, db.TagCondition{IfMatch: []string{have.ImportedTags[tag]}}, db.ImportActor)
+		_, err := ri.im.db.TagDelete(ctx, ri.r.Name, tag, db.TagCondition{IfMatch: []string{ri.have.ImportedTags[tag]}}, db.ImportActor)
 		var pe *db.PreconditionError
 		switch {
 		case err == nil:
-			rep.TagsRemoved.Add(1)
+			ri.rep.TagsRemoved.Add(1)
 		case errors.As(err, &pe), errors.Is(err, db.ErrTagUnknown):
 		default:
 			return err
