@@ -61,9 +61,10 @@ type Importer struct {
 	db    *db.DB
 	store blobstore.Store
 
-	// verified caches, across repositories and passes, the blobs whose
-	// bytes were hashed and placed (true), or found bad (false).
-	verified sync.Map // digest.Digest → error (nil: good)
+	// placed holds, across repositories and passes, the blobs whose bytes
+	// were placed (verified unless told not to), are being placed, or were
+	// found not to match their digest.
+	placed sync.Map // digest.Digest → *placing
 }
 
 // New returns an importer from src into the database and blob store of a
@@ -586,32 +587,48 @@ func (im *Importer) readManifest(ctx context.Context, d digest.Digest) *srcManif
 var errDigestMismatch = errors.New("blob data does not match its digest")
 
 // place puts blob d's bytes into Berth's store, verifying them unless
-// told not to; once per blob and run.
+// told not to; once per blob and run, however many repositories (and
+// workers at once) link it.
 func (im *Importer) place(ctx context.Context, d digest.Digest, size int64, rep *Report) error {
-	if v, ok := im.verified.Load(d); ok {
-		if v != nil {
-			return v.(error)
+	p := &placing{done: make(chan struct{})}
+	if v, loaded := im.placed.LoadOrStore(d, p); loaded {
+		q := v.(*placing)
+		select {
+		case <-q.done:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		return nil
+		if q.err == nil || errors.Is(q.err, errDigestMismatch) {
+			return q.err
+		}
+		// The other attempt failed for a reason of its own (it has been
+		// forgotten): make ours.
+		return im.place(ctx, d, size, rep)
 	}
+	p.err = im.placeOnce(ctx, d, size, rep)
+	if p.err != nil && !errors.Is(p.err, errDigestMismatch) {
+		im.placed.CompareAndDelete(d, p)
+	}
+	close(p.done)
+	return p.err
+}
+
+// placing is a blob being placed, or placed (done closed): err nil, or
+// the mismatch that keeps it out.
+type placing struct {
+	done chan struct{}
+	err  error
+}
+
+func (im *Importer) placeOnce(ctx context.Context, d digest.Digest, size int64, rep *Report) error {
 	// A stream hashes what it copies; a hard link or a server-side copy
 	// reads nothing, so the bytes are read for the hash alone.
 	if !im.cfg.TrustDigests && im.fastPath() {
 		if err := im.verify(ctx, d, rep); err != nil {
-			if errors.Is(err, errDigestMismatch) {
-				im.verified.Store(d, err)
-			}
 			return err
 		}
 	}
-	if err := im.ensure(ctx, d, size, rep); err != nil {
-		if errors.Is(err, errDigestMismatch) {
-			im.verified.Store(d, err)
-		}
-		return err
-	}
-	im.verified.Store(d, nil)
-	return nil
+	return im.ensure(ctx, d, size, rep)
 }
 
 // fastPath reports whether blobs reach the store without passing through
