@@ -114,6 +114,10 @@ func TestImportSkips(t *testing.T) {
 
 	rep, err := f.im.Pass(ctx, 1)
 	check(t, err)
+	var out strings.Builder
+	rep.Print(&out)
+	rep.PrintSkipped(&out)
+	t.Logf("the report:\n%s", out.String())
 	reasons := skipReasons(rep)
 	want := map[string]string{
 		"old/s1 " + s1.String():                             "Docker schema 1",

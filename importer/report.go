@@ -73,6 +73,32 @@ func (r *Report) Print(w io.Writer) {
 	}
 }
 
+// PrintTotal writes what all the passes of a run imported together.
+func PrintTotal(w io.Writer, reports []*Report) {
+	var manifests, tags, removed, links, hard, server, streamed, bytes, verified int64
+	var took time.Duration
+	for _, r := range reports {
+		manifests += r.Manifests.Load()
+		tags += r.TagsSet.Load()
+		removed += r.TagsRemoved.Load()
+		links += r.BlobsLinked.Load()
+		hard += r.BlobsHardLinked.Load()
+		server += r.BlobsServerCopied.Load()
+		streamed += r.BlobsStreamed.Load()
+		bytes += r.Bytes.Load()
+		verified += r.BytesVerified.Load()
+		took += r.Duration
+	}
+	repos := int64(0)
+	if len(reports) > 0 {
+		repos = reports[len(reports)-1].Repositories.Load()
+	}
+	fmt.Fprintf(w, "imported in %d pass(es), %s: %d repositories, %d manifests, %d tags set, %d tags removed, %d blob links; "+
+		"blobs placed: %d hard-linked, %d copied on the S3 server, %d streamed (%s); %s verified\n",
+		len(reports), took.Round(time.Millisecond), repos, manifests, tags, removed, links, hard, server, streamed,
+		humanBytes(bytes), humanBytes(verified))
+}
+
 // PrintSkipped writes the skips of the last pass, grouped by reason (what
 // an earlier pass skipped, a later one skips again, so the last pass has
 // them all).

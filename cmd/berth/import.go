@@ -150,6 +150,7 @@ func importCommand(ctx context.Context, args []string, getenv func(string) strin
 		r.Print(stdout)
 	}
 	if len(reports) > 0 {
+		importer.PrintTotal(stdout, reports)
 		last := reports[len(reports)-1]
 		last.PrintSkipped(stdout)
 		if err == nil && last.Changes() > int64(settle) {
