@@ -355,6 +355,9 @@ func TestImportRacesCollection(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				if len(cands) == 0 {
+					time.Sleep(time.Millisecond) // nothing due: do not spin on the database
+				}
 				for _, c := range cands {
 					if c.Kind != db.CandidateBlob {
 						continue
