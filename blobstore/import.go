@@ -96,10 +96,21 @@ func (s *S3) CopyObject(ctx context.Context, dgst digest.Digest, bucket, key str
 // Bucket is the store's bucket.
 func (s *S3) Bucket() string { return s.bucket }
 
+// KeyInfo describes one object of a listing.
+type KeyInfo struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+	// ETag changes whenever the content does (for an object written in
+	// one PUT it is the MD5 of the content): a reader may skip fetching
+	// an object whose ETag it has seen.
+	ETag string
+}
+
 // ListKeys calls fn for every key of the bucket under prefix (a full key
 // prefix: the store's own prefix does not apply), in key order. An error
 // from fn stops the listing and is returned.
-func (s *S3) ListKeys(ctx context.Context, prefix string, fn func(key string, size int64, modTime time.Time) error) error {
+func (s *S3) ListKeys(ctx context.Context, prefix string, fn func(KeyInfo) error) error {
 	pages := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix})
 	for pages.HasMorePages() {
 		page, err := pages.NextPage(ctx)
@@ -107,7 +118,9 @@ func (s *S3) ListKeys(ctx context.Context, prefix string, fn func(key string, si
 			return fmt.Errorf("list %s: %w", prefix, err)
 		}
 		for _, obj := range page.Contents {
-			if err := fn(aws.ToString(obj.Key), aws.ToInt64(obj.Size), aws.ToTime(obj.LastModified)); err != nil {
+			info := KeyInfo{Key: aws.ToString(obj.Key), Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified),
+				ETag: aws.ToString(obj.ETag)}
+			if err := fn(info); err != nil {
 				return err
 			}
 		}

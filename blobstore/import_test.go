@@ -107,10 +107,10 @@ func TestS3CopyObject(t *testing.T) {
 		t.Error("a missing object was copied")
 	}
 	n := 0
-	if err := f.store.ListKeys(ctx, f.prefix+"other-registry/", func(k string, size int64, _ time.Time) error {
+	if err := f.store.ListKeys(ctx, f.prefix+"other-registry/", func(k blobstore.KeyInfo) error {
 		n++
-		if k != key || size != int64(len(data)) {
-			t.Errorf("listed %s (%d bytes)", k, size)
+		if k.Key != key || k.Size != int64(len(data)) || k.ETag == "" || time.Since(k.ModTime) > time.Hour {
+			t.Errorf("listed %+v", k)
 		}
 		return nil
 	}); err != nil || n != 1 {

@@ -65,6 +65,9 @@ type Importer struct {
 	// were placed (verified unless told not to), are being placed, or were
 	// found not to match their digest.
 	placed sync.Map // digest.Digest → *placing
+	// links holds the current links read, by "repository:tag", for the
+	// next pass to skip those that did not change.
+	links sync.Map // string → readLink
 }
 
 // New returns an importer from src into the database and blob store of a
@@ -213,6 +216,14 @@ func (ri *repoImport) readTags(ctx context.Context) {
 			ri.skip(name, "tag without a current link (being written, or a broken tree)")
 			continue
 		}
+		t := ri.r.Tags[name]
+		key := ri.r.Name + ":" + name
+		if t.Version != "" {
+			if v, ok := ri.im.links.Load(key); ok && v.(readLink).version == t.Version {
+				ri.current[name] = v.(readLink).digest
+				continue
+			}
+		}
 		dg, err := ri.im.src.ReadLink(ctx, ri.r.Name, "_manifests/tags/"+name+"/current/link")
 		if errors.Is(err, ErrNotFound) {
 			continue // deleted since the scan
@@ -222,7 +233,16 @@ func (ri *repoImport) readTags(ctx context.Context) {
 			continue
 		}
 		ri.current[name] = digest.Digest(dg)
+		if t.Version != "" {
+			ri.im.links.Store(key, readLink{t.Version, digest.Digest(dg)})
+		}
 	}
+}
+
+// readLink is a tag's current link as read at a version (see Tag.Version).
+type readLink struct {
+	version string
+	digest  digest.Digest
 }
 
 // readManifests reads, hashes and parses every revision Berth lacks. A tag

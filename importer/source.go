@@ -68,6 +68,10 @@ type Repository struct {
 // Tag is one tag's directory.
 type Tag struct {
 	HasCurrent bool
+	// Version identifies the content of the current link where the source
+	// can tell without reading it (an S3 ETag); empty otherwise. A reader
+	// that has read the link at this version need not read it again.
+	Version string
 	// Index is every digest the tag pointed at, oldest first (by the link
 	// files' modification times, the only dates the tree has).
 	Index []IndexEntry
@@ -314,8 +318,16 @@ func (s *S3Source) String() string { return "s3://" + s.bucket.Bucket() + "/" + 
 func (s *S3Source) Scan(ctx context.Context) ([]*Repository, error) {
 	base := s.prefix + "repositories/"
 	c := collect{}
-	err := s.bucket.ListKeys(ctx, base, func(key string, size int64, mtime time.Time) error {
-		c.add(strings.TrimPrefix(key, base), mtime)
+	err := s.bucket.ListKeys(ctx, base, func(k blobstore.KeyInfo) error {
+		rel := strings.TrimPrefix(k.Key, base)
+		c.add(rel, k.ModTime)
+		if strings.HasSuffix(rel, "/current/link") {
+			if repo, tagRel, ok := splitRepo(rel); ok {
+				if t := c[repo].Tags[strings.TrimSuffix(strings.TrimPrefix(tagRel, "_manifests/tags/"), "/current/link")]; t != nil {
+					t.Version = k.ETag
+				}
+			}
+		}
 		return nil
 	})
 	if err != nil {
