@@ -611,6 +611,7 @@ func TestImportFromS3(t *testing.T) {
 		"--s3-prefix", run + "/berth/", "--s3-force-path-style"}).url()
 	n := compare(t, reg.base, berth, root)
 	t.Logf("%d manifests byte-identical", n)
+	berthS3 := berth
 
 	// From S3 into a filesystem Berth: the blobs are streamed, and hashed
 	// on the way.
@@ -625,4 +626,17 @@ func TestImportFromS3(t *testing.T) {
 	}
 	berth = startReplica(t, dbURL, []string{"--storage-dir", storeDir}).url()
 	compare(t, reg.base, berth, root)
+
+	// A tag moved in the source (its current link rewritten, so its ETag
+	// changes) is moved by the next import.
+	_, v2, _ := getManifest(t, reg.base, "team/app", "v2")
+	tagKey := run + "/src/docker/registry/v2/repositories/team/app/_manifests/tags/v1/current/link"
+	if _, err := client.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &bucket, Key: &tagKey,
+		Body: strings.NewReader(v2)}); err != nil {
+		t.Fatal(err)
+	}
+	out = runImport(t, env, "--from-s3", "--s3-bucket", bucket, "--s3-prefix", run+"/src")
+	if _, got, _ := getManifest(t, berthS3, "team/app", "v1"); got != v2 {
+		t.Errorf("after the source moved v1 to %s, Berth's v1 is %s:\n%s", v2, got, out)
+	}
 }
