@@ -453,10 +453,13 @@ func (ri *repoImport) syncTags(ctx context.Context) error {
 		}
 		_, err := ri.im.db.TagDelete(ctx, ri.r.Name, tag, db.TagCondition{IfMatch: []string{ri.have.ImportedTags[tag]}}, db.ImportActor)
 		var pe *db.PreconditionError
+		var rule *db.TagRuleError
 		switch {
 		case err == nil:
 			ri.rep.TagsRemoved.Add(1)
 		case errors.As(err, &pe), errors.Is(err, db.ErrTagUnknown):
+		case errors.As(err, &rule):
+			ri.skip(tag, "removed in the source, kept in Berth: "+err.Error())
 		default:
 			return err
 		}
