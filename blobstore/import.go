@@ -21,10 +21,12 @@ import (
 // registry's storage without sending their bytes through Berth when both
 // sides are the same kind of storage.
 
-// ErrCrossDevice means FS.ImportFile could not hard-link the file because
-// it is on another filesystem; the caller copies the bytes instead (through
-// Uploader, which it must do for every other kind of source anyway).
-var ErrCrossDevice = errors.New("the file is on another filesystem")
+// ErrCannotLink means FS.ImportFile could not hard-link the file: it is on
+// another filesystem (EXDEV), or the kernel does not allow this process to
+// link a file it does not own (EPERM, Linux's fs.protected_hardlinks). The
+// caller copies the bytes instead (through Uploader, which it must do for
+// every other kind of source anyway). The error wraps the system's.
+var ErrCannotLink = errors.New("the file cannot be hard-linked into the store")
 
 // ErrTooLargeToCopy means S3.CopyObject was given an object larger than
 // one CopyObject request may copy (5 GiB); the caller streams it instead.
@@ -36,8 +38,8 @@ type FileImporter interface {
 	// the blob's name (a hard link): no byte is copied, and the file must
 	// never change afterwards (a reference registry never rewrites a
 	// blob's data). The caller has verified the digest, or chose not to.
-	// A blob already published is left as it is. ErrCrossDevice when path
-	// is on another filesystem.
+	// A blob already published is left as it is. ErrCannotLink when the
+	// file cannot be linked (another filesystem, or not allowed).
 	ImportFile(ctx context.Context, dgst digest.Digest, path string) error
 }
 
@@ -63,8 +65,8 @@ func (s *FS) ImportFile(ctx context.Context, dgst digest.Digest, path string) er
 		return storageFull(fmt.Errorf("create blob directory: %w", err), fsFull)
 	}
 	err = os.Link(path, final)
-	if errors.Is(err, syscall.EXDEV) {
-		return ErrCrossDevice
+	if errors.Is(err, syscall.EXDEV) || errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("%w: %w", ErrCannotLink, err)
 	}
 	if err != nil && !errors.Is(err, fs.ErrExist) {
 		return storageFull(fmt.Errorf("import blob %s: %w", dgst, notFound(err)), fsFull)

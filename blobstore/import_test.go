@@ -56,7 +56,7 @@ func TestFSImportFile(t *testing.T) {
 	}
 }
 
-// A file on another filesystem cannot be linked: ErrCrossDevice, for the
+// A file on another filesystem cannot be linked: ErrCannotLink, for the
 // caller to copy the bytes.
 func TestFSImportFileCrossDevice(t *testing.T) {
 	t.Parallel()
@@ -75,8 +75,8 @@ func TestFSImportFileCrossDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newFS(t, dir)
-	if err := s.ImportFile(t.Context(), digest.FromString("x"), src); !errors.Is(err, blobstore.ErrCrossDevice) {
-		t.Fatalf("got %v, want ErrCrossDevice", err)
+	if err := s.ImportFile(t.Context(), digest.FromString("x"), src); !errors.Is(err, blobstore.ErrCannotLink) {
+		t.Fatalf("got %v, want ErrCannotLink", err)
 	}
 }
 

@@ -702,10 +702,10 @@ func (im *Importer) ensure(ctx context.Context, d digest.Digest, size int64, rep
 				rep.Bytes.Add(size)
 				return nil
 			}
-			if !errors.Is(err, blobstore.ErrCrossDevice) {
+			if !errors.Is(err, blobstore.ErrCannotLink) {
 				return err
 			}
-			rep.crossDevice.Store(true)
+			rep.cannotLink.Store(err.Error())
 		}
 	case *S3Source:
 		if oc, ok := im.store.(blobstore.ObjectCopier); ok {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -418,5 +419,39 @@ func TestImportRacesCollection(t *testing.T) {
 	t.Logf("%d placements, %d blobs collected meanwhile, %d ready at the end", placed.Load(), collected.Load(), len(ready))
 	if collected.Load() == 0 {
 		t.Log("no blob was collected during the imports: the race was not exercised this time")
+	}
+}
+
+// A source on another filesystem cannot be hard-linked: its blobs are
+// copied (streamed and hashed), and the report says why.
+func TestImportCrossDevice(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	other, err := os.MkdirTemp("/dev/shm", "berth-import-")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(other) })
+	dir := t.TempDir()
+	var a, b syscall.Stat_t
+	if syscall.Stat(other, &a) != nil || syscall.Stat(dir, &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm is on the same filesystem as the temporary directory")
+	}
+	tr := &regtree.Tree{Root: other}
+	img, err := tr.Image("x/y", []byte(`{"v":1}`), []byte("a layer"))
+	check(t, err)
+	check(t, tr.Tag("x/y", "v1", img.Digest, time.Time{}))
+	store, err := blobstore.NewFS(dir)
+	check(t, err)
+	src, err := importer.NewDirSource(other)
+	check(t, err)
+	d := dbtest.New(t)
+	rep, err := importer.New(importer.Config{}, src, d, store).Pass(ctx, 1)
+	check(t, err)
+	if rep.BlobsStreamed.Load() != 2 || rep.BlobsHardLinked.Load() != 0 || !strings.Contains(rep.CannotLink(), "cross-device") {
+		t.Errorf("streamed %d, hard-linked %d, why: %q", rep.BlobsStreamed.Load(), rep.BlobsHardLinked.Load(), rep.CannotLink())
+	}
+	if m, err := d.ManifestByTag(ctx, "x/y", "v1", false); err != nil || m.Digest != img.Digest.String() {
+		t.Errorf("x/y:v1 is %s, %v", m.Digest, err)
 	}
 }

@@ -25,7 +25,7 @@ type Report struct {
 	BlobsStreamed     atomic.Int64
 	Bytes             atomic.Int64 // bytes placed (any way)
 	BytesVerified     atomic.Int64 // bytes read to check digests
-	crossDevice       atomic.Bool  // a hard link failed with EXDEV: copied instead
+	cannotLink        atomic.Value // string: why a hard link failed (the blob was copied instead)
 
 	ScanTime, Duration time.Duration
 
@@ -51,9 +51,12 @@ func (r *Report) Changes() int64 {
 	return r.Manifests.Load() + r.TagsSet.Load() + r.TagsRemoved.Load() + r.BlobsLinked.Load()
 }
 
-// CrossDevice reports whether some blob could not be hard-linked because
-// the source is on another filesystem (it was copied).
-func (r *Report) CrossDevice() bool { return r.crossDevice.Load() }
+// CannotLink says why some blob could not be hard-linked (and was copied
+// instead); empty when every link worked.
+func (r *Report) CannotLink() string {
+	s, _ := r.cannotLink.Load().(string)
+	return s
+}
 
 // Print writes the report of a pass.
 func (r *Report) Print(w io.Writer) {
@@ -68,8 +71,9 @@ func (r *Report) Print(w io.Writer) {
 		r.BlobsHardLinked.Load()+r.BlobsServerCopied.Load()+r.BlobsStreamed.Load(),
 		r.BlobsHardLinked.Load(), r.BlobsServerCopied.Load(), r.BlobsStreamed.Load(),
 		humanBytes(r.Bytes.Load()), humanBytes(r.BytesVerified.Load()))
-	if r.CrossDevice() {
-		fmt.Fprintln(w, "  note: the source is on another filesystem than Berth's store: blobs were copied, not hard-linked")
+	if why := r.CannotLink(); why != "" {
+		fmt.Fprintf(w, "  note: blobs were copied, not hard-linked: %s (another filesystem than Berth's store, or fs.protected_hardlinks "+
+			"and files this user does not own)\n", why)
 	}
 }
 
