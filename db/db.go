@@ -150,6 +150,7 @@ type DB struct {
 	gc    GCPolicy
 	// events describes this process in the events it writes.
 	events EventsConfig
+	log    *slog.Logger
 
 	// reads holds the connections of the batched manifest reads, apart
 	// from pool: a burst of pulls never waits for a connection behind
@@ -205,7 +206,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		pool.Close()
 		return nil, err
 	}
-	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads, events: opts.Events}
+	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads, events: opts.Events, log: opts.Logger}
 	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByTagSQL))
 	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByDigestSQL))
 	d.authLookups = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.authLookupBatch)
@@ -384,7 +385,11 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	err = fn(gtx)
 	var written int
 	if err == nil && commit {
-		// The events last, after every other lock (see events.go).
+		// Usage after every other change of the transaction, and the
+		// events last, after every other lock (see usage.go, events.go).
+		err = d.usageFlush(ctx, gtx, gtx.out)
+	}
+	if err == nil && commit {
 		written, err = d.flushOutbox(ctx, gtx, gtx.out)
 	}
 	if err != nil || !commit {
@@ -400,6 +405,9 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	}
 	if written > 0 && d.events.Written != nil {
 		d.events.Written()
+	}
+	if gtx.out != nil {
+		d.logQuotaWarnings(ctx, gtx.out.warnings)
 	}
 	return nil
 }

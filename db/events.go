@@ -117,6 +117,11 @@ type EventsConfig struct {
 // outbox collects the audit entries of one transaction attempt.
 type outbox struct {
 	entries []outboxEntry
+	// usage holds the manifests that became live or not live, for
+	// usageFlush; warnings the quotas whose warn threshold the
+	// transaction crossed, logged once it commits (see usage.go).
+	usage    []usageNote
+	warnings []quotaWarning
 }
 
 type outboxEntry struct {

@@ -259,6 +259,8 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 			if err := manifestRecordRefs(ctx, tx, id, blobDigests, childIDs); err != nil {
 				return err
 			}
+			// Live now: its bytes and blobs count, and a quota may refuse it.
+			noteLive(tx, repoID, p.Repository, id, +1)
 			if err := audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
 				detail: map[string]any{"media_type": p.MediaType, "size": len(p.Payload), "revived": change == manifestRevived}}); err != nil {
 				return err
@@ -573,11 +575,13 @@ RETURNING name`, id)
 	if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx,
-		`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
-		id, actor.Name); err != nil {
+	var repoID int64
+	if err := tx.QueryRow(ctx,
+		`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1 RETURNING repository_id`,
+		id, actor.Name).Scan(&repoID); err != nil {
 		return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
 	}
+	noteLive(tx, repoID, repo, id, -1)
 	if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
 		detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
 		return err
@@ -757,6 +761,7 @@ SELECT CASE
 			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`, id, gcActor.Name); err != nil {
 			return fmt.Errorf("tombstone manifest %s: %w", rev.Digest, err)
 		}
+		noteLive(tx, repoID, rev.Repository, id, -1)
 		rev.Untagged = true
 		if err := audit(ctx, tx, gcActor, event{action: ActionManifestDelete, repository: rev.Repository, digest: rev.Digest,
 			detail: map[string]any{"reason": "untagged"}}); err != nil {
