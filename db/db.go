@@ -20,6 +20,9 @@
 //
 //	manifests ─< manifest_pulls, tags ─< tag_pulls (pull statistics, ON DELETE CASCADE)
 //
+//	repositories ─< repository_blob_refs (blobs its live manifests reference, counted), ─ repository_usage
+//	quotas (a namespace: a prefix, a limit, its usage) ─< quota_blob_refs
+//
 //	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
 //	tag_rules (immutable and protected tags: a repository glob, a tag regexp)
 //
@@ -47,7 +50,16 @@
 //  6. garbage collection candidates (gc_queue): a transaction queues its
 //     candidates at the end, and the collector claims candidates in a
 //     transaction of their own that locks nothing else;
-//  7. event streams (event_streams), in repository name order, truly
+//  7. usage (see usage.go), applied by runTx after fn returns, one
+//     repository at a time in name order: the shared advisory lock
+//     (0x7573, hashtext of the repository's top-level namespace), the
+//     repository's repository_blob_refs rows in digest order and its
+//     repository_usage row, then the quotas covering it FOR UPDATE in
+//     prefix order, each followed by its quota_blob_refs rows in digest
+//     order. Creating a quota (QuotaSet) takes that advisory lock
+//     exclusively, alone, and then only the rows it inserts; changing or
+//     deleting one locks its row alone;
+//  8. event streams (event_streams), in repository name order, truly
 //     last: runTx writes a transaction's events after fn returns, and a
 //     stream row stays locked until the commit, which is what numbers a
 //     repository's events in commit order (see events.go). Delivery
@@ -77,12 +89,12 @@
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
 //
-//  8. users, in name order (FOR KEY SHARE while a grant, membership or
+//  9. users, in name order (FOR KEY SHARE while a grant, membership or
 //     token is written for them; deleted with what belongs to them);
-//  9. groups, likewise;
-//  10. grants, and API tokens in id order (TokenTouch, and UserDelete
+//  10. groups, likewise;
+//  11. grants, and API tokens in id order (TokenTouch, and UserDelete
 //     before its cascade deletes them);
-//  11. the advisory lock (0x6175, 1) under which the first signing key is
+//  12. the advisory lock (0x6175, 1) under which the first signing key is
 //     created (SigningKeys): taken alone, so that replicas starting at
 //     once create one key between them.
 //
@@ -104,6 +116,9 @@
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
 //	gc of blobs     a batch's blobs FOR UPDATE, by digest → their stale links (deleted) → their candidates, by key
 //	gc of manifest  the manifest FOR UPDATE → candidates
+//	usage           (at the end of any of the above that makes a manifest live or not live) the advisory lock shared
+//	                → the repository's blob refs, by digest → its usage row → covering quotas FOR UPDATE, by prefix → their blob refs, by digest
+//	quota set       (new) the advisory lock exclusive → the quota (inserted) → its blob refs (inserted); (existing) the quota row
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same

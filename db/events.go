@@ -34,7 +34,7 @@ import (
 // statement before the commit.
 //
 // Lock order: the event_streams rows come after everything in the list of
-// db.go (after the garbage candidates), in repository name order.
+// db.go (after the garbage candidates and usage), in repository name order.
 
 // Event actions, as webhooks and the events API name them. push, pull,
 // mount and delete are the reference registry's; tag, untag and restore
