@@ -84,6 +84,20 @@ func TestUsageAndQuotaCLI(t *testing.T) {
 		t.Errorf("quota list printed:\n%s", list.stdout)
 	}
 
+	for name, want := range map[string]int64{
+		`berth_quota_limit_bytes{prefix="team"}`:        limit,
+		`berth_quota_usage_bytes{prefix="team"}`:        a + b,
+		`berth_quota_warning{prefix="team"}`:            1,
+		`berth_namespace_usage_bytes{namespace="team"}`: a + b,
+	} {
+		if got, err := tryMetric(base, name); err != nil || got != fmt.Sprint(want) {
+			t.Errorf("%s = %q (%v), want %d", name, got, err, want)
+		}
+	}
+	if got, _ := tryMetric(base, `berth_namespace_usage_bytes{namespace="teamx"}`); got == "" || got == "0" {
+		t.Errorf("no usage of namespace teamx: %q", got)
+	}
+
 	usage := berthCLI(t, url, "", "usage", "team").ok(t)
 	t.Logf("usage team:\n%s", usage.stdout)
 	if !strings.Contains(usage.stdout, fmt.Sprintf("namespace team: 2 repositories, 2 manifests, %s", fmtBytes(a+b))) ||
