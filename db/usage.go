@@ -707,3 +707,28 @@ func (d *DB) logQuotaWarnings(ctx context.Context, ws []quotaWarning) {
 			"usage_bytes", w.after, "limit_bytes", w.limit, "usage", HumanBytes(w.after), "limit", HumanBytes(w.limit))
 	}
 }
+
+// UsageRepository reports the usage of repository repo (zero for one that
+// does not exist or holds no live manifest) and the quotas that cover it,
+// by prefix: one statement each, for the web interface.
+func (d *DB) UsageRepository(ctx context.Context, repo string) (Usage, []Quota, error) {
+	u := Usage{Name: repo}
+	err := d.q.QueryRow(ctx, `
+SELECT coalesce(u.blob_bytes, 0), coalesce(u.manifest_bytes, 0), coalesce(u.manifests, 0)
+FROM repositories r JOIN repository_usage u ON u.repository_id = r.id WHERE r.name = $1`, repo).
+		Scan(&u.BlobBytes, &u.ManifestBytes, &u.Manifests)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return Usage{}, nil, fmt.Errorf("read usage of %s: %w", repo, err)
+	}
+	all, err := d.QuotaList(ctx)
+	if err != nil {
+		return Usage{}, nil, err
+	}
+	var covering []Quota
+	for _, q := range all {
+		if slices.Contains(namespacesOf(repo), q.Prefix) {
+			covering = append(covering, q)
+		}
+	}
+	return u, covering, nil
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -48,4 +49,19 @@ func TestQuotaDeniedOnTheWire(t *testing.T) {
 	}
 	r.do("GET", "/v2/team/other/manifests/v1", nil).expect(t, http.StatusNotFound, "MANIFEST_UNKNOWN")
 	r.pushManifest("team/app", "v2", mtManifest, img1) // adds nothing
+
+	// The web interface shows the usage and the quota.
+	b := r.browser()
+	list := b.get("/ui/")
+	if !strings.Contains(list.body, fmt.Sprintf(`title="%d bytes: blobs`, used)) {
+		t.Errorf("repositories page lacks the usage of team/app: %s", list.body)
+	}
+	repo := b.get("/ui/r/team/app/")
+	if !strings.Contains(repo.body, fmt.Sprintf(`Uses <span title="%d bytes">`, used)) || !strings.Contains(repo.body, "Quota of team:") {
+		t.Errorf("repository page lacks the usage or the quota: %s", repo.body)
+	}
+	gc := b.get("/ui/gc")
+	if !strings.Contains(gc.body, "<td>team</td>") || !strings.Contains(gc.body, fmt.Sprintf(`title="%d bytes"`, used+10)) {
+		t.Errorf("storage page lacks the quota: %s", gc.body)
+	}
 }
