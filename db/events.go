@@ -122,6 +122,9 @@ type outbox struct {
 	// transaction crossed, logged once it commits (see usage.go).
 	usage    []usageNote
 	warnings []quotaWarning
+	// locked holds the top-level namespaces whose usage advisory lock the
+	// transaction holds already.
+	locked map[string]bool
 }
 
 type outboxEntry struct {

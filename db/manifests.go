@@ -216,7 +216,7 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
 		previous = make(map[string]string, len(tags))
-		repoID, err := repositoryEnsure(ctx, tx, p.Repository)
+		repoID, err := repositoryEnsureUsage(ctx, tx, p.Repository)
 		if err != nil {
 			return err
 		}
@@ -501,6 +501,9 @@ ON CONFLICT DO NOTHING`, id, childIDs); err != nil {
 // index committed before), then its tag rows.
 func (d *DB) ManifestDelete(ctx context.Context, repo, dgst string, actor Actor) error {
 	return d.withTx(ctx, func(tx pgx.Tx) error {
+		if err := usageLockShared(ctx, tx, repo); err != nil {
+			return err
+		}
 		var id int64
 		err := tx.QueryRow(ctx, `
 SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -714,7 +717,19 @@ func (d *DB) GCReviewManifest(ctx context.Context, c Candidate, dryRun bool) (Ma
 		var id, repoID int64
 		var deleted, expired bool
 		var retainUntil *time.Time
+		// The usage lock first (see usageLockShared), by the
+		// repository's name, read without a lock: a manifest never
+		// changes repository.
+		var repo string
 		err := tx.QueryRow(ctx, `
+SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE m.id = $1::bigint`, c.Key).Scan(&repo)
+		if err == nil {
+			err = usageLockShared(ctx, tx, repo)
+		}
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("look up manifest %s: %w", c.Key, err)
+		}
+		err = tx.QueryRow(ctx, `
 SELECT m.id, m.repository_id, r.name, m.digest, m.deleted_at IS NOT NULL,
        coalesce(m.deleted_at + $2 * interval '1 microsecond' <= now(), false), m.deleted_at + $2 * interval '1 microsecond'
 FROM manifests m JOIN repositories r ON r.id = m.repository_id

@@ -167,22 +167,63 @@ func (d *DB) usageFlush(ctx context.Context, tx pgx.Tx, o *outbox) error {
 	return nil
 }
 
-// usageApply applies to repository repoID the liveness changes of the
-// manifests ids (signs: +1 live now, -1 not live any more).
-func (d *DB) usageApply(ctx context.Context, tx pgx.Tx, o *outbox, repoID int64, repo string, ids []int64, signs []int32) error {
-	// One statement: the shared advisory lock, the blob reference counts
-	// (an ordered upsert: rows are locked in digest order), the blobs that
-	// came into the repository or left it, and the repository's totals.
-	rows, err := tx.Query(ctx, `
-WITH lk AS (SELECT pg_advisory_xact_lock_shared($1::int, hashtext(split_part($2, '/', 1)))),
-ch AS (SELECT * FROM unnest($4::bigint[], $5::int[]) AS u(id, sign)),
+// usageLocked records that tx holds the usage advisory lock of repo's
+// top-level namespace.
+func usageLocked(tx pgx.Tx, repo string) {
+	if o := outboxOf(tx); o != nil {
+		if o.locked == nil {
+			o.locked = map[string]bool{}
+		}
+		o.locked[topLevel(repo)] = true
+	}
+}
+
+// usageLockShared takes, as the first lock of a transaction that may make
+// a manifest of repo not live (a delete, retention, garbage collection),
+// the usage advisory lock of repo's namespace, shared. First, because a
+// quota being created waits for it exclusively: a transaction that asked
+// for it while holding a manifest or tag row would queue behind that
+// quota, which waits for pushes that may wait for that row.
+func usageLockShared(ctx context.Context, tx pgx.Tx, repo string) error {
+	if o := outboxOf(tx); o != nil && o.locked[topLevel(repo)] {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1::int, hashtext($2))`,
+		usageLockSpace, topLevel(repo)); err != nil {
+		return fmt.Errorf("lock usage of %s: %w", repo, err)
+	}
+	usageLocked(tx, repo)
+	return nil
+}
+
+// topLevel is the first path component of a repository name.
+func topLevel(repo string) string {
+	top, _, _ := strings.Cut(repo, "/")
+	return top
+}
+
+// usageApplySQL applies a repository's liveness changes ($1 repository
+// id; $2, $3 manifest ids and signs) and locks the quotas covering it ($4,
+// the prefixes that cover its name), in one statement. The quotas are
+// locked first, in prefix order: the upsert of the reference counts takes
+// its input through an aggregate over them, which must read (and lock)
+// every quota row before it yields a row. The reference counts are then
+// upserted in digest order. It returns one row per quota ('q'), one with
+// the change of manifest bytes and count ('m'), and one per blob that came
+// into the repository or left it ('b').
+const usageApplySQL = `
+WITH q AS (
+    SELECT id, prefix, limit_bytes, warn_percent, blob_bytes + manifest_bytes AS used
+    FROM quotas WHERE prefix = ANY($4) ORDER BY prefix FOR UPDATE),
+qn AS (SELECT count(*) AS n FROM q),
+ch AS (SELECT * FROM unnest($2::bigint[], $3::int[]) AS u(id, sign)),
 d AS (
     SELECT mb.digest, sum(ch.sign)::int AS delta
     FROM ch JOIN manifest_blobs mb ON mb.manifest_id = ch.id
     GROUP BY mb.digest HAVING sum(ch.sign) <> 0),
 up AS (
     INSERT INTO repository_blob_refs AS r (repository_id, digest, refs)
-    SELECT $3, d.digest, d.delta FROM d CROSS JOIN lk ORDER BY d.digest
+    SELECT $1, d.digest, d.delta FROM d CROSS JOIN qn ORDER BY d.digest
     ON CONFLICT (repository_id, digest) DO UPDATE SET refs = r.refs + excluded.refs
     RETURNING r.digest, r.refs),
 tr AS (
@@ -194,34 +235,56 @@ m AS (
     FROM ch JOIN manifests mf ON mf.id = ch.id),
 ru AS (
     INSERT INTO repository_usage AS ru (repository_id, blob_bytes, manifest_bytes, manifests)
-    SELECT $3, coalesce((SELECT sum(CASE WHEN came THEN size ELSE -size END) FROM tr), 0), m.bytes, m.n
-    FROM m CROSS JOIN lk
+    SELECT $1, coalesce((SELECT sum(CASE WHEN came THEN size ELSE -size END) FROM tr), 0), m.bytes, m.n
+    FROM m CROSS JOIN qn
     ON CONFLICT (repository_id) DO UPDATE SET blob_bytes = ru.blob_bytes + excluded.blob_bytes,
         manifest_bytes = ru.manifest_bytes + excluded.manifest_bytes, manifests = ru.manifests + excluded.manifests)
-SELECT '', false, bytes, n FROM m
+SELECT 'q', prefix, false, id, limit_bytes, used, warn_percent FROM q
 UNION ALL
-SELECT digest, came, size, 0 FROM tr`, usageLockSpace, repo, repoID, ids, signs)
+SELECT 'm', '', false, bytes, n, 0, 0 FROM m
+UNION ALL
+SELECT 'b', digest, came, size, 0, 0, 0 FROM tr`
+
+// usageApply applies to repository repoID the liveness changes of the
+// manifests ids (signs: +1 live now, -1 not live any more).
+func (d *DB) usageApply(ctx context.Context, tx pgx.Tx, o *outbox, repoID int64, repo string, ids []int64, signs []int32) error {
+	// Every path takes the lock at its start (repositoryEnsureUsage,
+	// usageLockShared); this is the backstop for one that would not,
+	// correct but able to stall behind a quota being created.
+	if err := usageLockShared(ctx, tx, repo); err != nil {
+		return err
+	}
+	type quota struct {
+		id           int64
+		prefix       string
+		limit, usage int64
+		warn         int
+	}
+	var quotas []quota
+	var came, went []string
+	var manifestBytes, manifests int64
+	rows, err := tx.Query(ctx, usageApplySQL, repoID, ids, signs, namespacesOf(repo))
 	if err != nil {
 		return fmt.Errorf("count usage of %s: %w", repo, err)
 	}
-	var came, went []string
-	var comeSizes, wentSizes []int64
-	var manifestBytes, manifests int64
 	for rows.Next() {
-		var dgst string
+		var kind, name string
 		var in bool
-		var size, n int64
-		if err := rows.Scan(&dgst, &in, &size, &n); err != nil {
+		var a, b, c int64
+		var e int
+		if err := rows.Scan(&kind, &name, &in, &a, &b, &c, &e); err != nil {
 			rows.Close()
 			return fmt.Errorf("count usage of %s: %w", repo, err)
 		}
 		switch {
-		case dgst == "":
-			manifestBytes, manifests = size, n
+		case kind == "q":
+			quotas = append(quotas, quota{id: a, prefix: name, limit: b, usage: c, warn: e})
+		case kind == "m":
+			manifestBytes, manifests = a, b
 		case in:
-			came, comeSizes = append(came, dgst), append(comeSizes, size)
+			came = append(came, name)
 		default:
-			went, wentSizes = append(went, dgst), append(wentSizes, size)
+			went = append(went, name)
 		}
 	}
 	rows.Close()
@@ -235,61 +298,36 @@ DELETE FROM repository_blob_refs WHERE repository_id = $1 AND digest = ANY($2) A
 			return fmt.Errorf("count usage of %s: %w", repo, err)
 		}
 	}
-	if manifestBytes == 0 && manifests == 0 && len(came) == 0 && len(went) == 0 {
-		return nil // nothing a quota would see
-	}
-
-	// The quotas covering the repository, locked in prefix order. A
-	// separate statement: it must see a quota created while we waited for
-	// the advisory lock.
-	qrows, err := tx.Query(ctx, `
-SELECT id, prefix, limit_bytes, warn_percent, blob_bytes + manifest_bytes
-FROM quotas WHERE prefix = ANY($1) ORDER BY prefix FOR UPDATE`, namespacesOf(repo))
-	if err != nil {
-		return fmt.Errorf("lock quotas of %s: %w", repo, err)
-	}
-	type quota struct {
-		id           int64
-		prefix       string
-		limit, usage int64
-		warn         int
-	}
-	quotas, err := pgx.CollectRows(qrows, func(row pgx.CollectableRow) (quota, error) {
-		var q quota
-		err := row.Scan(&q.id, &q.prefix, &q.limit, &q.warn, &q.usage)
-		return q, err
-	})
-	if err != nil {
-		return fmt.Errorf("lock quotas of %s: %w", repo, err)
-	}
-	if len(quotas) == 0 {
+	if len(quotas) == 0 || (manifestBytes == 0 && manifests == 0 && len(came) == 0 && len(went) == 0) {
 		return nil
 	}
 	// The repository's blob changes, as the quotas count them: +1 for a
 	// blob that came into it, -1 for one that left, in digest order.
-	digests := append(slices.Clone(came), went...)
-	deltas := make([]int32, len(digests))
-	for i := range digests {
-		deltas[i] = 1
-		if i >= len(came) {
-			deltas[i] = -1
-		}
+	type change struct {
+		digest string
+		delta  int32
 	}
-	order := make([]int, len(digests))
-	for i := range order {
-		order[i] = i
+	changes := make([]change, 0, len(came)+len(went))
+	for _, dg := range came {
+		changes = append(changes, change{dg, 1})
 	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(digests[a], digests[b]) })
-	sortedDigests := make([]string, len(order))
-	sortedDeltas := make([]int32, len(order))
-	for i, j := range order {
-		sortedDigests[i], sortedDeltas[i] = digests[j], deltas[j]
+	for _, dg := range went {
+		changes = append(changes, change{dg, -1})
+	}
+	slices.SortFunc(changes, func(a, b change) int { return strings.Compare(a.digest, b.digest) })
+	digests := make([]string, len(changes))
+	deltas := make([]int32, len(changes))
+	for i, c := range changes {
+		digests[i], deltas[i] = c.digest, c.delta
 	}
 	for _, q := range quotas {
-		var blobBytes int64
+		// The quota's reference counts, what they add up to, and its
+		// usage updated, in one statement; refused below, the whole
+		// transaction rolls back.
+		var blobBytes, after int64
 		var gone []string
-		if len(sortedDigests) > 0 {
-			err := tx.QueryRow(ctx, `
+		var crossed bool
+		err := tx.QueryRow(ctx, `
 WITH d AS (SELECT * FROM unnest($2::text[], $3::int[]) AS u(digest, delta)),
 up AS (
     INSERT INTO quota_blob_refs AS q (quota_id, digest, refs)
@@ -299,31 +337,28 @@ up AS (
 tr AS (
     SELECT up.digest, up.refs > 0 AS came, b.size
     FROM up JOIN d ON d.digest = up.digest JOIN blobs b ON b.digest = up.digest
-    WHERE (up.refs > 0) <> (up.refs - d.delta > 0))
-SELECT coalesce(sum(CASE WHEN came THEN size ELSE -size END), 0)::bigint,
-       coalesce(array_agg(digest) FILTER (WHERE NOT came), '{}')
-FROM tr`, q.id, sortedDigests, sortedDeltas).Scan(&blobBytes, &gone)
-			if err != nil {
-				return fmt.Errorf("count usage of quota %s: %w", q.prefix, err)
-			}
+    WHERE (up.refs > 0) <> (up.refs - d.delta > 0)),
+s AS (
+    SELECT coalesce(sum(CASE WHEN came THEN size ELSE -size END), 0)::bigint AS bytes,
+           coalesce(array_agg(digest) FILTER (WHERE NOT came), '{}') AS gone
+    FROM tr),
+u AS (
+    UPDATE quotas q SET blob_bytes = q.blob_bytes + s.bytes, manifest_bytes = q.manifest_bytes + $4, manifests = q.manifests + $5,
+        warned_at = CASE WHEN q.warn_percent > 0 AND (q.blob_bytes + q.manifest_bytes + s.bytes + $4) * 100 >= q.limit_bytes * q.warn_percent
+                         THEN coalesce(q.warned_at, now()) END
+    FROM s WHERE q.id = $1
+    RETURNING q.blob_bytes + q.manifest_bytes AS after, q.warned_at IS NOT NULL AS warned)
+SELECT s.bytes, s.gone, u.after, u.warned FROM s, u`, q.id, digests, deltas, manifestBytes, manifests).Scan(&blobBytes, &gone, &after, &crossed)
+		if err != nil {
+			return fmt.Errorf("count usage of quota %s: %w", q.prefix, err)
 		}
 		added := blobBytes + manifestBytes
-		after := q.usage + added
 		if added > 0 && after > q.limit {
 			return &QuotaExceededError{Prefix: q.prefix, Limit: q.limit, Usage: q.usage, Push: added}
 		}
-		var crossed bool
-		err := tx.QueryRow(ctx, `
-UPDATE quotas q SET blob_bytes = q.blob_bytes + $2, manifest_bytes = q.manifest_bytes + $3, manifests = q.manifests + $4,
-    warned_at = CASE WHEN q.warn_percent > 0 AND $5::bigint * 100 >= q.limit_bytes * q.warn_percent
-                     THEN coalesce(q.warned_at, now()) END
-FROM (SELECT warned_at FROM quotas WHERE id = $1) o
-WHERE q.id = $1
-RETURNING o.warned_at IS NULL AND q.warned_at IS NOT NULL`, q.id, blobBytes, manifestBytes, manifests, after).Scan(&crossed)
-		if err != nil {
-			return fmt.Errorf("update usage of quota %s: %w", q.prefix, err)
-		}
-		if crossed {
+		// warned: at or above the threshold now; crossed only if it was
+		// below before (the row read under the lock, above).
+		if crossed && q.warn > 0 && q.usage*100 < q.limit*int64(q.warn) {
 			o.warnings = append(o.warnings, quotaWarning{prefix: q.prefix, usage: q.usage, limit: q.limit, after: after, percent: q.warn})
 		}
 		if len(gone) > 0 {
