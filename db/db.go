@@ -50,15 +50,17 @@
 //  6. garbage collection candidates (gc_queue): a transaction queues its
 //     candidates at the end, and the collector claims candidates in a
 //     transaction of their own that locks nothing else;
-//  7. usage (see usage.go), applied by runTx after fn returns, one
-//     repository at a time in name order: the shared advisory lock
-//     (0x7573, hashtext of the repository's top-level namespace), the
+//  7. usage (see usage.go), applied at the end of the transaction, after
+//     the audit rows and before the events, one repository at a time in
+//     name order: the quotas covering it FOR UPDATE in prefix order, the
 //     repository's repository_blob_refs rows in digest order and its
-//     repository_usage row, then the quotas covering it FOR UPDATE in
-//     prefix order, each followed by its quota_blob_refs rows in digest
-//     order. Creating a quota (QuotaSet) takes that advisory lock
-//     exclusively, alone, and then only the rows it inserts; changing or
-//     deleting one locks its row alone;
+//     repository_usage row, then each quota's quota_blob_refs rows in
+//     digest order. Before all of them, as the very first lock of a push,
+//     delete, retention run or manifest review: the usage advisory lock
+//     (0x7573, hashtext of the repository's top-level namespace), shared.
+//     Creating a quota (QuotaSet) takes that lock exclusively, alone, and
+//     then only the rows it inserts; changing or deleting a quota locks
+//     its row alone;
 //  8. event streams (event_streams), in repository name order, truly
 //     last: runTx writes a transaction's events after fn returns, and a
 //     stream row stays locked until the commit, which is what numbers a
@@ -116,8 +118,8 @@
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
 //	gc of blobs     a batch's blobs FOR UPDATE, by digest → their stale links (deleted) → their candidates, by key
 //	gc of manifest  the manifest FOR UPDATE → candidates
-//	usage           (at the end of any of the above that makes a manifest live or not live) the advisory lock shared
-//	                → the repository's blob refs, by digest → its usage row → covering quotas FOR UPDATE, by prefix → their blob refs, by digest
+//	usage           (the advisory lock shared, first, in a push, delete, retention run, manifest review; at the end of one that made a manifest
+//	                live or not live:) covering quotas FOR UPDATE, by prefix → the repository's blob refs, by digest → its usage row → the quotas' blob refs, by digest
 //	quota set       (new) the advisory lock exclusive → the quota (inserted) → its blob refs (inserted); (existing) the quota row
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //
@@ -402,9 +404,6 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	if err == nil && commit {
 		// Usage after every other change of the transaction, and the
 		// events last, after every other lock (see usage.go, events.go).
-		err = d.usageFlush(ctx, gtx, gtx.out)
-	}
-	if err == nil && commit {
 		written, err = d.flushOutbox(ctx, gtx, gtx.out)
 	}
 	if err != nil || !commit {

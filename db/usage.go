@@ -39,22 +39,31 @@ import (
 //     take it over the limit fails with *QuotaExceededError, and the
 //     transaction rolls back.
 //
-// Lock order (item 7 of db.go's list, after the garbage candidates and
-// before the event streams): the shared advisory lock (usageLockSpace,
-// hashtext of the repository's first path component); the repository's
-// repository_blob_refs rows, in digest order (one upsert, ordered), and
-// its repository_usage row; the quotas covering it, FOR UPDATE, in prefix
-// order; under each quota, its quota_blob_refs rows, in digest order. When
-// a transaction changes several repositories, it does so one repository
-// at a time, in name order.
+// Locks. The usage advisory lock (usageLockSpace, hashtext of the
+// repository's first path component) is taken shared as the FIRST lock
+// of every transaction that may change a manifest's liveness: a push in
+// the statement that ensures its repository (repositoryEnsureUsage), a
+// delete, a retention run and a garbage collection review before they
+// lock any manifest (usageLockShared). The only exclusive holder is
+// QuotaSet creating a quota, which takes it alone, first, and then waits
+// for nothing: so a shared holder never waits for it while holding a row
+// another transaction waits for, and PostgreSQL never has to reorder a
+// lock queue (which it does only after deadlock_timeout).
+//
+// The usage rows (item 7 of db.go's list, after the garbage candidates and
+// before the event streams) are changed at the end of the transaction,
+// one repository at a time in name order, in one statement
+// (usageApplySQL): the quotas covering the repository FOR UPDATE, in
+// prefix order; the repository's repository_blob_refs rows, in digest
+// order, and its repository_usage row; then, for each quota in prefix
+// order, its quota_blob_refs rows in digest order and its usage.
 //
 // The advisory lock is what makes creating a quota exact while pushes
-// run: QuotaSet takes it exclusively, alone, before it counts what the
-// namespace holds, so every transaction that changed the namespace's
-// liveness has committed before it counts (and is counted), and every
-// later one finds the new quota row when it looks for the quotas covering
-// its repository (a statement after its shared lock was granted, so its
-// snapshot is newer than the quota).
+// run: QuotaSet takes it exclusively before it counts what the namespace
+// holds, so every transaction that changes the namespace's liveness has
+// either committed before it counts (and is counted), or waits for it at
+// its start, and then finds the new quota (every statement after the lock
+// sees it, under READ COMMITTED).
 
 // usageLockSpace is the first key of the advisory locks of usage (two-key
 // form); the second is hashtext of a top-level namespace.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	neturl "net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -312,11 +313,21 @@ func TestQuotaRace(t *testing.T) {
 
 // Pushes, deletes, retention and garbage collection, through two handles,
 // while quotas are created and deleted on the namespace: afterwards, the
-// bookkeeping equals a count from scratch.
+// bookkeeping equals a count from scratch. The connections raise
+// deadlock_timeout far above any legitimate wait (as TestEventsLockOrder
+// does), so that a wait cycle, even one PostgreSQL would resolve by
+// reordering a lock queue, stalls a change past its statement deadline
+// and fails the test instead of being retried.
 func TestUsageExactUnderChurn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := dbtest.NewURL(t)
+	base := dbtest.NewURL(t)
+	pu, err := neturl.Parse(base)
+	mustDo(t, err)
+	q := pu.Query()
+	q.Set("deadlock_timeout", "10min")
+	pu.RawQuery = q.Encode()
+	url := pu.String()
 	policy := db.GCPolicy{CollectUntagged: true}
 	h := [2]*db.DB{evOpen(t, url, db.Options{GC: policy}), evOpen(t, url, db.Options{GC: policy})}
 	const repos, blobs = 4, 12
@@ -334,7 +345,7 @@ func TestUsageExactUnderChurn(t *testing.T) {
 
 	deadline := time.Now().Add(3 * time.Second)
 	var wg sync.WaitGroup
-	var pushes, deletes atomic.Int64
+	var pushes, deletes, refused, quotaSets atomic.Int64
 	for w := range 6 {
 		wg.Add(1)
 		go func() {
@@ -372,7 +383,11 @@ func TestUsageExactUnderChurn(t *testing.T) {
 					}
 					continue
 				}
-				if err != nil && !errors.As(err, &qe) {
+				if errors.As(err, &qe) {
+					refused.Add(1)
+					continue
+				}
+				if err != nil {
 					t.Error(err)
 					return
 				}
@@ -402,6 +417,7 @@ func TestUsageExactUnderChurn(t *testing.T) {
 				t.Error(err)
 				return
 			}
+			quotaSets.Add(1)
 			time.Sleep(50 * time.Millisecond)
 			if i%3 == 2 {
 				if err := h[0].QuotaDelete(ctx, prefix); err != nil {
@@ -412,7 +428,7 @@ func TestUsageExactUnderChurn(t *testing.T) {
 		}
 	}()
 	wg.Wait()
-	t.Logf("%d pushes, %d deletes", pushes.Load(), deletes.Load())
+	t.Logf("%d pushes, %d refused by a quota, %d deletes, %d quotas set", pushes.Load(), refused.Load(), deletes.Load(), quotaSets.Load())
 	noDrift(t, h[0])
 }
 
