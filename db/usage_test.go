@@ -441,3 +441,48 @@ func policy2(name, glob string) db.RetentionPolicy {
 	p.DeleteUntaggedAfter = &zero
 	return p
 }
+
+// Migration 0012 computes the usage of a registry upgraded in place: with
+// its tables dropped (migrated down) and created again (up), the usage of
+// existing data is what the transactions had kept.
+func TestUsageMigrationBackfill(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := dbtest.NewURL(t)
+	d := evOpen(t, url, db.Options{})
+	shared := usageBlob(t, d, "team/a", "shared", 1000)
+	if _, err := d.BlobMount(ctx, "team/a", "team/b", shared.Digest, db.Actor{Name: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	own := usageBlob(t, d, "team/b", "own", 10)
+	store(t, d, usageManifest("team/a", "a1", 100, []db.BlobRef{shared}, "v1"))
+	store(t, d, usageManifest("team/b", "b1", 100, []db.BlobRef{shared, own}, "v1"))
+	gone := usageManifest("team/b", "b2", 100, []db.BlobRef{own})
+	store(t, d, gone)
+	if err := d.ManifestDelete(ctx, "team/b", gone.Digest, db.Actor{Name: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := d.UsageOf(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mg, err := db.NewMigrator(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mg.Close()
+	if err := mg.Down(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mg.Up(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := d.UsageOf(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(before) || after.Namespace.Total() != 1210 {
+		t.Errorf("after the backfill %+v, before %+v", after, before)
+	}
+	noDrift(t, d)
+}
