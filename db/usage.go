@@ -27,8 +27,9 @@ import (
 // a delete by digest, retention's deletes, garbage collection's delete of
 // an untagged manifest. (Purging a tombstone changes nothing: it was not
 // live.) Each of them notes the manifest in its outbox (noteLive), and
-// runTx applies the notes at the end of the transaction, after every other
-// change and before the events (usageFlush):
+// the outbox's flush applies the notes at the end of the transaction,
+// after every other change and the audit rows, before the events
+// (usageFlush, called by flushOutbox):
 //
 //   - repository_blob_refs counts, per repository and blob, the live
 //     manifests that reference it; a blob's bytes count in the repository
