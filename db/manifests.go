@@ -188,7 +188,11 @@ type ManifestPut struct {
 // rows, in ascending name order, so that two pushes of overlapping tag
 // sets wait for each other instead of deadlocking; the referenced blob
 // rows FOR SHARE, so garbage collection cannot claim them before the
-// references are recorded.
+// references are recorded. Before all of them, in the statement that
+// ensures the repository, the usage advisory lock of its namespace,
+// shared; after them, when the manifest becomes live, the usage rows and
+// the quotas covering the repository, where a push that does not fit is
+// refused with a *QuotaExceededError (see usage.go).
 //
 // Moving a tag that a tag rule covers is refused with a *TagRuleError
 // (creating it, or pushing the digest it already has, is not).
