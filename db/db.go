@@ -20,6 +20,9 @@
 //
 //	manifests ─< manifest_pulls, tags ─< tag_pulls (pull statistics, ON DELETE CASCADE)
 //
+//	repositories ─< repository_blob_refs (blobs its live manifests reference, counted), ─ repository_usage
+//	quotas (a namespace: a prefix, a limit, its usage) ─< quota_blob_refs
+//
 //	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
 //	tag_rules (immutable and protected tags: a repository glob, a tag regexp)
 //
@@ -47,7 +50,18 @@
 //  6. garbage collection candidates (gc_queue): a transaction queues its
 //     candidates at the end, and the collector claims candidates in a
 //     transaction of their own that locks nothing else;
-//  7. event streams (event_streams), in repository name order, truly
+//  7. usage (see usage.go), applied at the end of the transaction, after
+//     the audit rows and before the events, one repository at a time in
+//     name order: the quotas covering it FOR UPDATE in prefix order, the
+//     repository's repository_blob_refs rows in digest order and its
+//     repository_usage row, then each quota's quota_blob_refs rows in
+//     digest order. Before all of them, as the very first lock of a push,
+//     delete, retention run or manifest review: the usage advisory lock
+//     (0x7573, hashtext of the repository's top-level namespace), shared.
+//     Creating a quota (QuotaSet) takes that lock exclusively, alone, and
+//     then only the rows it inserts; changing or deleting a quota locks
+//     its row alone;
+//  8. event streams (event_streams), in repository name order, truly
 //     last: runTx writes a transaction's events after fn returns, and a
 //     stream row stays locked until the commit, which is what numbers a
 //     repository's events in commit order (see events.go). Delivery
@@ -59,7 +73,7 @@
 // locks blobs (5), in digest order, then queues candidates (6), as a blob
 // commit does; TagHistorySeed takes only advisory transaction locks on the
 // names of the tags it seeds, in key order, in a transaction that locks
-// nothing else, like 11 below.
+// nothing else, like 12 below.
 //
 // Tag rules (tag_rules) are never locked: a transaction that would move or
 // remove an existing tag reads them once, after it holds the tag's row
@@ -85,12 +99,12 @@
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
 //
-//  8. users, in name order (FOR KEY SHARE while a grant, membership or
+//  9. users, in name order (FOR KEY SHARE while a grant, membership or
 //     token is written for them; deleted with what belongs to them);
-//  9. groups, likewise;
-//  10. grants, and API tokens in id order (TokenTouch, and UserDelete
+//  10. groups, likewise;
+//  11. grants, and API tokens in id order (TokenTouch, and UserDelete
 //     before its cascade deletes them);
-//  11. the advisory lock (0x6175, 1) under which the first signing key is
+//  12. the advisory lock (0x6175, 1) under which the first signing key is
 //     created (SigningKeys): taken alone, so that replicas starting at
 //     once create one key between them.
 //
@@ -112,6 +126,9 @@
 //	gc of a blob    the blob FOR UPDATE → its stale links (deleted) → its candidate
 //	gc of blobs     a batch's blobs FOR UPDATE, by digest → their stale links (deleted) → their candidates, by key
 //	gc of manifest  the manifest FOR UPDATE → candidates
+//	usage           (the advisory lock shared, first, in a push, delete, retention run, manifest review; at the end of one that made a manifest
+//	                live or not live:) covering quotas FOR UPDATE, by prefix → the repository's blob refs, by digest → its usage row → the quotas' blob refs, by digest
+//	quota set       (new) the advisory lock exclusive → the quota (inserted) → its blob refs (inserted); (existing) the quota row
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //	blob import     the blobs FOR UPDATE, by digest (inserted where missing) → their candidates (berth import: a blob commit without a session, see import.go)
 //	history seed    advisory transaction locks (26980, hash of repository and tag), in key order, alone in their transaction (berth import, see TagHistorySeed)
@@ -160,6 +177,7 @@ type DB struct {
 	gc    GCPolicy
 	// events describes this process in the events it writes.
 	events EventsConfig
+	log    *slog.Logger
 
 	// reads holds the connections of the batched manifest reads, apart
 	// from pool: a burst of pulls never waits for a connection behind
@@ -215,7 +233,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		pool.Close()
 		return nil, err
 	}
-	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads, events: opts.Events}
+	d := &DB{pool: pool, q: guardedPool{pool, g}, guard: g, gc: opts.GC, reads: reads, events: opts.Events, log: opts.Logger}
 	d.byTag = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByTagSQL))
 	d.byDigest = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.manifestBatch(manifestsByDigestSQL))
 	d.authLookups = newCoalescer(readsInFlight, maxManifestBatch, opts.Timeout, d.authLookupBatch)
@@ -394,7 +412,8 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	err = fn(gtx)
 	var written int
 	if err == nil && commit {
-		// The events last, after every other lock (see events.go).
+		// Usage after every other change of the transaction, and the
+		// events last, after every other lock (see usage.go, events.go).
 		written, err = d.flushOutbox(ctx, gtx, gtx.out)
 	}
 	if err != nil || !commit {
@@ -410,6 +429,9 @@ func (d *DB) runTx(ctx context.Context, commit bool, fn func(tx pgx.Tx) error) e
 	}
 	if written > 0 && d.events.Written != nil {
 		d.events.Written()
+	}
+	if gtx.out != nil {
+		d.logQuotaWarnings(ctx, gtx.out.warnings)
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ import (
 // statement before the commit.
 //
 // Lock order: the event_streams rows come after everything in the list of
-// db.go (after the garbage candidates), in repository name order.
+// db.go (after the garbage candidates and usage), in repository name order.
 
 // Event actions, as webhooks and the events API name them. push, pull,
 // mount and delete are the reference registry's; tag, untag and restore
@@ -117,6 +117,14 @@ type EventsConfig struct {
 // outbox collects the audit entries of one transaction attempt.
 type outbox struct {
 	entries []outboxEntry
+	// usage holds the manifests that became live or not live, for
+	// usageFlush; warnings the quotas whose warn threshold the
+	// transaction crossed, logged once it commits (see usage.go).
+	usage    []usageNote
+	warnings []quotaWarning
+	// locked holds the top-level namespaces whose usage advisory lock the
+	// transaction holds already.
+	locked map[string]bool
 }
 
 type outboxEntry struct {
@@ -253,19 +261,31 @@ func detailInt(detail map[string]any, k string) int64 {
 
 // flushOutbox writes the audit rows and the events of a transaction, at
 // its end (see the top of this file). It returns how many events it wrote.
+//
+// The usage changes (see usage.go) go between the reads and the events:
+// after every other change of the transaction, and as late as they can,
+// since the repository's usage rows stay locked from there to the commit.
 func (d *DB) flushOutbox(ctx context.Context, tx pgx.Tx, o *outbox) (int, error) {
-	if o == nil || len(o.entries) == 0 {
+	if o == nil || len(o.entries) == 0 && len(o.usage) == 0 {
 		return 0, nil
 	}
-	if err := writeAudit(ctx, tx, o.entries); err != nil {
+	var evs []Event
+	if len(o.entries) > 0 {
+		if err := writeAudit(ctx, tx, o.entries); err != nil {
+			return 0, err
+		}
+		evs = d.fold(o.entries)
+	}
+	if len(evs) > 0 {
+		if err := fillTargets(ctx, tx, evs); err != nil {
+			return 0, err
+		}
+	}
+	if err := d.usageFlush(ctx, tx, o); err != nil {
 		return 0, err
 	}
-	evs := d.fold(o.entries)
 	if len(evs) == 0 {
 		return 0, nil
-	}
-	if err := fillTargets(ctx, tx, evs); err != nil {
-		return 0, err
 	}
 	return len(evs), writeEvents(ctx, tx, evs)
 }

@@ -188,7 +188,11 @@ type ManifestPut struct {
 // rows, in ascending name order, so that two pushes of overlapping tag
 // sets wait for each other instead of deadlocking; the referenced blob
 // rows FOR SHARE, so garbage collection cannot claim them before the
-// references are recorded.
+// references are recorded. Before all of them, in the statement that
+// ensures the repository, the usage advisory lock of its namespace,
+// shared; after them, when the manifest becomes live, the usage rows and
+// the quotas covering the repository, where a push that does not fit is
+// refused with a *QuotaExceededError (see usage.go).
 //
 // Moving a tag that a tag rule covers is refused with a *TagRuleError
 // (creating it, or pushing the digest it already has, is not).
@@ -216,7 +220,7 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 
 	err = d.withTx(ctx, func(tx pgx.Tx) error {
 		previous = make(map[string]string, len(tags))
-		repoID, err := repositoryEnsure(ctx, tx, p.Repository)
+		repoID, err := repositoryEnsureUsage(ctx, tx, p.Repository)
 		if err != nil {
 			return err
 		}
@@ -259,6 +263,8 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 			if err := manifestRecordRefs(ctx, tx, id, blobDigests, childIDs); err != nil {
 				return err
 			}
+			// Live now: its bytes and blobs count, and a quota may refuse it.
+			noteLive(tx, repoID, p.Repository, id, +1)
 			if err := audit(ctx, tx, actor, event{action: ActionManifestPush, repository: p.Repository, digest: p.Digest,
 				detail: map[string]any{"media_type": p.MediaType, "size": len(p.Payload), "revived": change == manifestRevived}}); err != nil {
 				return err
@@ -499,6 +505,9 @@ ON CONFLICT DO NOTHING`, id, childIDs); err != nil {
 // index committed before), then its tag rows.
 func (d *DB) ManifestDelete(ctx context.Context, repo, dgst string, actor Actor) error {
 	return d.withTx(ctx, func(tx pgx.Tx) error {
+		if err := usageLockShared(ctx, tx, repo); err != nil {
+			return err
+		}
 		var id int64
 		err := tx.QueryRow(ctx, `
 SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -573,11 +582,13 @@ RETURNING name`, id)
 	if err := auditTagsRemoved(ctx, tx, actor, repo, tags, dgst); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx,
-		`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`,
-		id, actor.Name); err != nil {
+	var repoID int64
+	if err := tx.QueryRow(ctx,
+		`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1 RETURNING repository_id`,
+		id, actor.Name).Scan(&repoID); err != nil {
 		return fmt.Errorf("tombstone manifest %s: %w", dgst, err)
 	}
+	noteLive(tx, repoID, repo, id, -1)
 	if err := audit(ctx, tx, actor, event{action: ActionManifestDelete, repository: repo, digest: dgst,
 		detail: map[string]any{"tags_removed": len(tags)}}); err != nil {
 		return err
@@ -710,7 +721,19 @@ func (d *DB) GCReviewManifest(ctx context.Context, c Candidate, dryRun bool) (Ma
 		var id, repoID int64
 		var deleted, expired bool
 		var retainUntil *time.Time
+		// The usage lock first (see usageLockShared), by the
+		// repository's name, read without a lock: a manifest never
+		// changes repository.
+		var repo string
 		err := tx.QueryRow(ctx, `
+SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE m.id = $1::bigint`, c.Key).Scan(&repo)
+		if err == nil {
+			err = usageLockShared(ctx, tx, repo)
+		}
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("look up manifest %s: %w", c.Key, err)
+		}
+		err = tx.QueryRow(ctx, `
 SELECT m.id, m.repository_id, r.name, m.digest, m.deleted_at IS NOT NULL,
        coalesce(m.deleted_at + $2 * interval '1 microsecond' <= now(), false), m.deleted_at + $2 * interval '1 microsecond'
 FROM manifests m JOIN repositories r ON r.id = m.repository_id
@@ -757,6 +780,7 @@ SELECT CASE
 			`UPDATE manifests SET deleted_at = now(), deleted_by = $2 WHERE id = $1`, id, gcActor.Name); err != nil {
 			return fmt.Errorf("tombstone manifest %s: %w", rev.Digest, err)
 		}
+		noteLive(tx, repoID, rev.Repository, id, -1)
 		rev.Untagged = true
 		if err := audit(ctx, tx, gcActor, event{action: ActionManifestDelete, repository: rev.Repository, digest: rev.Digest,
 			detail: map[string]any{"reason": "untagged"}}); err != nil {

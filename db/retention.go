@@ -623,6 +623,13 @@ func (d *DB) retentionRunRepository(ctx context.Context, p RetentionPolicy, repo
 		if err != nil {
 			return err
 		}
+		if len(manifests) > 0 {
+			// Deleting manifests changes usage: its lock first (see
+			// usageLockShared).
+			if err := usageLockShared(ctx, tx, repo); err != nil {
+				return err
+			}
+		}
 		if err := retentionLockManifests(ctx, tx, repoID, repo, manifests, subjects); err != nil {
 			return err
 		}

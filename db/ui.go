@@ -33,6 +33,9 @@ type RepositorySummary struct {
 	// Size is the bytes of the distinct blobs the live manifests
 	// reference: a layer shared by ten images counts once.
 	Size int64
+	// ManifestBytes is the bytes of the live manifests: with Size, the
+	// repository's usage (see usage.go).
+	ManifestBytes int64
 	// LastPush is when a manifest was last pushed or a tag last moved;
 	// nil for a repository holding only blobs.
 	LastPush *time.Time
@@ -41,7 +44,7 @@ type RepositorySummary struct {
 // repositorySummariesSQL walks the name index from $1, keeps the names
 // that contain $2 and that the caller may pull ($3, or the patterns $4–$7
 // as in repositoryListVisibleSQL), stops after $8, and only then counts,
-// for those few rows, their tags, manifests and bytes.
+// for those few rows, their tags, manifests and bytes (the usage row).
 const repositorySummariesSQL = `
 WITH page AS (
     SELECT r.id, r.name FROM repositories r
@@ -58,13 +61,11 @@ WITH page AS (
 SELECT p.name,
     (SELECT count(*) FROM tags t WHERE t.repository_id = p.id),
     (SELECT count(*) FROM manifests m WHERE m.repository_id = p.id AND m.deleted_at IS NULL),
-    (SELECT coalesce(sum(b.size), 0)::bigint FROM blobs b WHERE b.digest IN (
-        SELECT mb.digest FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
-        WHERE m.repository_id = p.id AND m.deleted_at IS NULL)),
+    coalesce(u.blob_bytes, 0), coalesce(u.manifest_bytes, 0),
     greatest(
         (SELECT max(m.created_at) FROM manifests m WHERE m.repository_id = p.id AND m.deleted_at IS NULL),
         (SELECT max(t.updated_at) FROM tags t WHERE t.repository_id = p.id))
-FROM page p ORDER BY p.name`
+FROM page p LEFT JOIN repository_usage u ON u.repository_id = p.id ORDER BY p.name`
 
 // RepositorySummaries returns a page of repositories in byte order, with
 // their counts, and whether more follow.
@@ -96,7 +97,7 @@ func (d *DB) RepositorySummaries(ctx context.Context, q RepositoryQuery) ([]Repo
 	}
 	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RepositorySummary, error) {
 		var s RepositorySummary
-		err := row.Scan(&s.Name, &s.Tags, &s.Manifests, &s.Size, &s.LastPush)
+		err := row.Scan(&s.Name, &s.Tags, &s.Manifests, &s.Size, &s.ManifestBytes, &s.LastPush)
 		return s, err
 	})
 	if err != nil {
@@ -104,6 +105,9 @@ func (d *DB) RepositorySummaries(ctx context.Context, q RepositoryQuery) ([]Repo
 	}
 	return pageOf(list, q.Limit)
 }
+
+// Usage is the repository's usage: its blobs and its manifests.
+func (s RepositorySummary) Usage() int64 { return s.Size + s.ManifestBytes }
 
 // pageOf cuts a list read with limit+1 rows to limit, and says whether
 // there was more.

@@ -177,6 +177,7 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		mismatch *db.SizeMismatchError
 		refd     *db.ReferencedError
 		rule     *db.TagRuleError
+		quota    *db.QuotaExceededError
 		slow     *slowBodyError
 	)
 	switch {
@@ -201,6 +202,11 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 			detail["manifest"] = rule.Manifest
 		}
 		return errorf(CodeDenied, "%v", rule).withDetail(detail)
+	case errors.As(err, &quota):
+		// 403 DENIED, as a client takes any refusal it cannot retry; the
+		// detail carries the numbers in bytes.
+		return errorf(CodeDenied, "%v", quota).withDetail(map[string]any{
+			"quota": quota.Prefix, "limit": quota.Limit, "usage": quota.Usage, "push": quota.Push})
 	case errors.As(err, &refd):
 		return errorf(CodeDenied, "%v", refd).withStatus(http.StatusConflict).
 			withDetail(map[string]string{"referrer": refd.ReferrerOf})

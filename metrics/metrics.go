@@ -26,7 +26,7 @@ import (
 func Registry(d *db.DB, collector *gc.Collector, worker *events.Worker, pulls *events.Pulls, log *slog.Logger) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&berth{db: d, gc: collector, worker: worker, pulls: pulls, log: log})
+		&berth{db: d, gc: collector, worker: worker, pulls: pulls, log: log}, Usage(d, log))
 	return reg
 }
 

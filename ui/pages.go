@@ -81,6 +81,8 @@ func clipSearch(s string) string {
 
 type repositoryPage struct {
 	Name      string
+	Usage     db.Usage
+	Quotas    []db.Quota // covering the repository
 	Search    string
 	Tags      []tagRow
 	Next      string
@@ -106,6 +108,10 @@ func (s *Server) repository(rq *request, name string) {
 		return
 	}
 	p := repositoryPage{Name: name, Search: query.Search, CanDelete: rq.may(s, name, "delete"), Tab: "tags"}
+	if p.Usage, p.Quotas, err = s.db.UsageRepository(rq.r.Context(), name); err != nil {
+		s.fail(rq, err)
+		return
+	}
 	for _, t := range tags {
 		row := tagRow{TagSummary: t}
 		if t.Payload != nil {
@@ -311,6 +317,7 @@ func (s *Server) audit(rq *request, name string) {
 type gcPage struct {
 	db.StorageSummary
 	Recent []db.GCChange
+	Quotas []db.Quota
 }
 
 // recentCollections is how many of garbage collection's latest changes
@@ -332,7 +339,12 @@ func (s *Server) gc(rq *request) {
 		s.fail(rq, err)
 		return
 	}
-	s.render(rq, http.StatusOK, "gc", "Garbage collection", gcPage{StorageSummary: sum, Recent: recent}, "")
+	quotas, err := s.db.QuotaList(rq.r.Context())
+	if err != nil {
+		s.fail(rq, err)
+		return
+	}
+	s.render(rq, http.StatusOK, "gc", "Garbage collection", gcPage{StorageSummary: sum, Recent: recent, Quotas: quotas}, "")
 }
 
 // confirmPage asks before a change; posted, it makes the change.

@@ -39,6 +39,8 @@ Usage:
   berth retention list | preview NAME | run NAME | delete NAME   what retention removes, and removing it
   berth tag-rule add --repos GLOB --tags REGEX --immutable|--protected   immutable or protected tags; prints the rule's id
   berth tag-rule list | delete ID     tag rules
+  berth usage [PREFIX] | check        bytes used per repository and namespace; check recomputes it and exits 1 on drift
+  berth quota set PREFIX --limit 10GiB [--warn 80%] | list | delete PREFIX   quotas, enforced at manifest push
 
   berth import --from-dir PATH | --from-s3 --s3-bucket B [--s3-prefix P]   move a reference registry's storage tree into Berth
                                       (--s3-* flags name the source; Berth's own store comes from BERTH_*)
@@ -115,6 +117,10 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return tagRuleCommand(ctx, rest, env)
 	case "import":
 		return importCommand(ctx, rest, getenv, stdout, stderr)
+	case "usage":
+		return usageCommand(ctx, rest, env)
+	case "quota":
+		return quotaCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)
