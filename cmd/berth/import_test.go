@@ -516,6 +516,12 @@ func TestImportFromReferenceRegistry(t *testing.T) {
 		t.Errorf("a clean registry's import skipped something:\n%s", out)
 	}
 
+	// What the import stored went through the push path, so the usage
+	// kept by it is exact: the check, recomputing from scratch, agrees.
+	if out, _, err := runBerth(t, "usage", "check", "--database-url", dbURL); err != nil || !strings.Contains(out, ": 0 differences") {
+		t.Errorf("usage check after the import: %v\n%s", err, out)
+	}
+
 	berth := startReplica(t, dbURL, []string{"--storage-dir", storeDir}).url()
 	n := compare(t, reg.base, berth, root)
 	t.Logf("%d manifests byte-identical, %d pushed during the import", n, pushed)
