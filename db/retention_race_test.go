@@ -107,7 +107,10 @@ func TestRetentionBigRunDuringPushes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := dbtest.NewURL(t)
-	d, err := db.Open(ctx, url, db.Options{MaxConns: 8})
+	// The pushes that move a tag the run holds wait for the run's
+	// transaction; on a loaded machine that can outlast the default 5 s
+	// statement deadline, which is not what this test is about.
+	d, err := db.Open(ctx, url, db.Options{MaxConns: 8, Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
