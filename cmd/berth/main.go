@@ -39,6 +39,8 @@ Usage:
   berth retention list | preview NAME | run NAME | delete NAME   what retention removes, and removing it
   berth tag-rule add --repos GLOB --tags REGEX --immutable|--protected   immutable or protected tags; prints the rule's id
   berth tag-rule list | delete ID     tag rules
+  berth proxy add PREFIX UPSTREAM_URL [--username U --password-stdin] [--ttl 5m] [--remote-prefix P]   a pull-through cache
+  berth proxy list | delete PREFIX    pull-through caches
 
   berth help <command>                flags of a command
 
@@ -110,6 +112,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return retentionCommand(ctx, rest, env)
 	case "tag-rule":
 		return tagRuleCommand(ctx, rest, env)
+	case "proxy":
+		return proxyCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)
