@@ -322,13 +322,18 @@ FOR SHARE OF m`, repoID, dgst, isManifest)
 			return fmt.Errorf("lock the manifests naming %s: %w", dgst, err)
 		}
 		if isManifest {
-			if len(ids) == 0 {
-				return nil
-			}
-			if _, err := tx.Exec(ctx, `
+			if len(ids) > 0 {
+				if _, err := tx.Exec(ctx, `
 INSERT INTO manifest_children (parent_id, child_id) SELECT unnest($1::bigint[]), $2
 ON CONFLICT DO NOTHING`, ids, childID); err != nil {
-				return fmt.Errorf("record %s as a child: %w", dgst, err)
+					return fmt.Errorf("record %s as a child: %w", dgst, err)
+				}
+			}
+			// The manifest's own absent blobs that were cached while it
+			// was being stored (their ProxyResolve ran before it
+			// committed, and could not see it).
+			if err := manifestResolveBlobs(ctx, tx, repoID, childID); err != nil {
+				return err
 			}
 		} else {
 			var ready, linked bool
@@ -374,6 +379,34 @@ ON CONFLICT DO NOTHING`, ids, dgst); err != nil {
 		return nil
 	})
 	return present, err
+}
+
+// manifestResolveBlobs records as referenced the absent blobs of manifest
+// id (locked) that are ready and linked into the repository now. Locks:
+// those blobs FOR SHARE, in digest order; the links are read after.
+func manifestResolveBlobs(ctx context.Context, tx pgx.Tx, repoID, id int64) error {
+	rows, err := tx.Query(ctx, `
+SELECT b.digest FROM blobs b
+WHERE b.digest IN (SELECT digest FROM manifest_absent_refs WHERE manifest_id = $1 AND NOT is_manifest) AND b.state = 'ready'
+ORDER BY b.digest FOR SHARE`, id)
+	if err != nil {
+		return fmt.Errorf("lock absent blobs: %w", err)
+	}
+	ready, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(ready) == 0 {
+		return err
+	}
+	_, err = tx.Exec(ctx, `
+WITH linked AS (
+    DELETE FROM manifest_absent_refs a USING repository_blobs rb
+    WHERE a.manifest_id = $1 AND NOT a.is_manifest AND a.digest = ANY($3)
+      AND rb.repository_id = $2 AND rb.digest = a.digest
+    RETURNING a.digest)
+INSERT INTO manifest_blobs (manifest_id, digest) SELECT $1, digest FROM linked ON CONFLICT DO NOTHING`, id, repoID, ready)
+	if err != nil {
+		return fmt.Errorf("record absent blobs: %w", err)
+	}
+	return nil
 }
 
 // ProxyAbsentBlob returns the size a cached manifest of repo declares for
