@@ -119,10 +119,10 @@ func proxyAdd(ctx context.Context, args []string, env cmdEnv) error {
 	if err := d.ProxyAdd(ctx, p); err != nil {
 		return err
 	}
-	what := fmt.Sprintf("repositories %s/…", p.Prefix)
+	what := fmt.Sprintf("repositories %s/… are", p.Prefix)
 	if p.Prefix == "" {
-		what = "every repository no other proxy covers"
+		what = "every repository that no other proxy covers is"
 	}
-	fmt.Fprintf(env.stdout, "added proxy %q: %s are pulled through from %s, tags re-checked after %s\n", p.Prefix, what, p.Upstream, p.TTL.Round(time.Second))
+	fmt.Fprintf(env.stdout, "added proxy %q: %s pulled through from %s, tags re-checked after %s\n", p.Prefix, what, p.Upstream, p.TTL.Round(time.Second))
 	return nil
 }
