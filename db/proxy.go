@@ -205,6 +205,14 @@ WHERE key = $1 AND claimant = $2`, key, claimant, msg, status, memory.Microsecon
 	if err != nil {
 		return fmt.Errorf("fail claim %s: %w", key, err)
 	}
+	// Failures of keys nobody asked for again would stay: remove those
+	// whose memory ended long ago (a few rows, by the claims' key order).
+	_, err = d.q.Exec(ctx, `
+DELETE FROM proxy_claims WHERE key IN (
+    SELECT key FROM proxy_claims WHERE claimant = '' AND lease_until < now() - interval '1 hour' ORDER BY key LIMIT 100)`)
+	if err != nil {
+		return fmt.Errorf("remove old failed claims: %w", err)
+	}
 	return nil
 }
 

@@ -138,8 +138,18 @@ func (c *Cache) match(ctx context.Context, repo string) (*proxyEntry, error) {
 	defer c.mu.Unlock()
 	if time.Since(c.loadedAt) > proxiesReload {
 		list, err := c.db.ProxyList(ctx)
-		if err != nil {
+		if err != nil && c.loadedAt.IsZero() {
 			return nil, err
+		}
+		if err != nil {
+			// Serve on with the proxies read last; the next request
+			// after proxiesReload tries again.
+			c.log.WarnContext(ctx, "read the proxies; using the ones read before", "err", err)
+			c.loadedAt = time.Now()
+			list = nil
+			for _, p := range c.proxies {
+				list = append(list, p.Proxy)
+			}
 		}
 		c.proxies = c.proxies[:0]
 		for _, p := range list {
