@@ -20,7 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/berth-registry/berth/db/dbtest"
 )
@@ -50,7 +55,7 @@ type upstreamRegistry struct {
 	cmd *exec.Cmd
 }
 
-func startUpstream(t *testing.T) *upstreamRegistry {
+func startUpstream(t *testing.T, extraConfig ...string) *upstreamRegistry {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,7 +64,7 @@ func startUpstream(t *testing.T) *upstreamRegistry {
 	addr := ln.Addr().String()
 	ln.Close()
 	dir := t.TempDir()
-	config := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	config := fmt.Sprintf("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n%s", filepath.Join(dir, "data"), addr, strings.Join(extraConfig, ""))
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -78,7 +83,7 @@ func startUpstream(t *testing.T) *upstreamRegistry {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		return resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized
 	})
 	return u
 }
@@ -515,4 +520,91 @@ func TestProxyClaimantKilled(t *testing.T) {
 	if d, err := pull(b.url(), "library/big", "1"); err != nil || d != img.digest {
 		t.Fatalf("pull through the mirror: %v %s", err, d)
 	}
+}
+
+// TestProxyUpstreamAuth pulls through proxies whose upstreams want
+// credentials: another Berth with --auth token (the Docker token
+// protocol, with the stored user and password, sealed with
+// --proxy-secret-key), and the reference registry with htpasswd (Basic).
+// A proxy without credentials gets the upstream's refusal.
+func TestProxyUpstreamAuth(t *testing.T) {
+	t.Parallel()
+	// The token upstream: a Berth whose user alice may pull and push team/**.
+	upURL := dbtest.NewURL(t)
+	tokenUp := startReplica(t, upURL, []string{"--storage-dir", t.TempDir()}, "--auth", "token")
+	berthCommand(t, "alice-secret\n", "user", "add", "alice", "--password-stdin", "--database-url", upURL)
+	berthCommand(t, "", "grant", "alice", "team/**", "pull,push", "--database-url", upURL)
+	alice := &authn.Basic{Username: "alice", Password: "alice-secret"}
+	tokenImg := pushRandom(t, tokenUp.addr+"/team/app:v1", alice)
+
+	// The Basic upstream: the reference registry with an htpasswd file.
+	hash, err := bcrypt.GenerateFromPassword([]byte("bob-secret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("bob:"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	basicUp := startUpstream(t, fmt.Sprintf("auth:\n  htpasswd:\n    realm: test\n    path: %s\n", htpasswd))
+	bob := &authn.Basic{Username: "bob", Password: "bob-secret"}
+	basicImg := pushRandom(t, strings.TrimPrefix(basicUp.url, "http://")+"/vendor/tool:2", bob)
+
+	dbURL := dbtest.NewURL(t)
+	const key = "a-key-of-the-operator-0123456789"
+	berthCommandEnv(t, "alice-secret\n", []string{"BERTH_PROXY_SECRET_KEY=" + key},
+		"proxy", "add", "tok", tokenUp.url(), "--username", "alice", "--password-stdin", "--database-url", dbURL)
+	berthCommand(t, "bob-secret\n", "proxy", "add", "basic", basicUp.url, "--username", "bob", "--password-stdin", "--database-url", dbURL)
+	berthCommand(t, "", "proxy", "add", "anon", tokenUp.url(), "--database-url", dbURL)
+	if list := berthCommand(t, "", "proxy", "list", "--database-url", dbURL); strings.Contains(list, "secret") {
+		t.Fatalf("proxy list shows a password:\n%s", list)
+	}
+	cache := startReplica(t, dbURL, []string{"--storage-dir", t.TempDir()}, "--proxy-secret-key", key)
+	if d, err := pull(cache.url(), "tok/team/app", "v1"); err != nil || d != tokenImg {
+		t.Fatalf("through the token upstream: %v %s, want %s", err, d, tokenImg)
+	}
+	if d, err := pull(cache.url(), "basic/vendor/tool", "2"); err != nil || d != basicImg {
+		t.Fatalf("through the Basic upstream: %v %s, want %s", err, d, basicImg)
+	}
+	e := mustDo(t, http.MethodGet, cache.url()+"/v2/anon/team/app/manifests/v1", nil, http.StatusBadGateway)
+	if !strings.Contains(string(e.body), "answered 401") {
+		t.Errorf("without credentials: %s", e.body)
+	}
+	if strings.Contains(cache.logText(), "alice-secret") || strings.Contains(cache.logText(), "bob-secret") {
+		t.Error("a password is in the log")
+	}
+}
+
+// pushRandom pushes a small random image to ref with auth and returns
+// its digest.
+func pushRandom(t *testing.T, ref string, auth authn.Authenticator) digest.Digest {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(1<<10, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return digest.Digest(d.String())
+}
+
+func berthCommandEnv(t *testing.T, stdin string, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(berthBinary(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
