@@ -315,7 +315,7 @@ func (c *Cache) checkTag(ctx context.Context, p *proxyEntry, repo, tag string) e
 			if err != nil {
 				return err
 			}
-			if err := c.store(ctx, repo, m.MediaType, m.Payload, digest.Digest(m.Digest), tag); err != nil {
+			if err := c.store(ctx, p.Upstream, repo, m.MediaType, m.Payload, digest.Digest(m.Digest), tag); err != nil {
 				return err
 			}
 			return c.db.ProxyChecked(ctx, repo, tag)
@@ -369,7 +369,7 @@ func (c *Cache) fetchManifest(ctx context.Context, p *proxyEntry, repo, ref, tag
 		return "", &UpstreamError{Upstream: p.Upstream, Kind: "manifest", Ref: what, Status: resp.StatusCode,
 			Detail: fmt.Sprintf("the manifest's bytes have digest %s, not %s", dgst, want)}
 	}
-	if err := c.store(ctx, repo, resp.Header.Get("Content-Type"), payload, dgst, tag); err != nil {
+	if err := c.store(ctx, p.Upstream, repo, resp.Header.Get("Content-Type"), payload, dgst, tag); err != nil {
 		return "", err
 	}
 	if tag != "" {
@@ -382,10 +382,11 @@ func (c *Cache) fetchManifest(ctx context.Context, p *proxyEntry, repo, ref, tag
 
 // store records a fetched manifest through ManifestStore, sparse: what it
 // references is fetched when a client asks for it.
-func (c *Cache) store(ctx context.Context, repo, contentType string, payload []byte, dgst digest.Digest, tag string) error {
+func (c *Cache) store(ctx context.Context, upstream, repo, contentType string, payload []byte, dgst digest.Digest, tag string) error {
 	m, err := manifest.Parse(contentType, payload)
 	if err != nil {
-		return fmt.Errorf("the upstream's manifest %s: %w", dgst, err)
+		return &UpstreamError{Upstream: upstream, Kind: "manifest", Ref: repo + "@" + dgst.String(), Status: http.StatusOK,
+			Detail: fmt.Sprintf("Berth cannot store it: %v", err)}
 	}
 	put := db.ManifestPut{Repository: repo, Digest: dgst.String(), MediaType: m.MediaType, ArtifactType: m.ArtifactType,
 		Annotations: m.Annotations, Payload: payload, Sparse: true}
@@ -465,10 +466,25 @@ func (c *Cache) fetchBlob(ctx context.Context, p *proxyEntry, repo string, dgst 
 		return err
 	}
 	defer resp.Body.Close()
+	// A cached manifest that names the blob says how large it is: an
+	// upstream that sends more is cut off there (and fails the digest),
+	// instead of filling the store.
+	declared, known, err := c.db.ProxyAbsentBlob(ctx, repo, dgst.String())
+	if err != nil {
+		return err
+	}
+	if known && resp.ContentLength >= 0 && resp.ContentLength != declared {
+		return &UpstreamError{Upstream: p.Upstream, Kind: "blob", Ref: what, Status: resp.StatusCode,
+			Detail: fmt.Sprintf("it has %d bytes, the manifest says %d", resp.ContentLength, declared)}
+	}
 	body := newIdleReader(resp.Body, c.cfg.Timeout, cancel)
 	defer body.stop()
+	var limited io.Reader = body
+	if known {
+		limited = io.LimitReader(body, declared+1)
+	}
 	hsh := digests.New(dgst.Algorithm())
-	src := &teeReader{r: body, hash: hsh, w: w, counted: c.metrics.bytes}
+	src := &teeReader{r: limited, hash: hsh, w: w, counted: c.metrics.bytes}
 	if w != nil {
 		hdr := w.Header()
 		hdr.Set("Docker-Content-Digest", dgst.String())
@@ -656,7 +672,6 @@ func (c *Cache) fetchReferrers(ctx context.Context, p *proxyEntry, repo string, 
 		}
 		if resp.StatusCode == http.StatusOK {
 			err = jsonDecode(resp.Body, &index)
-			c.metrics.bytes.Add(0)
 		}
 		resp.Body.Close()
 		cancel()
