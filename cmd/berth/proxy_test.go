@@ -390,6 +390,13 @@ func TestProxyPullThrough(t *testing.T) {
 		if strings.Contains(string(listing), b.digest.String()) {
 			t.Errorf("_list shows the absent child: %s", listing)
 		}
+		page, err := get(replicas[0].url()+"/ui/r/hub/multi/-/manifests/"+idx.String(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(page), "(not cached)") || !strings.Contains(string(page), "/ui/r/hub/multi/-/manifests/"+a.digest.String()) {
+			t.Errorf("the web interface's index page does not show the cached child linked and the other one not cached:\n%s", page)
+		}
 	})
 
 	t.Run("referrers", func(t *testing.T) {
