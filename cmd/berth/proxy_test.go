@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -297,6 +298,9 @@ func TestProxyPullThrough(t *testing.T) {
 	dbURL := dbtest.NewURL(t)
 	storage := storageFlags(t)
 	berthCommand(t, "", "proxy", "add", "hub", ctr.srv.URL, "--ttl", "2s", "--remote-prefix", "team", "--database-url", dbURL)
+	// The same upstream with a TTL no test outlasts: what "within the TTL"
+	// means, without depending on how fast the test runs.
+	berthCommand(t, "", "proxy", "add", "hold", ctr.srv.URL, "--ttl", "1h", "--remote-prefix", "team", "--database-url", dbURL)
 	var replicas []*replica
 	for range 3 {
 		replicas = append(replicas, startReplica(t, dbURL, storage, "--proxy-upstream-timeout", "1s", "--proxy-fetch-lease", "2s"))
@@ -416,15 +420,36 @@ func TestProxyPullThrough(t *testing.T) {
 	})
 
 	t.Run("ttl", func(t *testing.T) {
+		if d, err := pull(replicas[0].url(), "hold/app", "v1"); err != nil || d != img.digest {
+			t.Fatalf("before the move: %v, got %s, want %s", err, d, img.digest)
+		}
 		moved := pushUpstreamImage(t, up.url, "team/app", "v1", []int{10}, "")
-		if d, err := pull(replicas[0].url(), "hub/app", "v1"); err != nil || d != img.digest {
+		if d, err := pull(replicas[1].url(), "hold/app", "v1"); err != nil || d != img.digest {
 			t.Fatalf("within the TTL: %v, got %s, want the old %s", err, d, img.digest)
 		}
-		time.Sleep(2100 * time.Millisecond)
+		time.Sleep(2100 * time.Millisecond) // more than hub's TTL
 		if d, err := pull(replicas[1].url(), "hub/app", "v1"); err != nil || d != moved.digest {
 			t.Fatalf("after the TTL: %v, got %s, want the new %s", err, d, moved.digest)
 		}
 		img = moved
+	})
+
+	t.Run("tag list", func(t *testing.T) {
+		pushUpstreamImage(t, up.url, "team/app", "only-upstream", []int{10}, "")
+		body, err := get(replicas[0].url()+"/v2/hub/app/tags/list", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list struct{ Tags []string }
+		json.Unmarshal(body, &list)
+		if !slices.Contains(list.Tags, "only-upstream") || !slices.Contains(list.Tags, "v1") {
+			t.Errorf("tag list through the cache: %s", body)
+		}
+		var hdr http.Header
+		body, err = get(replicas[0].url()+"/v2/hub/app/tags/list?n=1", &hdr)
+		if err != nil || !strings.Contains(hdr.Get("Link"), "last=") || strings.Count(string(body), ",") != 1 {
+			t.Errorf("first page of one tag: %v %s %v", err, body, hdr)
+		}
 	})
 
 	pushUpstreamImage(t, up.url, "team/app", "uncached-429", []int{10}, "")
@@ -465,6 +490,11 @@ func TestProxyPullThrough(t *testing.T) {
 		e := mustDo(t, http.MethodGet, replicas[2].url()+"/v2/hub/app/manifests/uncached-down", nil, http.StatusBadGateway)
 		if !strings.Contains(string(e.body), "UNAVAILABLE") {
 			t.Errorf("upstream stopped: uncached pull: %s", e.body)
+		}
+		var hdr http.Header
+		body, err := get(replicas[2].url()+"/v2/hub/app/tags/list", &hdr)
+		if err != nil || !strings.Contains(string(body), `"v1"`) || strings.Contains(string(body), "only-upstream") || hdr.Get("Warning") == "" {
+			t.Errorf("upstream stopped: tag list: %v %s %v", err, body, hdr)
 		}
 	})
 }
