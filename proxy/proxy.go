@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -100,9 +101,10 @@ type Cache struct {
 	metrics *metrics
 	local   group
 
+	snapshot atomic.Pointer[proxies]
+	reload   sync.Mutex // held by the request that reads the proxies
+
 	mu        sync.Mutex
-	proxies   []*proxyEntry
-	loadedAt  time.Time
 	upstreams map[string]*upstream // by prefix + the row's identity
 }
 
@@ -132,40 +134,70 @@ func New(cfg Config) *Cache {
 }
 
 // match returns the proxy whose prefix covers repository name (the
-// longest; the empty prefix covers what no other does), or nil.
+// longest; the empty prefix covers what no other does), or nil. Every API
+// request asks, so the proxies are a snapshot read without a lock; one
+// request at a time reads them again once the snapshot is older than
+// proxiesReload, the others use the snapshot meanwhile.
 func (c *Cache) match(ctx context.Context, repo string) (*proxyEntry, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.loadedAt) > proxiesReload {
-		list, err := c.db.ProxyList(ctx)
-		if err != nil && c.loadedAt.IsZero() {
+	snap := c.snapshot.Load()
+	if snap == nil || time.Since(snap.at) > proxiesReload {
+		if snap == nil {
+			c.reload.Lock() // nothing to serve with before the first read
+		} else if !c.reload.TryLock() {
+			return snap.match(repo), nil
+		}
+		var err error
+		snap, err = c.load(ctx)
+		c.reload.Unlock()
+		if err != nil {
 			return nil, err
 		}
-		if err != nil {
-			// Serve on with the proxies read last; the next request
-			// after proxiesReload tries again.
-			c.log.WarnContext(ctx, "read the proxies; using the ones read before", "err", err)
-			c.loadedAt = time.Now()
-			list = nil
-			for _, p := range c.proxies {
-				list = append(list, p.Proxy)
-			}
-		}
-		c.proxies = c.proxies[:0]
-		for _, p := range list {
-			c.proxies = append(c.proxies, &proxyEntry{Proxy: p,
-				key: p.Prefix + "\x00" + p.Upstream + "\x00" + p.Username + "\x00" + hex.EncodeToString(p.Password)})
-		}
-		// Longest prefix first: the first match wins.
-		slices.SortFunc(c.proxies, func(a, b *proxyEntry) int { return len(b.Prefix) - len(a.Prefix) })
-		c.loadedAt = time.Now()
 	}
-	for _, p := range c.proxies {
+	return snap.match(repo), nil
+}
+
+// proxies is a snapshot of the proxies, longest prefix first.
+type proxies struct {
+	list []*proxyEntry
+	at   time.Time
+}
+
+func (s *proxies) match(repo string) *proxyEntry {
+	for _, p := range s.list {
 		if p.Prefix == "" || repo == p.Prefix || strings.HasPrefix(repo, p.Prefix+"/") {
-			return p, nil
+			return p
 		}
 	}
-	return nil, nil
+	return nil
+}
+
+// load reads the proxies (unless another request just did), with
+// c.reload held.
+func (c *Cache) load(ctx context.Context) (*proxies, error) {
+	old := c.snapshot.Load()
+	if old != nil && time.Since(old.at) <= proxiesReload {
+		return old, nil
+	}
+	list, err := c.db.ProxyList(ctx)
+	if err != nil {
+		if old == nil {
+			return nil, err
+		}
+		// Serve on with the proxies read last; the next request after
+		// proxiesReload tries again.
+		c.log.WarnContext(ctx, "read the proxies; using the ones read before", "err", err)
+		s := &proxies{list: old.list, at: time.Now()}
+		c.snapshot.Store(s)
+		return s, nil
+	}
+	s := &proxies{at: time.Now()}
+	for _, p := range list {
+		s.list = append(s.list, &proxyEntry{Proxy: p,
+			key: p.Prefix + "\x00" + p.Upstream + "\x00" + p.Username + "\x00" + hex.EncodeToString(p.Password)})
+	}
+	slices.SortFunc(s.list, func(a, b *proxyEntry) int { return len(b.Prefix) - len(a.Prefix) })
+	c.snapshot.Store(s)
+	return s, nil
 }
 
 // Upstream returns the upstream URL of the proxy that covers repository
