@@ -563,7 +563,9 @@ func TestProxyClaimantKilled(t *testing.T) {
 // credentials: another Berth with --auth token (the Docker token
 // protocol, with the stored user and password, sealed with
 // --proxy-secret-key), and the reference registry with htpasswd (Basic).
-// A proxy without credentials gets the upstream's refusal.
+// A proxy without credentials gets the upstream's refusal. The cache's own
+// --auth applies to proxied repositories as to any: the pull grant to
+// pull, and a push is refused even with the push grant.
 func TestProxyUpstreamAuth(t *testing.T) {
 	t.Parallel()
 	// The token upstream: a Berth whose user alice may pull and push team/**.
@@ -596,14 +598,23 @@ func TestProxyUpstreamAuth(t *testing.T) {
 	if list := berthCommand(t, "", "proxy", "list", "--database-url", dbURL); strings.Contains(list, "secret") {
 		t.Fatalf("proxy list shows a password:\n%s", list)
 	}
-	cache := startReplica(t, dbURL, []string{"--storage-dir", t.TempDir()}, "--proxy-secret-key", key)
-	if d, err := pull(cache.url(), "tok/team/app", "v1"); err != nil || d != tokenImg {
+	// The cache has authentication of its own: carol may pull (and push)
+	// everything, anonymous nothing.
+	cache := startReplica(t, dbURL, []string{"--storage-dir", t.TempDir()}, "--proxy-secret-key", key, "--auth", "basic")
+	berthCommand(t, "carol-pw\n", "user", "add", "carol", "--password-stdin", "--database-url", dbURL)
+	berthCommand(t, "", "grant", "carol", "**", "pull,push", "--database-url", dbURL)
+	carol := "http://carol:carol-pw@" + cache.addr
+	mustDo(t, http.MethodGet, cache.url()+"/v2/tok/team/app/manifests/v1", nil, http.StatusUnauthorized)
+	if d, err := pull(carol, "tok/team/app", "v1"); err != nil || d != tokenImg {
 		t.Fatalf("through the token upstream: %v %s, want %s", err, d, tokenImg)
 	}
-	if d, err := pull(cache.url(), "basic/vendor/tool", "2"); err != nil || d != basicImg {
+	if d, err := pull(carol, "basic/vendor/tool", "2"); err != nil || d != basicImg {
 		t.Fatalf("through the Basic upstream: %v %s, want %s", err, d, basicImg)
 	}
-	e := mustDo(t, http.MethodGet, cache.url()+"/v2/anon/team/app/manifests/v1", nil, http.StatusBadGateway)
+	if e := mustDo(t, http.MethodPost, carol+"/v2/tok/team/app/blobs/uploads/", nil, http.StatusForbidden); !strings.Contains(string(e.body), "pull-through cache") {
+		t.Errorf("a push with the push grant: %s", e.body)
+	}
+	e := mustDo(t, http.MethodGet, carol+"/v2/anon/team/app/manifests/v1", nil, http.StatusBadGateway)
 	if !strings.Contains(string(e.body), "answered 401") {
 		t.Errorf("without credentials: %s", e.body)
 	}
