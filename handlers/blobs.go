@@ -66,7 +66,7 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 			return nil
 		}
 		if err != nil {
-			return upstreamWire(err, CodeBlobUnknown)
+			return err
 		}
 	}
 	size, err := h.db.BlobSize(r.Context(), rt.name, dgst.String())

@@ -135,7 +135,7 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 	if proxied(r) {
 		stale, err := h.proxy.Referrers(r.Context(), rt.name, dgst)
 		if err != nil {
-			return upstreamWire(err, CodeManifestUnknown)
+			return err
 		}
 		setStale(w, stale)
 	}
@@ -179,7 +179,7 @@ func (h *Handler) proxyTags(w http.ResponseWriter, r *http.Request, rt route, la
 		return h.db.TagList(r.Context(), rt.name, last, n)
 	}
 	if err != nil {
-		return nil, false, upstreamWire(err, CodeNameUnknown)
+		return nil, false, err
 	}
 	i, _ := slices.BinarySearch(all, last)
 	if i < len(all) && all[i] == last {

@@ -52,7 +52,7 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if proxied(r) {
 		stale, err := h.proxy.Manifest(r.Context(), rt.name, ref.String())
 		if err != nil {
-			return upstreamWire(err, CodeManifestUnknown)
+			return err
 		}
 		setStale(w, stale)
 	}

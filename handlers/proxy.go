@@ -2,12 +2,9 @@ package handlers
 
 import (
 	"context"
-	"errors"
 	"net/http"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/berth-registry/berth/proxy"
 )
 
 // PullThrough is the pull-through cache (package proxy), seen from the
@@ -71,28 +68,4 @@ func setStale(w http.ResponseWriter, reason string) {
 	}
 	w.Header().Set("Warning", `110 - "Response is Stale"`)
 	w.Header().Set("X-Berth-Proxy-Stale", clipTo(reason, maxMessage))
-}
-
-// upstreamWire turns an upstream's answer into the client's error:
-// notFound's code for a 404, TOOMANYREQUESTS for a 429, UNAVAILABLE with
-// 502 (504 for a timeout) for the rest; the message names the upstream
-// and its answer.
-func upstreamWire(err error, notFound Code) error {
-	var ue *proxy.UpstreamError
-	if !errors.As(err, &ue) {
-		return err
-	}
-	switch {
-	case ue.Status == http.StatusNotFound:
-		return errorf(notFound, "%v", ue).withStatus(http.StatusNotFound)
-	case ue.Status == http.StatusTooManyRequests:
-		e := errorf(CodeTooManyRequests, "%v", ue)
-		if ue.RetryAfter != "" {
-			e.Header = http.Header{"Retry-After": {ue.RetryAfter}}
-		}
-		return e
-	case ue.Timeout:
-		return errorf(CodeUnavailable, "%v", ue).withStatus(http.StatusGatewayTimeout)
-	}
-	return errorf(CodeUnavailable, "%v", ue).withStatus(http.StatusBadGateway)
 }

@@ -27,6 +27,9 @@ func (c *Cache) flight(ctx context.Context, key string, done func(context.Contex
 	})
 }
 
+// claimKinds is what the claims' keys name, by their prefix.
+var claimKinds = map[string]string{"m:": "manifest", "t:": "manifest", "b:": "blob", "r:": "referrers"}
+
 // Polling bounds for the wait on another replica's fetch.
 const (
 	pollFirst = 10 * time.Millisecond
@@ -48,7 +51,7 @@ func (c *Cache) cluster(ctx context.Context, key string, done func(context.Conte
 			return c.holding(ctx, key, fetch)
 		}
 		if st.Failed {
-			return &UpstreamError{Upstream: "", Status: st.Status, Detail: st.Error, shared: true}
+			return &UpstreamError{Kind: claimKinds[key[:2]], Status: st.Status, Detail: st.Error, shared: true}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("waited %s for another replica's fetch of %s", maxWait, key)

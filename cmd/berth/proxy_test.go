@@ -360,6 +360,20 @@ func TestProxyPullThrough(t *testing.T) {
 		}
 	})
 
+	t.Run("unknown upstream", func(t *testing.T) {
+		for path, code := range map[string]string{
+			"/v2/hub/app/manifests/nope":                           "MANIFEST_UNKNOWN",
+			"/v2/hub/app/blobs/" + sha([]byte("nothing")).String(): "BLOB_UNKNOWN",
+			"/v2/hub/nothing/manifests/" + img.digest.String():     "MANIFEST_UNKNOWN",
+			"/v2/hub/nothing/tags/list":                            "NAME_UNKNOWN",
+		} {
+			e := mustDo(t, http.MethodGet, replicas[2].url()+path, nil, http.StatusNotFound)
+			if !strings.Contains(string(e.body), code) || !strings.Contains(string(e.body), "answered 404") {
+				t.Errorf("%s: %s", path, e.body)
+			}
+		}
+	})
+
 	t.Run("sparse index", func(t *testing.T) {
 		a := pushUpstreamImage(t, up.url, "team/multi", "amd64", []int{1000}, "")
 		b := pushUpstreamImage(t, up.url, "team/multi", "arm64", []int{2000}, "")
