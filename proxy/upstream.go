@@ -94,6 +94,10 @@ func newUpstream(rawURL, username, password string, timeout time.Duration, m *me
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("upstream URL %q: want http://host[:port] or https://host[:port]", rawURL)
 	}
+	if u.User != nil {
+		// It would be stored and listed in clear.
+		return nil, errors.New("the upstream URL must not hold credentials: give them with --username and --password-stdin")
+	}
 	var opts []name.Option
 	if u.Scheme == "http" {
 		opts = append(opts, name.Insecure)
