@@ -670,3 +670,38 @@ func berthCommandEnv(t *testing.T, stdin string, env []string, args ...string) s
 	}
 	return string(out)
 }
+
+// berth proxy: bad input is refused saying what is wrong; add, list
+// (never the password), delete.
+func TestProxyCLI(t *testing.T) {
+	t.Parallel()
+	dbURL := dbtest.NewURL(t)
+	for _, tc := range []struct {
+		args    []string
+		stdin   string
+		mention string
+	}{
+		{[]string{"add", "Hub", "https://registry-1.docker.io"}, "", `prefix "Hub" is not a repository name`},
+		{[]string{"add", "hub", "ftp://example.com"}, "", "want http://host[:port] or https://host[:port]"},
+		{[]string{"add", "hub", "https://u:p@example.com"}, "", "must not hold credentials"},
+		{[]string{"add", "hub", "https://example.com", "--username", "u"}, "", "--username and --password-stdin go together"},
+		{[]string{"add", "hub", "https://example.com", "--remote-prefix", "Lib"}, "", `--remote-prefix "Lib"`},
+		{[]string{"add", "hub"}, "", "usage"},
+		{[]string{"delete", "nothing"}, "", "no proxy has this prefix"},
+		{[]string{"purge"}, "", "unknown command: proxy purge"},
+	} {
+		berthCLI(t, dbURL, tc.stdin, append([]string{"proxy"}, tc.args...)...).fails(t, tc.mention)
+	}
+	berthCLI(t, dbURL, "", "proxy", "add", "", "https://registry-1.docker.io").ok(t)
+	berthCLI(t, dbURL, "hunter2-upstream\n", "proxy", "add", "ghcr", "https://ghcr.io", "--username", "bot", "--password-stdin", "--ttl", "10m").ok(t)
+	berthCLI(t, dbURL, "", "proxy", "add", "ghcr", "https://ghcr.io").fails(t, "a proxy with this prefix exists")
+	list := berthCLI(t, dbURL, "", "proxy", "list").ok(t).stdout
+	if !strings.Contains(list, `"" (mirror)  https://registry-1.docker.io`) || !strings.Contains(list, "ghcr") ||
+		!strings.Contains(list, "bot") || !strings.Contains(list, "10m0s") || strings.Contains(list, "hunter2") {
+		t.Fatalf("proxy list:\n%s", list)
+	}
+	berthCLI(t, dbURL, "", "proxy", "delete", "ghcr").ok(t)
+	if list := berthCLI(t, dbURL, "", "proxy", "list").ok(t).stdout; strings.Contains(list, "ghcr") {
+		t.Fatalf("deleted proxy listed:\n%s", list)
+	}
+}
