@@ -48,6 +48,15 @@ func (c *Cache) cluster(ctx context.Context, key string, done func(context.Conte
 			return err
 		}
 		if st.Won {
+			// The claimant before may have stored it and released the
+			// claim between our look and our claim: look again, now that
+			// no one else can be fetching.
+			if ok, err := done(ctx); err != nil || ok {
+				if rerr := c.db.ProxyRelease(ctx, key, c.cfg.Instance); rerr != nil && err == nil {
+					err = rerr
+				}
+				return err
+			}
 			return c.holding(ctx, key, fetch)
 		}
 		if st.Failed {

@@ -303,8 +303,12 @@ func TestProxyPullThrough(t *testing.T) {
 	berthCommand(t, "", "proxy", "add", "hold", ctr.srv.URL, "--ttl", "1h", "--remote-prefix", "team", "--database-url", dbURL)
 	var replicas []*replica
 	for range 3 {
-		replicas = append(replicas, startReplica(t, dbURL, storage, "--proxy-upstream-timeout", "1s", "--proxy-fetch-lease", "2s"))
+		replicas = append(replicas, startReplica(t, dbURL, storage, "--proxy-fetch-lease", "2s"))
 	}
+	// A fourth, whose upstream timeout is short, for the hanging upstream
+	// (the others keep the default: a loaded machine must not make 32
+	// pullers time out).
+	impatient := startReplica(t, dbURL, storage, "--proxy-upstream-timeout", "1s", "--proxy-fetch-lease", "2s")
 	list := berthCommand(t, "", "proxy", "list", "--database-url", dbURL)
 	if !strings.Contains(list, "hub") || !strings.Contains(list, ctr.srv.URL) {
 		t.Fatalf("proxy list:\n%s", list)
@@ -474,22 +478,23 @@ func TestProxyPullThrough(t *testing.T) {
 			mode, tag string
 			status    int
 			message   string
+			via       []*replica
 		}{
-			{"429", "uncached-429", http.StatusTooManyRequests, "answered 429"},
-			{"503", "uncached-429", http.StatusBadGateway, "answered 503"},
-			{"hang", "uncached-hang", http.StatusGatewayTimeout, "no answer within 1s"},
+			{"429", "uncached-429", http.StatusTooManyRequests, "answered 429", replicas},
+			{"503", "uncached-429", http.StatusBadGateway, "answered 503", replicas},
+			{"hang", "uncached-hang", http.StatusGatewayTimeout, "no answer within 1s", []*replica{impatient, impatient}},
 		} {
 			ctr.setMode(c.mode)
 			time.Sleep(2100 * time.Millisecond) // the TTL of v1, and the memory of the last failure
 			var hdr http.Header
-			if d, err := pull(replicas[0].url(), "hub/app", "v1"); err != nil || d != img.digest {
+			if d, err := pull(c.via[0].url(), "hub/app", "v1"); err != nil || d != img.digest {
 				t.Fatalf("%s: cached pull: %v %s", c.mode, err, d)
 			}
-			if _, err := get(replicas[0].url()+"/v2/hub/app/manifests/v1", &hdr); err != nil || hdr.Get("Warning") != `110 - "Response is Stale"` ||
+			if _, err := get(c.via[0].url()+"/v2/hub/app/manifests/v1", &hdr); err != nil || hdr.Get("Warning") != `110 - "Response is Stale"` ||
 				!strings.Contains(hdr.Get("X-Berth-Proxy-Stale"), ctr.srv.URL) {
 				t.Errorf("%s: cached pull not marked stale: %v %v", c.mode, err, hdr)
 			}
-			e := mustDo(t, http.MethodGet, replicas[1].url()+"/v2/hub/app/manifests/"+c.tag, nil, c.status)
+			e := mustDo(t, http.MethodGet, c.via[1].url()+"/v2/hub/app/manifests/"+c.tag, nil, c.status)
 			if !strings.Contains(string(e.body), ctr.srv.URL) || !strings.Contains(string(e.body), c.message) {
 				t.Errorf("%s: uncached pull: %s", c.mode, e.body)
 			}
@@ -555,12 +560,14 @@ func TestProxyClaimantKilled(t *testing.T) {
 		waiter <- err
 	}()
 	time.Sleep(300 * time.Millisecond) // b is waiting on a's claim
+	t.Logf("%s: killing the claimant", time.Now().Format(time.StampMilli))
 	a.cmd.Process.Kill()
 	select {
 	case err := <-waiter:
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("%s: the waiter has the blob", time.Now().Format(time.StampMilli))
 	case <-time.After(30 * time.Second):
 		t.Fatal("the waiting client did not get the blob")
 	}
