@@ -59,6 +59,16 @@ func proxyWrite(rt route, method, upstream string) error {
 		rt.name, upstream)
 }
 
+// refuseProxied refuses a change the web interface would make to a
+// repository of the pull-through cache, as the API does.
+func (h *Handler) refuseProxied(r *http.Request, repo string) error {
+	upstream, err := h.proxyOf(r, route{name: repo})
+	if err != nil || upstream == "" {
+		return err
+	}
+	return proxyWrite(route{kind: routeManifest, name: repo}, http.MethodDelete, upstream)
+}
+
 // setStale marks a response served from the cache without the
 // upstream's confirmation (RFC 9111's warn-code 110, and Berth's own
 // header with the reason).
