@@ -188,7 +188,7 @@ func (h *Handler) proxyTags(w http.ResponseWriter, r *http.Request, rt route, la
 	if last == "" {
 		i = 0
 	}
-	tags := all[i:]
+	tags := append([]string{}, all[i:]...) // [] rather than null when there are none
 	if n >= 0 && len(tags) > n {
 		return tags[:n], true, nil
 	}
