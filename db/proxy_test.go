@@ -119,12 +119,14 @@ func TestProxyClaims(t *testing.T) {
 		defer d.Close()
 		handles = append(handles, d)
 	}
+	round := 0
 	race := func(key string, lease time.Duration) (winners []string) {
+		round++ // claimants are new replicas in every round
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for i := range 32 {
 			wg.Go(func() {
-				me := fmt.Sprint("r", i)
+				me := fmt.Sprintf("round%d-r%d", round, i)
 				st, err := handles[i%2].ProxyClaim(ctx, key, me, lease)
 				if err != nil {
 					t.Error(err)
