@@ -26,6 +26,11 @@
 //	event_streams (one per repository: the last seq) ─< events ─< webhook_deliveries >── webhooks
 //	tag_rules (immutable and protected tags: a repository glob, a tag regexp)
 //
+//	proxies (pull-through caches: a name prefix → an upstream), proxy_keys,
+//	proxy_claims (who fetches what from an upstream), proxy_checks (when a
+//	cached tag was last found current); manifests ─< manifest_absent_refs
+//	(what a cached manifest names that is not cached yet; see proxy.go)
+//
 // A blob is visible in a repository only through repository_blobs. A
 // manifest row is live while deleted_at is NULL; a delete by digest writes a
 // tombstone and removes the manifest's tags in the same transaction.
@@ -96,6 +101,11 @@
 // manifest's or tag's first pull (FOR UPDATE against FOR KEY SHARE), and
 // a delete, whose cascade removes statistics rows, at most for one flush.
 //
+// The pull-through cache's own rows (proxies, proxy_keys, proxy_claims,
+// proxy_checks) are written by single statements outside any other
+// transaction, so they too stand aside from the order: a claim waits only
+// for another statement on the same claim (see proxy.go).
+//
 // The authentication tables are never locked in a transaction that locks
 // any of the above, and among themselves in this order:
 //
@@ -132,6 +142,11 @@
 //	pull stats      statistics rows FOR NO KEY UPDATE SKIP LOCKED; new ones: manifests, then tags, FOR KEY SHARE SKIP LOCKED → the rows (inserted), by key
 //	blob import     the blobs FOR UPDATE, by digest (inserted where missing) → their candidates (berth import: a blob commit without a session, see import.go)
 //	history seed    advisory transaction locks (26980, hash of repository and tag), in key order, alone in their transaction (berth import, see TagHistorySeed)
+//	proxy store     as manifest push (Sparse: absent children and blobs are recorded, not locked)
+//	proxy blob      the blob FOR UPDATE, as blob commit; then proxy resolve
+//	proxy resolve   the usage advisory lock (shared, first, as for a push); then a child: the child FOR SHARE → the indexes naming it FOR SHARE, by digest → its absent blobs FOR SHARE, by digest;
+//	                a blob: the manifests naming it FOR SHARE, by digest → the blob FOR SHARE
+//	proxy claim     the claim row alone (one statement: INSERT … ON CONFLICT DO UPDATE … WHERE the lease expired)
 //
 // A delete (FOR UPDATE) and any push that would reference or tag the same
 // manifest (FOR SHARE or FOR UPDATE) exclude each other, so a tag can never

@@ -172,6 +172,15 @@ type ManifestPut struct {
 	TagCondition TagCondition
 	// Restore records the tag change as a restore rather than a push.
 	Restore bool
+	// Sparse lets blobs and child manifests be absent from the repository:
+	// a pull-through cache stores a manifest before (or without) what it
+	// references, which is fetched only when a client asks for it (a
+	// client pulling one platform of an index fetches one child). What is
+	// absent is recorded in manifest_absent_refs, and becomes an ordinary
+	// reference once cached (ProxyResolve). Allowed only in repositories
+	// under a proxy prefix (see proxy.go); elsewhere the push fails with
+	// ErrNotProxied.
+	Sparse bool
 }
 
 // ManifestStore stores manifest p (or revives its tombstone) and points
@@ -224,7 +233,12 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 		if err != nil {
 			return err
 		}
-		childIDs, err := manifestLockChildren(ctx, tx, repoID, children)
+		if p.Sparse {
+			if err := proxyCovers(ctx, tx, p.Repository); err != nil {
+				return err
+			}
+		}
+		childIDs, absentChildren, err := manifestLockChildren(ctx, tx, repoID, children, p.Sparse)
 		if err != nil {
 			return err
 		}
@@ -254,13 +268,26 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 				movedFrom = append(movedFrom, from)
 			}
 		}
-		if err := blobLockShared(ctx, tx, repoID, blobs, blobDigests); err != nil {
+		var absentBlobs []BlobRef
+		if p.Sparse {
+			blobs, absentBlobs, err = blobLockPresent(ctx, tx, repoID, blobs, blobDigests)
+			if err != nil {
+				return err
+			}
+			blobDigests = make([]string, len(blobs))
+			for i, b := range blobs {
+				blobDigests[i] = b.Digest
+			}
+		} else if err := blobLockShared(ctx, tx, repoID, blobs, blobDigests); err != nil {
 			return err
 		}
 		if change != manifestUnchanged {
 			// A revived row may have lost child rows to the purge of a
 			// child; recording is idempotent, so record in both cases.
 			if err := manifestRecordRefs(ctx, tx, id, blobDigests, childIDs); err != nil {
+				return err
+			}
+			if err := manifestRecordAbsent(ctx, tx, id, absentBlobs, absentChildren); err != nil {
 				return err
 			}
 			// Live now: its bytes and blobs count, and a quota may refuse it.
@@ -293,10 +320,11 @@ func (d *DB) ManifestStore(ctx context.Context, p ManifestPut, actor Actor) (pre
 }
 
 // manifestLockChildren locks the live child manifests FOR SHARE, in digest
-// order, and returns their ids.
-func manifestLockChildren(ctx context.Context, tx pgx.Tx, repoID int64, children []string) ([]int64, error) {
+// order, and returns their ids. A child that is not live is an error, or
+// with sparse returned in absent.
+func manifestLockChildren(ctx context.Context, tx pgx.Tx, repoID int64, children []string, sparse bool) (ids []int64, absent []string, err error) {
 	if len(children) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	rows, err := tx.Query(ctx, `
 SELECT id, digest FROM manifests
@@ -304,29 +332,33 @@ WHERE repository_id = $1 AND digest = ANY($2) AND deleted_at IS NULL
 ORDER BY digest
 FOR SHARE`, repoID, children)
 	if err != nil {
-		return nil, fmt.Errorf("lock child manifests: %w", err)
+		return nil, nil, fmt.Errorf("lock child manifests: %w", err)
 	}
 	found := make(map[string]int64, len(children))
 	for rows.Next() {
 		var id int64
 		var dgst string
 		if err := rows.Scan(&id, &dgst); err != nil {
-			return nil, fmt.Errorf("lock child manifests: %w", err)
+			return nil, nil, fmt.Errorf("lock child manifests: %w", err)
 		}
 		found[dgst] = id
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("lock child manifests: %w", err)
+		return nil, nil, fmt.Errorf("lock child manifests: %w", err)
 	}
-	ids := make([]int64, 0, len(children))
+	ids = make([]int64, 0, len(children))
 	for _, c := range children {
 		id, ok := found[c]
 		if !ok {
-			return nil, &MissingReferenceError{Digest: c, Manifest: true}
+			if sparse {
+				absent = append(absent, c)
+				continue
+			}
+			return nil, nil, &MissingReferenceError{Digest: c, Manifest: true}
 		}
 		ids = append(ids, id)
 	}
-	return ids, nil
+	return ids, absent, nil
 }
 
 // manifestLockSubject locks the subject of a referrer FOR SHARE, if it is

@@ -71,12 +71,14 @@ import (
 const usageLockSpace = 0x7573
 
 // usageNote is a manifest that became live (+1) or stopped being live
-// (-1) in a transaction.
+// (-1) in a transaction; or, with digest set, a reference from a live
+// manifest to blob digest recorded after the manifest itself (noteRef).
 type usageNote struct {
 	repoID     int64
 	repo       string
 	manifestID int64
 	sign       int32
+	digest     string
 }
 
 // noteLive records, for the flush at the end of the transaction, that
@@ -86,6 +88,19 @@ type usageNote struct {
 func noteLive(tx pgx.Tx, repoID int64, repo string, id int64, sign int32) {
 	if o := outboxOf(tx); o != nil {
 		o.usage = append(o.usage, usageNote{repoID: repoID, repo: repo, manifestID: id, sign: sign})
+	}
+}
+
+// noteRef records, for the flush at the end of the transaction, that a
+// live manifest of repository repoID (repo) has gained a reference to blob
+// digest: a pull-through cache's manifest stored before the blob, which it
+// listed as absent (manifest_absent_refs), gets the reference once the
+// blob is cached (ProxyResolve). It counts like a reference the manifest
+// had from the start; it is never refused by a quota, since the manifest
+// was admitted when it was stored and the bytes are already in the store.
+func noteRef(tx pgx.Tx, repoID int64, repo, digest string) {
+	if o := outboxOf(tx); o != nil {
+		o.usage = append(o.usage, usageNote{repoID: repoID, repo: repo, sign: 1, digest: digest})
 	}
 }
 
@@ -146,8 +161,13 @@ func (d *DB) usageFlush(ctx context.Context, tx pgx.Tx, o *outbox) error {
 	// Net the notes: a manifest deleted and revived in one transaction
 	// changes nothing.
 	net := map[repoKey]map[int64]int32{}
+	refs := map[repoKey][]string{}
 	for _, n := range o.usage {
 		k := repoKey{n.repo, n.repoID}
+		if n.digest != "" {
+			refs[k] = append(refs[k], n.digest)
+			continue
+		}
 		if net[k] == nil {
 			net[k] = map[int64]int32{}
 		}
@@ -158,6 +178,11 @@ func (d *DB) usageFlush(ctx context.Context, tx pgx.Tx, o *outbox) error {
 	for k := range net {
 		keys = append(keys, k)
 	}
+	for k := range refs {
+		if net[k] == nil {
+			keys = append(keys, k)
+		}
+	}
 	slices.SortFunc(keys, func(a, b repoKey) int { return strings.Compare(a.name, b.name) })
 	for _, k := range keys {
 		var ids []int64
@@ -167,10 +192,10 @@ func (d *DB) usageFlush(ctx context.Context, tx pgx.Tx, o *outbox) error {
 				ids, signs = append(ids, id), append(signs, s)
 			}
 		}
-		if len(ids) == 0 {
+		if len(ids) == 0 && len(refs[k]) == 0 {
 			continue
 		}
-		if err := d.usageApply(ctx, tx, o, k.id, k.name, ids, signs); err != nil {
+		if err := d.usageApply(ctx, tx, o, k.id, k.name, ids, signs, refs[k]); err != nil {
 			return err
 		}
 	}
@@ -214,7 +239,8 @@ func topLevel(repo string) string {
 
 // usageApplySQL applies a repository's liveness changes ($1 repository
 // id; $2, $3 manifest ids and signs) and locks the quotas covering it ($4,
-// the prefixes that cover its name), in one statement. The quotas are
+// the prefixes that cover its name; $5, blobs gained by live manifests,
+// see noteRef), in one statement. The quotas are
 // locked first, in prefix order: the upsert of the reference counts takes
 // its input through an aggregate over them, which must read (and lock)
 // every quota row before it yields a row. The reference counts are then
@@ -228,9 +254,10 @@ WITH q AS (
 qn AS (SELECT count(*) AS n FROM q),
 ch AS (SELECT * FROM unnest($2::bigint[], $3::int[]) AS u(id, sign)),
 d AS (
-    SELECT mb.digest, sum(ch.sign)::int AS delta
-    FROM ch JOIN manifest_blobs mb ON mb.manifest_id = ch.id
-    GROUP BY mb.digest HAVING sum(ch.sign) <> 0),
+    SELECT x.digest, sum(x.sign)::int AS delta
+    FROM (SELECT mb.digest, ch.sign FROM ch JOIN manifest_blobs mb ON mb.manifest_id = ch.id
+          UNION ALL SELECT unnest($5::text[]), 1) x
+    GROUP BY x.digest HAVING sum(x.sign) <> 0),
 up AS (
     INSERT INTO repository_blob_refs AS r (repository_id, digest, refs)
     SELECT $1, d.digest, d.delta FROM d CROSS JOIN qn ORDER BY d.digest
@@ -256,8 +283,9 @@ UNION ALL
 SELECT 'b', digest, came, size, 0, 0, 0 FROM tr`
 
 // usageApply applies to repository repoID the liveness changes of the
-// manifests ids (signs: +1 live now, -1 not live any more).
-func (d *DB) usageApply(ctx context.Context, tx pgx.Tx, o *outbox, repoID int64, repo string, ids []int64, signs []int32) error {
+// manifests ids (signs: +1 live now, -1 not live any more), and the
+// references refs that live manifests gained (noteRef; never refused).
+func (d *DB) usageApply(ctx context.Context, tx pgx.Tx, o *outbox, repoID int64, repo string, ids []int64, signs []int32, refs []string) error {
 	// Every path takes the lock at its start (repositoryEnsureUsage,
 	// usageLockShared); this is the backstop for one that would not,
 	// correct but able to stall behind a quota being created.
@@ -273,7 +301,10 @@ func (d *DB) usageApply(ctx context.Context, tx pgx.Tx, o *outbox, repoID int64,
 	var quotas []quota
 	var came, went []string
 	var manifestBytes, manifests int64
-	rows, err := tx.Query(ctx, usageApplySQL, repoID, ids, signs, namespacesOf(repo))
+	if refs == nil {
+		refs = []string{}
+	}
+	rows, err := tx.Query(ctx, usageApplySQL, repoID, ids, signs, namespacesOf(repo), refs)
 	if err != nil {
 		return fmt.Errorf("count usage of %s: %w", repo, err)
 	}
@@ -363,7 +394,7 @@ SELECT s.bytes, s.gone, u.after, u.warned FROM s, u`, q.id, digests, deltas, man
 			return fmt.Errorf("count usage of quota %s: %w", q.prefix, err)
 		}
 		added := blobBytes + manifestBytes
-		if added > 0 && after > q.limit {
+		if added > 0 && after > q.limit && len(ids) > 0 {
 			return &QuotaExceededError{Prefix: q.prefix, Limit: q.limit, Usage: q.usage, Push: added}
 		}
 		// warned: at or above the threshold now; crossed only if it was

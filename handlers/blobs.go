@@ -49,6 +49,26 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 	if err != nil {
 		return err
 	}
+	if proxied(r) {
+		// A whole GET is streamed as it is fetched; a HEAD or a range is
+		// answered from the store once the blob is there.
+		var stream http.ResponseWriter
+		if r.Method == http.MethodGet && r.Header.Get("Range") == "" && h.redirect == nil {
+			stream = w
+		}
+		served, err := h.proxy.Blob(r.Context(), stream, rt.name, dgst)
+		if served {
+			if err != nil {
+				h.log.ErrorContext(r.Context(), "proxy fetch failed while streaming", "digest", dgst, "err", err)
+				panic(http.ErrAbortHandler) // the client must see a broken download, not a short one
+			}
+			h.recordPull(r, db.PullEvent{Repository: rt.name, Digest: dgst.String(), MediaType: "application/octet-stream", Blob: true})
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 	size, err := h.db.BlobSize(r.Context(), rt.name, dgst.String())
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/berth-registry/berth/blobstore"
 	"github.com/berth-registry/berth/db"
+	"github.com/berth-registry/berth/proxy"
 )
 
 // Code is an error code of the OCI distribution spec. Every code the spec
@@ -172,6 +173,7 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		return e
 	}
 	var (
+		upstream *proxy.UpstreamError
 		pe       *db.PreconditionError
 		missing  *db.MissingReferenceError
 		mismatch *db.SizeMismatchError
@@ -181,6 +183,8 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 		slow     *slowBodyError
 	)
 	switch {
+	case errors.As(err, &upstream):
+		return upstreamError(upstream)
 	case errors.As(err, &slow):
 		e := errorf(CodeBlobUploadInvalid, "%v", slow).withStatus(http.StatusRequestTimeout)
 		e.Header = http.Header{"Connection": {"close"}}
@@ -213,6 +217,34 @@ func (h *Handler) toWire(r *http.Request, err error) *Error {
 	}
 	h.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", clip(r.URL.Path), "err", err)
 	return internalError()
+}
+
+// upstreamError is the answer when a pull-through cache's upstream did not
+// give what was asked (see package proxy): the upstream's 404 as the
+// spec's "unknown" code of what was asked for, its 429 as TOOMANYREQUESTS
+// with its Retry-After, anything else as UNAVAILABLE with 502 (504 after
+// a timeout); the message names the upstream and its answer.
+func upstreamError(ue *proxy.UpstreamError) *Error {
+	switch {
+	case ue.Status == http.StatusNotFound:
+		code := CodeManifestUnknown
+		switch ue.Kind {
+		case "blob":
+			code = CodeBlobUnknown
+		case "tags", "repository":
+			code = CodeNameUnknown
+		}
+		return errorf(code, "%v", ue).withStatus(http.StatusNotFound)
+	case ue.Status == http.StatusTooManyRequests:
+		e := errorf(CodeTooManyRequests, "%v", ue)
+		if ue.RetryAfter != "" {
+			e.Header = http.Header{"Retry-After": {ue.RetryAfter}}
+		}
+		return e
+	case ue.Timeout:
+		return errorf(CodeUnavailable, "%v", ue).withStatus(http.StatusGatewayTimeout)
+	}
+	return errorf(CodeUnavailable, "%v", ue).withStatus(http.StatusBadGateway)
 }
 
 func internalError() *Error {

@@ -74,6 +74,8 @@ type Options struct {
 	// PullStats counts manifest pulls for the pull statistics
 	// (pullstats.Stats); nil counts none.
 	PullStats PullCounter
+	// Proxy is the pull-through cache (package proxy); nil: none.
+	Proxy PullThrough
 }
 
 // PullCounter counts manifest pulls (pullstats.Stats). Record is called on
@@ -106,6 +108,7 @@ type Handler struct {
 	auth      AuthConfig
 	pulls     PullRecorder
 	pullStats PullCounter
+	proxy     PullThrough
 	throttle  *auth.Throttle
 	passwords passwordCache
 	tokenUses *tokenUses
@@ -121,7 +124,7 @@ const redirectExpiry = 20 * time.Minute
 // New returns the API's http.Handler.
 func New(opts Options) *Handler {
 	h := &Handler{db: opts.DB, log: opts.Logger, redirect: opts.Redirect, ready: opts.Ready, limits: opts.Limits, auth: opts.Auth, pulls: opts.Pulls,
-		pullStats: opts.PullStats}
+		pullStats: opts.PullStats, proxy: opts.Proxy}
 	if opts.ManifestBudget == 0 {
 		opts.ManifestBudget = DefaultManifestBudget
 	}
@@ -248,6 +251,16 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request) error {
 	r, err := h.authorizeRequest(r, &rt, &need)
 	if err != nil {
 		return err
+	}
+	upstream, err := h.proxyOf(r, rt)
+	if err != nil {
+		return err
+	}
+	if upstream != "" {
+		if err := proxyWrite(rt, r.Method, upstream); err != nil {
+			return err
+		}
+		r = r.WithContext(context.WithValue(r.Context(), proxiedKey, true))
 	}
 	m := r.Method
 	switch rt.kind {

@@ -2,14 +2,18 @@ package handlers
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-registry/berth/proxy"
 )
 
 // Page sizes of the listing routes. Without n a client gets defaultPage
@@ -76,7 +80,13 @@ func (h *Handler) listTags(w http.ResponseWriter, r *http.Request, rt route) err
 	if err != nil {
 		return err
 	}
-	tags, more, err := h.db.TagList(r.Context(), rt.name, last, n)
+	var tags []string
+	var more bool
+	if proxied(r) {
+		tags, more, err = h.proxyTags(w, r, rt, last, n)
+	} else {
+		tags, more, err = h.db.TagList(r.Context(), rt.name, last, n)
+	}
 	if err != nil {
 		return err
 	}
@@ -122,6 +132,13 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 			return errorf(CodeUnsupported, "artifactType must be a media type, not %q", clip(artifactType)).withStatus(http.StatusBadRequest)
 		}
 	}
+	if proxied(r) {
+		stale, err := h.proxy.Referrers(r.Context(), rt.name, dgst)
+		if err != nil {
+			return err
+		}
+		setStale(w, stale)
+	}
 	refs, err := h.db.Referrers(r.Context(), rt.name, dgst.String(), artifactType)
 	if err != nil {
 		return err
@@ -149,4 +166,31 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	return writeJSON(w, r, ocispec.MediaTypeImageIndex, index)
+}
+
+// proxyTags is a page of the upstream's tags of a pull-through cache
+// repository; the cached ones, marked stale, when the upstream cannot
+// answer.
+func (h *Handler) proxyTags(w http.ResponseWriter, r *http.Request, rt route, last string, n int) ([]string, bool, error) {
+	all, err := h.proxy.Tags(r.Context(), rt.name)
+	var ue *proxy.UpstreamError
+	if errors.As(err, &ue) && ue.Unavailable() {
+		setStale(w, ue.Error())
+		return h.db.TagList(r.Context(), rt.name, last, n)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	i, _ := slices.BinarySearch(all, last)
+	if i < len(all) && all[i] == last {
+		i++
+	}
+	if last == "" {
+		i = 0
+	}
+	tags := append([]string{}, all[i:]...) // [] rather than null when there are none
+	if n >= 0 && len(tags) > n {
+		return tags[:n], true, nil
+	}
+	return tags, false, nil
 }

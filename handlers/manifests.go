@@ -49,6 +49,13 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	if err != nil {
 		return err
 	}
+	if proxied(r) {
+		stale, err := h.proxy.Manifest(r.Context(), rt.name, ref.String())
+		if err != nil {
+			return err
+		}
+		setStale(w, stale)
+	}
 	withPayload := r.Method != http.MethodHead
 	var m db.Manifest
 	if ref.tag != "" {

@@ -155,6 +155,9 @@ func (b *uiBackend) Untag(r *http.Request, repo, tag string) error {
 	if err := b.need(r, repo, auth.Delete); err != nil {
 		return err
 	}
+	if err := b.h.refuseProxied(r, repo); err != nil {
+		return err
+	}
 	_, err := b.h.db.TagDelete(r.Context(), repo, tag, db.TagCondition{}, b.h.actorOn(r, repo))
 	return err
 }
@@ -164,6 +167,9 @@ func (b *uiBackend) DeleteManifest(r *http.Request, repo, dgst string) error {
 	if err := b.need(r, repo, auth.Delete); err != nil {
 		return err
 	}
+	if err := b.h.refuseProxied(r, repo); err != nil {
+		return err
+	}
 	return b.h.db.ManifestDelete(r.Context(), repo, dgst, b.h.actorOn(r, repo))
 }
 
@@ -171,6 +177,9 @@ func (b *uiBackend) DeleteManifest(r *http.Request, repo, dgst string) error {
 // undeleting the manifest if it was deleted and not yet purged.
 func (b *uiBackend) RestoreTag(r *http.Request, repo, tag, dgst string) error {
 	if err := b.need(r, repo, auth.Pull, auth.Push); err != nil {
+		return err
+	}
+	if err := b.h.refuseProxied(r, repo); err != nil {
 		return err
 	}
 	d, err := parseDigest(dgst)

@@ -36,6 +36,8 @@ export PATH="$BIN:$PATH"
 run=          # temp dir of this run: logs, configs, files pushed and pulled
 schema=       # the PostgreSQL schema berth runs on
 berth_pid=    # `berth serve`
+upstream_pid= # the reference registry behind the pull-through cache
+BERTH_DB=     # the database URL berth serves, for `berth proxy add`
 dockerd_pid=  # the private dockerd
 REG=          # host:port berth listens on
 last_cmd=     # the last client command run by `must` or `must_fail`
@@ -169,6 +171,7 @@ cleanup() {
 		[ -s "$containerd" ] && stop "$(cat "$containerd")"
 	fi
 	[ -n "$berth_pid" ] && stop "$berth_pid"
+	[ -n "$upstream_pid" ] && stop "$upstream_pid"
 	[ -n "$schema" ] && psql "$DB_URL" -qc "DROP SCHEMA $schema CASCADE"
 	if [ -n "$run" ]; then
 		# dockerd unmounts its layers when it stops; anything left over must
@@ -190,6 +193,7 @@ start_berth() {
 	psql "$DB_URL" -qc "CREATE SCHEMA $schema"
 	local url
 	case "$DB_URL" in *\?*) url="$DB_URL&search_path=$schema" ;; *) url="$DB_URL?search_path=$schema" ;; esac
+	BERTH_DB=$url
 	"$berth" serve --listen 127.0.0.1:0 --database-url "$url" --data-dir "$run/data" \
 		--log-level debug >"$run/berth.log" 2>&1 &
 	berth_pid=$!
@@ -233,6 +237,63 @@ layer() {
 # compressed or not.
 file_in_layer() {
 	tar -xOf "$1" "$2" 2>/dev/null || tar -xOf "$1" "./$2"
+}
+
+# --- the pull-through cache: crane, skopeo and docker pull through Berth ---
+
+# A reference registry on a free port is the upstream; `berth proxy add`
+# makes Berth's hub/* a cache of its team/*.
+test_proxy() {
+	local berth=${BERTH_BIN:-$CACHE/berth} registry port up
+	registry=$(scripts/registry.sh) || fail "scripts/registry.sh failed"
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	up=127.0.0.1:$port
+	mkdir -p "$run/upstream"
+	printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' \
+		"$run/upstream/data" "$up" >"$run/upstream/config.yml"
+	"$registry" serve "$run/upstream/config.yml" >"$run/upstream.log" 2>&1 &
+	upstream_pid=$!
+	for _ in $(seq 100); do
+		curl -fs "http://$up/v2/" >/dev/null && break
+		sleep 0.1
+	done
+	curl -fs "http://$up/v2/" >/dev/null || fail "the reference registry did not start"
+	mkdir -p "$run/proxied"
+	cp "$FIXTURES/hello.txt" "$run/proxied/"
+	layer "$run/proxied" "$run/proxied.tar"
+	must "crane append to the upstream" crane append --insecure -f "$run/proxied.tar" -t "$up/team/app:v1"
+	must "crane digest on the upstream" crane digest --insecure "$up/team/app:v1"
+	local digest
+	digest=$(out)
+	must "berth proxy add" "$berth" proxy add hub "http://$up" --remote-prefix team --ttl 1m --database-url "$BERTH_DB"
+	ok "$(out)"
+	sleep 1.2 # replicas read the proxies again every second
+
+	must "crane pull through the cache" crane pull --insecure "$REG/hub/app:v1" "$run/proxy-pull.tar"
+	mkdir -p "$run/proxy-pull"
+	tar -C "$run/proxy-pull" -xf "$run/proxy-pull.tar"
+	check "crane pull through the cache: hello.txt differs" \
+		cmp -s <(file_in_layer "$run/proxy-pull/$(jq -r '.[0].Layers[0]' "$run/proxy-pull/manifest.json")" hello.txt) "$FIXTURES/hello.txt"
+	must "crane digest through the cache" crane digest --insecure "$REG/hub/app:v1"
+	check "the cache serves $(out), the upstream has $digest" [ "$(out)" = "$digest" ]
+	ok "crane pull through the cache: $REG/hub/app:v1 = $up/team/app:v1 ($digest)"
+
+	must "skopeo copy through the cache" skopeo copy --src-tls-verify=false "docker://$REG/hub/app:v1" "oci:$run/proxy-oci:v1"
+	# skopeo converts the Docker manifest to OCI: the layer, not the digest, is compared.
+	local m l
+	m=$(jq -r '.manifests[0].digest' "$run/proxy-oci/index.json")
+	l=$(jq -r '.layers[0].digest' "$run/proxy-oci/blobs/sha256/${m#sha256:}")
+	check "skopeo through the cache: hello.txt differs" \
+		cmp -s <(file_in_layer "$run/proxy-oci/blobs/sha256/${l#sha256:}" hello.txt) "$FIXTURES/hello.txt"
+	ok "skopeo copy through the cache into an OCI layout: the layer holds the pushed file"
+
+	if [ "$SKIP_DOCKER" != 1 ]; then
+		must "docker pull through the cache" docker pull "$REG/hub/app:v1"
+		ok "docker pull through the cache: $REG/hub/app:v1"
+	fi
+
+	must_fail "crane push into the cache" DENIED crane copy --insecure "$REG/hub/app:v1" "$REG/hub/app:v2"
+	ok "crane push into the cache: refused (DENIED)"
 }
 
 # --- crane: push, pull, list, copy (cross-repository mount), delete ---------
@@ -641,6 +702,7 @@ main() {
 	test_regctl
 	test_oras
 	test_regctl_artifact
+	test_proxy
 }
 
 # scripts/auth-clients.sh sources this file for its helpers: run the steps

@@ -210,6 +210,9 @@ type manifestPage struct {
 	Referrers []db.Referrer
 	CanDelete bool
 	Host      string // for the pull commands
+	// Absent are the children of a sparse index (a pull-through cache)
+	// that are not cached: listed, without a link.
+	Absent map[string]bool
 }
 
 func (s *Server) manifest(rq *request, name, ref string) {
@@ -240,6 +243,17 @@ func (s *Server) manifest(rq *request, name, ref string) {
 	if p.Referrers, err = s.db.Referrers(ctx, name, detail.Digest, ""); err != nil {
 		s.fail(rq, err)
 		return
+	}
+	if len(p.View.Manifests) > 0 {
+		absent, err := s.db.ManifestAbsentChildren(ctx, name, detail.Digest)
+		if err != nil {
+			s.fail(rq, err)
+			return
+		}
+		p.Absent = make(map[string]bool, len(absent))
+		for _, a := range absent {
+			p.Absent[a] = true
+		}
 	}
 	s.render(rq, http.StatusOK, "manifest", name+"@"+detail.Digest, p, "")
 }

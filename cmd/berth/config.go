@@ -77,6 +77,10 @@ type Config struct {
 	PullStatsFlush     time.Duration // 0: no pull statistics
 
 	RetentionPoll time.Duration
+
+	ProxyUpstreamTimeout time.Duration
+	ProxyFetchLease      time.Duration
+	ProxySecretKey       string
 }
 
 // setting describes one configuration value. The flag is --<name>, the
@@ -329,6 +333,12 @@ var settings = []setting{
 		positiveDuration(func(c *Config) *time.Duration { return &c.PullEventsFlush })},
 	{"pull-stats-flush", "10s", "how often the pull counts of manifests and tags are added to the database (what a crash of the replica may lose); 0 turns pull statistics off",
 		duration(func(c *Config) *time.Duration { return &c.PullStatsFlush })},
+	{"proxy-upstream-timeout", "10s", "pull-through cache: how long an upstream may take to connect, to answer, and between two reads of a blob; past it the upstream counts as unreachable",
+		positiveDuration(func(c *Config) *time.Duration { return &c.ProxyUpstreamTimeout })},
+	{"proxy-fetch-lease", "30s", "pull-through cache: how long a replica's claim on an upstream fetch lasts without renewal (it renews every third of it): how soon a killed replica's fetch is taken over",
+		positiveDuration(func(c *Config) *time.Duration { return &c.ProxyFetchLease })},
+	{"proxy-secret-key", "", "pull-through cache: key (16 characters or more) that seals upstream passwords; empty: a key kept in the database (see README, Pull-through cache)",
+		str(func(c *Config) *string { return &c.ProxySecretKey })},
 }
 
 // positiveDuration parses a duration above zero.

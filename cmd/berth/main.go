@@ -45,6 +45,9 @@ Usage:
   berth import --from-dir PATH | --from-s3 --s3-bucket B [--s3-prefix P]   move a reference registry's storage tree into Berth
                                       (--s3-* flags name the source; Berth's own store comes from BERTH_*)
 
+  berth proxy add PREFIX UPSTREAM_URL [--username U --password-stdin] [--ttl 5m] [--remote-prefix P]   a pull-through cache
+  berth proxy list | delete PREFIX    pull-through caches
+
   berth help <command>                flags of a command
 
 Run "berth serve --help" for every setting.
@@ -121,6 +124,8 @@ func runIO(ctx context.Context, args []string, getenv func(string) string, stdin
 		return usageCommand(ctx, rest, env)
 	case "quota":
 		return quotaCommand(ctx, rest, env)
+	case "proxy":
+		return proxyCommand(ctx, rest, env)
 	case "help", "-h", "--help":
 		if len(rest) > 0 {
 			return runIO(ctx, append(slices.Clone(rest), "--help"), getenv, stdin, stdout, stderr)

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-registry/berth/handlers"
 	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/pgembed"
+	"github.com/berth-registry/berth/proxy"
 	"github.com/berth-registry/berth/pullstats"
 	"github.com/berth-registry/berth/retention"
 )
@@ -147,6 +148,8 @@ func (m *Main) Run(ctx context.Context) error {
 		registry.MustRegister(metrics.PullStats(stats))
 		pullCounter = stats
 	}
+	cache := proxy.New(proxy.Config{DB: m.db, Blobs: store, Timeout: c.ProxyUpstreamTimeout, Lease: c.ProxyFetchLease,
+		SecretKey: c.ProxySecretKey, Instance: instance, Logger: m.Logger, Registry: registry})
 	api := handlers.New(handlers.Options{
 		DB: m.db, Blobs: store, Logger: m.Logger,
 		Registry: registry,
@@ -174,6 +177,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Pulls:          pulls,
 		PullStats:      pullCounter,
 		NoUI:           !c.UI,
+		Proxy:          cache,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
