@@ -36,19 +36,7 @@ import (
 // answer 429/503, hang, or stall a blob), and three `berth serve` replicas
 // on one database in front.
 
-// registryBinary finds the reference registry: BERTH_TEST_REGISTRY (set by
-// scripts/test.sh), else scripts/registry.sh's .cache/bin/registry.
-func registryBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("BERTH_TEST_REGISTRY"); p != "" {
-		return p
-	}
-	p, _ := filepath.Abs("../../.cache/bin/registry")
-	if _, err := os.Stat(p); err != nil {
-		t.Skip("no reference registry: run scripts/registry.sh (scripts/test.sh does) or set BERTH_TEST_REGISTRY")
-	}
-	return p
-}
+// registryBinary is in import_test.go.
 
 // upstreamRegistry is a reference registry process.
 type upstreamRegistry struct {
