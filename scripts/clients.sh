@@ -211,10 +211,12 @@ start_berth() {
 # A dockerd of our own: its own data, state and socket under $run, no
 # networking set up (nothing is run, images are only pushed and pulled).
 # Docker treats registries on 127.0.0.0/8 as insecure (plain HTTP) by itself.
+# Berth is its Docker Hub mirror (registry-mirrors), which only Docker Hub
+# names use: test_proxy pulls one through an empty-prefix proxy.
 start_dockerd() {
 	mkdir -p "$run/docker"
 	export DOCKER_HOST=unix://$run/docker/docker.sock
-	dockerd --iptables=false --ip6tables=false --bridge=none \
+	dockerd --iptables=false --ip6tables=false --bridge=none --registry-mirror "http://$REG" \
 		--data-root "$run/docker/root" --exec-root "$run/docker/exec" \
 		--pidfile "$run/docker/docker.pid" -H "$DOCKER_HOST" \
 		>"$run/docker/dockerd.log" 2>&1 &
@@ -294,6 +296,26 @@ test_proxy() {
 
 	must_fail "crane push into the cache" DENIED crane copy --insecure "$REG/hub/app:v1" "$REG/hub/app:v2"
 	ok "crane push into the cache: refused (DENIED)"
+
+	# A Docker Hub mirror: dockerd's registry-mirrors asks Berth for
+	# library/<name>, unprefixed, so the proxy has the empty prefix (it
+	# makes every other repository a cache: this step comes last). The
+	# upstream plays Docker Hub; there is no internet here, so a pull that
+	# succeeds came through the mirror.
+	must "crane copy to the upstream's library/" crane copy --insecure "$up/team/app:v1" "$up/library/berthmirror:v1"
+	must "berth proxy add \"\"" "$berth" proxy add "" "http://$up" --database-url "$BERTH_DB"
+	ok "$(out)"
+	sleep 1.2
+	must "crane digest of library/berthmirror through the mirror" crane digest --insecure "$REG/library/berthmirror:v1"
+	check "the mirror serves $(out), the upstream has $digest" [ "$(out)" = "$digest" ]
+	if [ "$SKIP_DOCKER" != 1 ]; then
+		must "docker pull berthmirror:v1 (Docker Hub's library/berthmirror, through registry-mirrors)" docker pull berthmirror:v1
+		must "docker image inspect" docker image inspect -f '{{join .RepoDigests " "}}' berthmirror:v1
+		check "docker pulled berthmirror:v1 as $(out), want docker.io/library/berthmirror@$digest" \
+			grep -q "berthmirror@$digest" <<<"$(out)"
+		ok "docker pull berthmirror:v1 through Berth as dockerd's registry mirror (empty-prefix proxy): $(out)"
+	fi
+	must "berth proxy delete \"\"" "$berth" proxy delete "" --database-url "$BERTH_DB"
 }
 
 # --- crane: push, pull, list, copy (cross-repository mount), delete ---------
