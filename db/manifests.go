@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/berth-registry/berth/manifest"
 )
 
 // Manifest is a stored manifest as served to clients.
@@ -181,6 +183,35 @@ type ManifestPut struct {
 	// under a proxy prefix (see proxy.go); elsewhere the push fails with
 	// ErrNotProxied.
 	Sparse bool
+}
+
+// ManifestPutOf is what ManifestStore needs of manifest m, parsed from
+// payload (digest dgst) for repository repo: its type, references and
+// annotations. Every way in — a push, a cached manifest, an import —
+// builds its put here, so that none records less than the others. The
+// caller adds tags and the flags of its path.
+func ManifestPutOf(repo, dgst string, payload []byte, m *manifest.Manifest) ManifestPut {
+	put := ManifestPut{Repository: repo, Digest: dgst, MediaType: m.MediaType, ArtifactType: m.ArtifactType,
+		Annotations: m.Annotations, Payload: payload}
+	if m.Config != nil {
+		put.ConfigDigest = m.Config.Digest.String()
+	}
+	if m.Subject != nil {
+		put.SubjectDigest = m.Subject.Digest.String()
+	}
+	if len(m.Blobs) > 0 {
+		put.Blobs = make([]BlobRef, len(m.Blobs))
+		for i, b := range m.Blobs {
+			put.Blobs[i] = BlobRef{Digest: b.Digest.String(), Size: b.Size}
+		}
+	}
+	if len(m.Children) > 0 {
+		put.Children = make([]string, len(m.Children))
+		for i, c := range m.Children {
+			put.Children[i] = c.Digest.String()
+		}
+	}
+	return put
 }
 
 // ManifestStore stores manifest p (or revives its tombstone) and points

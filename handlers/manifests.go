@@ -189,35 +189,8 @@ func (h *Handler) storeManifest(r *http.Request, name string, tags []string, con
 	if err != nil {
 		return nil, "", errorf(CodeManifestInvalid, "%v", err)
 	}
-	put := db.ManifestPut{
-		Repository:   name,
-		Digest:       dgst.String(),
-		MediaType:    m.MediaType,
-		ArtifactType: m.ArtifactType,
-		Annotations:  m.Annotations,
-		Payload:      payload,
-		Tags:         tags,
-		TagCondition: cond,
-		Restore:      restore,
-	}
-	if m.Config != nil {
-		put.ConfigDigest = m.Config.Digest.String()
-	}
-	if m.Subject != nil {
-		put.SubjectDigest = m.Subject.Digest.String()
-	}
-	if len(m.Blobs) > 0 {
-		put.Blobs = make([]db.BlobRef, len(m.Blobs))
-		for i, b := range m.Blobs {
-			put.Blobs[i] = db.BlobRef{Digest: b.Digest.String(), Size: b.Size}
-		}
-	}
-	if len(m.Children) > 0 {
-		put.Children = make([]string, len(m.Children))
-		for i, c := range m.Children {
-			put.Children[i] = c.Digest.String()
-		}
-	}
+	put := db.ManifestPutOf(name, dgst.String(), payload, m)
+	put.Tags, put.TagCondition, put.Restore = tags, cond, restore
 	// From here the database needs only put: let the descriptors (3 MB
 	// for 27,000 layers) and the annotations go before its statements
 	// run. Callers use the manifest's type and subject.

@@ -489,29 +489,8 @@ func (im *Importer) setTag(ctx context.Context, r *Repository, tag string, d dig
 // storeManifest stores sm with tags; false (and a skip) when Berth refuses
 // it for a reason that belongs to the data, not to Berth.
 func (im *Importer) storeManifest(ctx context.Context, r *Repository, sm *srcManifest, tags []string, cond db.TagCondition, rep *Report) (bool, error) {
-	m := sm.m
-	put := db.ManifestPut{
-		Repository:   r.Name,
-		Digest:       string(sm.digest),
-		MediaType:    m.MediaType,
-		ArtifactType: m.ArtifactType,
-		Annotations:  m.Annotations,
-		Payload:      sm.payload,
-		Tags:         tags,
-		TagCondition: cond,
-	}
-	if m.Config != nil {
-		put.ConfigDigest = m.Config.Digest.String()
-	}
-	if m.Subject != nil {
-		put.SubjectDigest = m.Subject.Digest.String()
-	}
-	for _, b := range m.Blobs {
-		put.Blobs = append(put.Blobs, db.BlobRef{Digest: b.Digest.String(), Size: b.Size})
-	}
-	for _, c := range m.Children {
-		put.Children = append(put.Children, c.Digest.String())
-	}
+	put := db.ManifestPutOf(r.Name, string(sm.digest), sm.payload, sm.m)
+	put.Tags, put.TagCondition = tags, cond
 	_, err := im.db.ManifestStore(ctx, put, db.ImportActor)
 	var missing *db.MissingReferenceError
 	var size *db.SizeMismatchError

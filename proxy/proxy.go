@@ -420,22 +420,10 @@ func (c *Cache) store(ctx context.Context, upstream, repo, contentType string, p
 		return &UpstreamError{Upstream: upstream, Kind: "manifest", Ref: repo + "@" + dgst.String(), Status: http.StatusOK,
 			Detail: fmt.Sprintf("Berth cannot store it: %v", err)}
 	}
-	put := db.ManifestPut{Repository: repo, Digest: dgst.String(), MediaType: m.MediaType, ArtifactType: m.ArtifactType,
-		Annotations: m.Annotations, Payload: payload, Sparse: true}
+	put := db.ManifestPutOf(repo, dgst.String(), payload, m)
+	put.Sparse = true
 	if tag != "" {
 		put.Tags = []string{tag}
-	}
-	if m.Config != nil {
-		put.ConfigDigest = m.Config.Digest.String()
-	}
-	if m.Subject != nil {
-		put.SubjectDigest = m.Subject.Digest.String()
-	}
-	for _, b := range m.Blobs {
-		put.Blobs = append(put.Blobs, db.BlobRef{Digest: b.Digest.String(), Size: b.Size})
-	}
-	for _, ch := range m.Children {
-		put.Children = append(put.Children, ch.Digest.String())
 	}
 	if _, err := c.db.ManifestStore(ctx, put, actor); err != nil {
 		return err
