@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,8 +24,14 @@ import (
 // serve every waiter, so a client that goes away must not cut it short
 // (the upstream timeouts bound it instead).
 func (c *Cache) flight(ctx context.Context, key string, done func(context.Context) (bool, error), fetch func(context.Context) error) error {
-	return c.local.do(ctx, key, func() error {
-		return c.cluster(context.WithoutCancel(ctx), key, done, fetch)
+	return c.flightKeys(ctx, key, key, done, fetch)
+}
+
+// flightKeys is flight with a key of its own for the sharing within this
+// replica (local) and for the claim in the database (claim).
+func (c *Cache) flightKeys(ctx context.Context, local, claim string, done func(context.Context) (bool, error), fetch func(context.Context) error) error {
+	return c.local.do(ctx, local, func() error {
+		return c.cluster(context.WithoutCancel(ctx), claim, done, fetch)
 	})
 }
 
@@ -63,7 +71,7 @@ func (c *Cache) cluster(ctx context.Context, key string, done func(context.Conte
 			return &UpstreamError{Kind: claimKinds[key[:2]], Status: st.Status, Detail: st.Error, shared: true}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("waited %s for another replica's fetch of %s", maxWait, key)
+			return &UpstreamError{Kind: claimKinds[key[:2]], Detail: fmt.Sprintf("waited %s for another replica's fetch of it", maxWait), shared: true}
 		}
 		select {
 		case <-ctx.Done():
@@ -100,7 +108,7 @@ func (c *Cache) holding(ctx context.Context, key string, fetch func(context.Cont
 	close(stop)
 	<-renewed
 	var ue *UpstreamError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) && sharable(key, ue) {
 		msg := ue.Error()
 		if ue.shared {
 			msg = ue.Detail
@@ -114,6 +122,19 @@ func (c *Cache) holding(ctx context.Context, key string, fetch func(context.Cont
 		return rerr
 	}
 	return err
+}
+
+// sharable reports whether a failed fetch's answer is shared with the
+// requests that wait for the claim on key: always for a manifest, tag or
+// referrers key, which name one repository; for a blob, whose claim is the
+// upstream's digest across repositories, only an answer about the
+// upstream (no answer, 429, 5xx), not what it says of one repository
+// (404, 401, 403): another repository's request then fetches for itself.
+func sharable(key string, ue *UpstreamError) bool {
+	if !strings.HasPrefix(key, "b:") {
+		return true
+	}
+	return ue.Status == 0 || ue.Status == http.StatusTooManyRequests || ue.Status >= 500
 }
 
 // group collapses concurrent calls with the same key within a replica.

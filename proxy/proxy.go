@@ -279,7 +279,20 @@ func (c *Cache) Manifest(ctx context.Context, repo, ref string) (stale string, e
 		return "", err
 	}
 	isCached := err == nil
-	fresh := func(ctx context.Context) (bool, error) { return c.db.ProxyCheckFresh(ctx, repo, ref, p.TTL) }
+	// Done when the tag was checked within the TTL and is cached: a
+	// cached tag removed since (retention, garbage collection) is fetched
+	// again, not answered 404 until the TTL runs out.
+	fresh := func(ctx context.Context) (bool, error) {
+		ok, err := c.db.ProxyCheckFresh(ctx, repo, ref, p.TTL)
+		if err != nil || !ok {
+			return false, err
+		}
+		_, err = c.db.ManifestByTag(ctx, repo, ref, false)
+		if errors.Is(err, db.ErrManifestUnknown) {
+			return false, nil
+		}
+		return err == nil, err
+	}
 	if isCached {
 		if ok, err := fresh(ctx); err != nil || ok {
 			c.metrics.hit("manifest", ok)
@@ -447,7 +460,14 @@ func (c *Cache) Blob(ctx context.Context, w http.ResponseWriter, repo string, dg
 		return false, err
 	}
 	c.metrics.miss("blob")
-	err = c.flight(ctx, "b:"+dgst.String(), present, func(ctx context.Context) error {
+	// Within this replica, requests for the same blob of the same
+	// repository share a fetch; across repositories and replicas, the
+	// claim is the upstream's digest, so that images sharing a layer fetch
+	// it once: a request of another repository waits for it, then finds
+	// it stored (present links it, as a manifest of its own names it).
+	// What a repository-specific answer says (404, 401, 403) is not
+	// shared beyond the request (see holding).
+	err = c.flightKeys(ctx, "b:"+repo+"@"+dgst.String(), "b:"+p.Upstream+"@"+dgst.String(), present, func(ctx context.Context) error {
 		return c.fetchBlob(ctx, p, repo, dgst, w, &served)
 	})
 	return served, err
@@ -504,8 +524,12 @@ func (c *Cache) fetchBlob(ctx context.Context, p *proxyEntry, repo string, dgst 
 		limited = io.LimitReader(body, declared+1)
 	}
 	hsh := digests.New(dgst.Algorithm())
-	src := &teeReader{r: limited, hash: hsh, w: w, counted: c.metrics.bytes}
+	src := &teeReader{r: limited, hash: hsh, w: w, counted: c.metrics.bytes, timeout: c.cfg.Timeout}
 	if w != nil {
+		src.rc = http.NewResponseController(w)
+		// The deadlines set per write must not outlive this response on a
+		// kept-alive connection.
+		defer src.rc.SetWriteDeadline(time.Time{})
 		hdr := w.Header()
 		hdr.Set("Docker-Content-Digest", dgst.String())
 		hdr.Set("Content-Type", "application/octet-stream")
@@ -551,11 +575,16 @@ func (c *Cache) fetchBlob(ctx context.Context, p *proxyEntry, repo string, dgst 
 }
 
 // teeReader hashes what it reads and sends it to w as well; a client that
-// goes away stops getting it, but the fetch goes on for the others.
+// goes away, or stops reading for longer than timeout (each write has that
+// deadline, through rc), stops getting it, but the fetch goes on for the
+// others: a client that does not read must not hold up the fetch that
+// every replica waits for.
 type teeReader struct {
 	r       io.Reader
 	hash    io.Writer
 	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
 	broken  bool
 	counted prometheus.Counter
 }
@@ -566,6 +595,10 @@ func (t *teeReader) Read(p []byte) (int, error) {
 		t.hash.Write(p[:n])
 		t.counted.Add(float64(n))
 		if t.w != nil && !t.broken {
+			if t.rc != nil {
+				// Not supported by a writer: no bound, as before.
+				_ = t.rc.SetWriteDeadline(time.Now().Add(t.timeout))
+			}
 			if _, werr := t.w.Write(p[:n]); werr != nil {
 				t.broken = true
 			}
@@ -664,6 +697,11 @@ func (c *Cache) fetchReferrers(ctx context.Context, p *proxyEntry, repo string, 
 	if err != nil && !(errors.As(err, &ue) && (ue.Status == http.StatusNotFound || ue.Status == http.StatusMethodNotAllowed)) {
 		cancel()
 		return err
+	}
+	if err != nil {
+		// 404 or 405: no referrers API, which is an answer: the
+		// fallback tag below.
+		err, resp = nil, nil
 	}
 	var index struct {
 		Manifests []struct {

@@ -241,14 +241,17 @@ type idleReader struct {
 func newIdleReader(r io.Reader, timeout time.Duration, cancel context.CancelFunc) *idleReader {
 	ir := &idleReader{r: r, timeout: timeout, fired: make(chan struct{})}
 	ir.timer = time.AfterFunc(timeout, func() { ir.once.Do(func() { close(ir.fired) }); cancel() })
+	ir.timer.Stop()
 	return ir
 }
 
+// Read counts only the time spent waiting for the upstream: what the
+// caller does between reads (writing to a client, uploading a part to
+// S3) is not the upstream's silence.
 func (ir *idleReader) Read(p []byte) (int, error) {
+	ir.timer.Reset(ir.timeout)
 	n, err := ir.r.Read(p)
-	if n > 0 {
-		ir.timer.Reset(ir.timeout)
-	}
+	ir.timer.Stop()
 	if err != nil && err != io.EOF {
 		select {
 		case <-ir.fired:
