@@ -681,8 +681,15 @@ func (d *DB) UsageCheck(ctx context.Context) (drift []Drift, repos, quotas int, 
 		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM repositories), (SELECT count(*) FROM quotas)`).Scan(&repos, &quotas); err != nil {
 			return err
 		}
-		// Blob reference counts per repository.
-		rows, err := tx.Query(ctx, `
+		// live: the distinct blobs each repository's live manifests
+		// reference; inQuota: a repository r is in quota q's namespace.
+		const live = `live AS (
+    SELECT DISTINCT m.repository_id, mb.digest FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
+    WHERE m.deleted_at IS NULL)`
+		inQuota := strings.ReplaceAll(inNamespace("r.name", 1), "$1", "q.prefix")
+		checks := []string{
+			// Blob reference counts per repository.
+			`
 WITH want AS (
     SELECT m.repository_id, mb.digest, count(*)::int AS refs
     FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
@@ -692,19 +699,13 @@ SELECT 'repository ' || r.name || ' blob ' || coalesce(w.digest, g.digest) || ' 
 FROM want w FULL JOIN repository_blob_refs g ON g.repository_id = w.repository_id AND g.digest = w.digest
 JOIN repositories r ON r.id = coalesce(w.repository_id, g.repository_id)
 WHERE g.refs IS DISTINCT FROM w.refs
-ORDER BY 1 LIMIT 1000`)
-		if err != nil {
-			return err
-		}
-		if err := add(rows); err != nil {
-			return err
-		}
-		// Totals per repository.
-		rows, err = tx.Query(ctx, `
-WITH b AS (
-    SELECT x.repository_id, sum(bl.size)::bigint AS bytes
-    FROM (SELECT DISTINCT m.repository_id, mb.digest FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
-          WHERE m.deleted_at IS NULL) x JOIN blobs bl ON bl.digest = x.digest GROUP BY 1),
+ORDER BY 1 LIMIT 1000`,
+			// Totals per repository.
+			`
+WITH ` + live + `,
+b AS (
+    SELECT l.repository_id, sum(bl.size)::bigint AS bytes
+    FROM live l JOIN blobs bl ON bl.digest = l.digest GROUP BY 1),
 m AS (
     SELECT repository_id, sum(size)::bigint AS bytes, count(*) AS n FROM manifests WHERE deleted_at IS NULL GROUP BY 1),
 want AS (
@@ -715,59 +716,51 @@ SELECT 'repository ' || w.name || ' usage',
        format('%s blob bytes, %s manifest bytes, %s manifests', w.blob_bytes, w.manifest_bytes, w.manifests)
 FROM want w LEFT JOIN repository_usage u ON u.repository_id = w.id
 WHERE (coalesce(u.blob_bytes, 0), coalesce(u.manifest_bytes, 0), coalesce(u.manifests, 0)) <> (w.blob_bytes, w.manifest_bytes, w.manifests)
-ORDER BY 1 LIMIT 1000`)
-		if err != nil {
-			return err
-		}
-		if err := add(rows); err != nil {
-			return err
-		}
-		// Quotas: reference counts (repositories of the namespace per blob)
-		// and totals.
-		rows, err = tx.Query(ctx, `
-WITH live AS (
-    SELECT DISTINCT m.repository_id, mb.digest FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
-    WHERE m.deleted_at IS NULL),
+ORDER BY 1 LIMIT 1000`,
+			// Quotas: reference counts (repositories of the namespace per
+			// blob)...
+			`
+WITH ` + live + `,
 want AS (
     SELECT q.id, l.digest, count(*)::int AS refs
-    FROM quotas q JOIN repositories r ON `+strings.ReplaceAll(inNamespace("r.name", 1), "$1", "q.prefix")+`
+    FROM quotas q JOIN repositories r ON ` + inQuota + `
     JOIN live l ON l.repository_id = r.id GROUP BY 1, 2)
 SELECT 'quota ' || q.prefix || ' blob ' || coalesce(w.digest, g.digest) || ' repositories',
        coalesce(g.refs::text, 'none'), coalesce(w.refs::text, 'none')
 FROM want w FULL JOIN quota_blob_refs g ON g.quota_id = w.id AND g.digest = w.digest
 JOIN quotas q ON q.id = coalesce(w.id, g.quota_id)
 WHERE g.refs IS DISTINCT FROM w.refs
-ORDER BY 1 LIMIT 1000`)
-		if err != nil {
-			return err
-		}
-		if err := add(rows); err != nil {
-			return err
-		}
-		rows, err = tx.Query(ctx, `
-WITH live AS (
-    SELECT DISTINCT m.repository_id, mb.digest FROM manifests m JOIN manifest_blobs mb ON mb.manifest_id = m.id
-    WHERE m.deleted_at IS NULL),
+ORDER BY 1 LIMIT 1000`,
+			// ...and totals.
+			`
+WITH ` + live + `,
 want AS (
     SELECT q.id,
         coalesce((SELECT sum(b.size) FROM blobs b WHERE b.digest IN (
             SELECT l.digest FROM live l JOIN repositories r ON r.id = l.repository_id
-            WHERE `+strings.ReplaceAll(inNamespace("r.name", 1), "$1", "q.prefix")+`)), 0)::bigint AS blob_bytes,
+            WHERE ` + inQuota + `)), 0)::bigint AS blob_bytes,
         coalesce((SELECT sum(m.size) FROM manifests m JOIN repositories r ON r.id = m.repository_id
-            WHERE m.deleted_at IS NULL AND `+strings.ReplaceAll(inNamespace("r.name", 1), "$1", "q.prefix")+`), 0)::bigint AS manifest_bytes,
+            WHERE m.deleted_at IS NULL AND ` + inQuota + `), 0)::bigint AS manifest_bytes,
         (SELECT count(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id
-            WHERE m.deleted_at IS NULL AND `+strings.ReplaceAll(inNamespace("r.name", 1), "$1", "q.prefix")+`) AS manifests
+            WHERE m.deleted_at IS NULL AND ` + inQuota + `) AS manifests
     FROM quotas q)
 SELECT 'quota ' || q.prefix || ' usage',
        format('%s blob bytes, %s manifest bytes, %s manifests', q.blob_bytes, q.manifest_bytes, q.manifests),
        format('%s blob bytes, %s manifest bytes, %s manifests', w.blob_bytes, w.manifest_bytes, w.manifests)
 FROM want w JOIN quotas q ON q.id = w.id
 WHERE (q.blob_bytes, q.manifest_bytes, q.manifests) <> (w.blob_bytes, w.manifest_bytes, w.manifests)
-ORDER BY 1`)
-		if err != nil {
-			return err
+ORDER BY 1`,
 		}
-		return add(rows)
+		for _, q := range checks {
+			rows, err := tx.Query(ctx, q)
+			if err != nil {
+				return err
+			}
+			if err := add(rows); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("check usage: %w", err)
