@@ -3,12 +3,20 @@ package retention_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/db/dbtest"
+	"github.com/berth-registry/berth/metrics"
 	"github.com/berth-registry/berth/retention"
 )
 
@@ -40,6 +48,14 @@ func TestSchedulersRunADuePolicyOnce(t *testing.T) {
 	if err := d.RetentionAdd(ctx, p); err != nil {
 		t.Fatal(err)
 	}
+	// Every replica reports the policy's counts from the database: one
+	// that never runs it included.
+	reg := metrics.Registry(replicas[3], nil, nil, nil, slog.New(slog.DiscardHandler))
+	for name, want := range map[string]string{"tags_removed_total": "0", "manifests_removed_total": "0", "last_run_timestamp_seconds": "0"} {
+		if got := scrape(t, reg, "berth_retention_"+name+`{policy="nightly"}`); got != want {
+			t.Errorf("before any run, berth_retention_%s = %q, want %s", name, got, want)
+		}
+	}
 	var mu sync.Mutex
 	runs := map[string]int{}
 	removedTotal := 0
@@ -67,8 +83,28 @@ func TestSchedulersRunADuePolicyOnce(t *testing.T) {
 	if got.LastRunAt.IsZero() || got.LastRunTags != 20 || got.TagsRemoved != 20 {
 		t.Errorf("recorded run: %+v", got)
 	}
+	lastRun := strconv.FormatFloat(float64(got.LastRunAt.UnixNano())/1e9, 'g', -1, 64)
+	for name, want := range map[string]string{"tags_removed_total": "20", "manifests_removed_total": "0", "last_run_timestamp_seconds": lastRun} {
+		if got := scrape(t, reg, "berth_retention_"+name+`{policy="nightly"}`); got != want {
+			t.Errorf("after the scheduled run, berth_retention_%s = %q, want %s", name, got, want)
+		}
+	}
 	// Not due again before its schedule.
 	if n := retention.New(replicas[1], retention.Config{}).RunDue(ctx); n != 0 {
 		t.Errorf("ran %d policies again at once", n)
 	}
+}
+
+// scrape returns the value of series in reg's text exposition, as a
+// Prometheus server reads it ("" when absent).
+func scrape(t *testing.T, reg *prometheus.Registry, series string) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -205,8 +206,8 @@ func tryMetric(base, name string) (string, error) {
 func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
 	dir, srv := privateDatabase(t)
-	m, logs := startLogged(t, srv.URL(), "--db-timeout", "2s", "--gc-interval", "100ms")
-	base := "http://" + m.Addr().String()
+	m, logs := startLogged(t, srv.URL(), "--db-timeout", "2s", "--gc-interval", "100ms", "--admin-listen", "127.0.0.1:0")
+	base, admin := "http://"+m.Addr().String(), "http://"+m.AdminAddr().String()
 	manifest := pushImage(t, base, "outage/app")
 
 	if err := srv.Stop(t.Context()); err != nil {
@@ -224,10 +225,8 @@ func TestDatabaseDown(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	if code := status("GET", base+"/readyz"); code != http.StatusServiceUnavailable {
-		t.Errorf("/readyz during the outage: %d", code)
-	}
-	if got := metric(t, base, "berth_db_up"); got != "0" {
+	checkReadyzDuringOutage(t, base, admin, srv)
+	if got := metric(t, admin, "berth_db_up"); got != "0" {
 		t.Errorf("berth_db_up during the outage = %q", got)
 	}
 
@@ -242,19 +241,63 @@ func TestDatabaseDown(t *testing.T) {
 	if n := logs.count("level=ERROR"); n != 1 {
 		t.Errorf("%d ERROR lines for one outage of 140 requests, want the one saying the database is down:\n%s", n, logs)
 	}
-	if got := metric(t, base, "berth_db_outages_total"); got != "1" {
+	if got := metric(t, admin, "berth_db_outages_total"); got != "1" {
 		t.Errorf("berth_db_outages_total = %q, want 1", got)
 	}
-	if got := metric(t, base, "berth_db_up"); got != "1" {
+	if got := metric(t, admin, "berth_db_up"); got != "1" {
 		t.Errorf("berth_db_up after the outage = %q", got)
 	}
 	// The counter counts statements, and concurrent manifest reads share
 	// one (db/coalesce.go): of the 140 refused requests, the 40 manifest
 	// reads may have taken as few as one statement, the 100 others one each.
-	failures, _ := strconv.Atoi(metric(t, base, "berth_db_unavailable_total"))
+	failures, _ := strconv.Atoi(metric(t, admin, "berth_db_unavailable_total"))
 	if failures < 101 {
 		t.Errorf("berth_db_unavailable_total = %d, want at least 101 for the 140 refused requests (100 that are not manifest reads, one statement at least for the 40 that are)", failures)
 	}
+}
+
+// checkReadyzDuringOutage is issue 12's first complaint: the API port's
+// /readyz, open to anyone, named the database's user, host and port when the
+// database was down. It must say only which part is not ready; the admin
+// listener, which the operator keeps private, says why.
+func checkReadyzDuringOutage(t *testing.T, api, admin string, srv *pgembed.Server) {
+	t.Helper()
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	where := []string{"postgres", "@", u.User.Username(), u.Query().Get("host"), u.Query().Get("port")}
+	code, body := getBody(t, api+"/readyz")
+	if code != http.StatusServiceUnavailable || body != "not ready: database\n" {
+		t.Errorf("API port /readyz during the outage: %d %q, want 503 \"not ready: database\"", code, body)
+	}
+	for _, s := range where {
+		if strings.Contains(body, s) {
+			t.Errorf("API port /readyz during the outage names %q: %q", s, body)
+		}
+	}
+	code, body = getBody(t, admin+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: database: the metadata database is unreachable") {
+		t.Errorf("admin /readyz during the outage: %d %q, want 503 with the reason", code, body)
+	}
+	// The details are what an operator needs to find the database.
+	for _, s := range []string{"user=" + u.User.Username(), u.Query().Get("host")} {
+		if !strings.Contains(body, s) {
+			t.Errorf("admin /readyz during the outage lacks %q: %q", s, body)
+		}
+	}
+}
+
+// getBody returns the status and body of a GET.
+func getBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // freeze stops (SIGSTOP) or resumes (SIGCONT) the postmaster and every

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -380,7 +381,16 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	content := []byte("metered")
 	resp, _ := http.Post(base+"/v2/m/blobs/uploads/?digest="+digest.FromBytes(content).String(), "application/octet-stream", bytes.NewReader(content))
 	resp.Body.Close()
-	http.Post(base+"/v2/m/blobs/uploads/", "", nil)
+	resp, err := http.Post(base+"/v2/m/blobs/uploads/", "", nil)
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("open a session: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	location, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := location.String()
 	code, metricsText := get("/metrics")
 	if code != 200 {
 		t.Fatalf("/metrics %d", code)
@@ -394,6 +404,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		`berth_db_manifest_reads_total `,
 		`berth_db_manifest_read_statements_total `,
 		`berth_upload_sessions 1`,
+		"berth_upload_session_bytes 0\n",
 		`berth_gc_candidates{state="queued"} 1`,
 		`berth_gc_items_total{kind="blob"} 0`,
 		`go_goroutines`,
@@ -401,6 +412,21 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		if !strings.Contains(metricsText, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+
+	// The partial data of open sessions shows in berth_upload_session_bytes
+	// (issue 12), and cancelling the session takes it out again.
+	const chunk = 1000
+	mustDo(t, "PATCH", session, bytes.Repeat([]byte("b"), chunk), http.StatusAccepted, "Content-Type: application/octet-stream")
+	if got := metric(t, base, "berth_upload_session_bytes"); got != strconv.Itoa(chunk) {
+		t.Errorf("berth_upload_session_bytes after a PATCH of %d bytes = %q", chunk, got)
+	}
+	mustDo(t, "DELETE", session, nil, http.StatusNoContent)
+	if got := metric(t, base, "berth_upload_session_bytes"); got != "0" {
+		t.Errorf("berth_upload_session_bytes after the session was cancelled = %q, want 0", got)
+	}
+	if got := metric(t, base, "berth_upload_sessions"); got != "0" {
+		t.Errorf("berth_upload_sessions after the session was cancelled = %q, want 0", got)
 	}
 
 	// A replica whose schema is older than its code is not ready. The API

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -173,22 +174,100 @@ func TestPullStatsReplicas(t *testing.T) {
 		t.Fatalf("after SIGKILL of a replica that had not flushed: %s, want %s (lost: %s)", got, want, lost)
 	}
 
-	// A replica killed while it flushes every 100ms: between nothing and
-	// everything since its last flush is lost, and nothing it flushed.
-	wg.Add(1)
-	var more pullCounts
-	go func() { defer wg.Done(); more = pulls(t, a.url(), repo, md, 8, 1500) }()
-	wg.Wait()
+	// A replica killed once it has flushed every pull it counted loses
+	// nothing. Its own metric says when that is: no waiting on the clock.
+	more := pulls(t, a.url(), repo, md, 8, 1500)
+	want = want.plus(more)
+	countedByA := 1 + fromA.manifest + more.manifest // the first GET above was a's
+	waitUntil(t, "a to flush every pull it counted", func() bool {
+		return flushedOf(a, "manifest") == countedByA
+	})
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-a.exited
-	// (A flush of a in flight at the kill either committed or not.)
-	got2 := readPullCounts(t, d, repo, md)
-	if got2.manifest < want.manifest || got2.manifest > want.manifest+more.manifest ||
-		got2.v1 < want.v1 || got2.v1 > want.v1+more.v1 || got2.v2 < want.v2 || got2.v2 > want.v2+more.v2 {
-		t.Fatalf("after SIGKILL of a flushing replica: %s, want between %s and %s", got2, want, want.plus(more))
+	if got := readPullCounts(t, d, repo, md); got != want {
+		t.Fatalf("after SIGKILL of a replica that had flushed everything: %s, want %s", got, want)
 	}
-	t.Logf("%s: SIGKILL lost %d of the last %d pulls of a replica flushing every 100ms",
-		time.Since(start).Round(time.Millisecond), want.plus(more).manifest-got2.manifest, more.manifest)
+
+	// A replica killed while pulls go on and it flushes every 100ms loses
+	// at most the pulls it counted after its last flush: everything its
+	// metric says it flushed, read just before the kill, is in the
+	// database, and nothing is counted that was not requested.
+	f := startReplica(t, dbURL, storage, fast...)
+	stop := make(chan struct{})
+	var attempted pullCounts
+	wg.Add(1)
+	go func() { defer wg.Done(); attempted = pullsUntil(f.url(), repo, md, 8, stop) }()
+	waitUntil(t, "f to flush some pulls", func() bool { return flushedOf(f, "manifest") >= 500 })
+	flushed, tagsFlushed := flushedOf(f, "manifest"), flushedOf(f, "tag")
+	if err := f.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-f.exited
+	close(stop)
+	wg.Wait()
+	after := readPullCounts(t, d, repo, md)
+	added := pullCounts{after.manifest - want.manifest, after.v1 - want.v1, after.v2 - want.v2}
+	if added.manifest < flushed || added.v1+added.v2 < tagsFlushed {
+		t.Errorf("after SIGKILL of a flushing replica: it added %s, less than the %d pulls (%d by tag) its metric said it had flushed", added, flushed, tagsFlushed)
+	}
+	if added.manifest > attempted.manifest || added.v1 > attempted.v1 || added.v2 > attempted.v2 {
+		t.Errorf("after SIGKILL of a flushing replica: it added %s, more than the %s requested", added, attempted)
+	}
+	t.Logf("%s: SIGKILL of a replica flushing every 100ms during pulls: %d requested, %d flushed by the metric before the kill, %d in the database",
+		time.Since(start).Round(time.Millisecond), attempted.manifest, flushed, added.manifest)
+}
+
+// flushedOf reads berth_pull_stats_flushed_total{kind} of replica r.
+func flushedOf(r *replica, kind string) int64 {
+	v, err := tryMetric(r.url(), `berth_pull_stats_flushed_total{kind="`+kind+`"}`)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// pullsUntil GETs the manifest by tag v1, tag v2 and digest in turn, from
+// workers goroutines, until stop is closed or the replica stops answering
+// (it was killed). It returns the pulls requested, answered or not: a pull
+// the replica counted may not have reached the client before the kill.
+func pullsUntil(base, repo, dgst string, workers int, stop <-chan struct{}) pullCounts {
+	var v1, v2, byDigest atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; ; i += workers {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ref, counter := "v1", &v1
+				switch i % 3 {
+				case 1:
+					ref, counter = "v2", &v2
+				case 2:
+					ref, counter = dgst, &byDigest
+				}
+				counter.Add(1)
+				r, _ := http.NewRequest("GET", base+"/v2/"+repo+"/manifests/"+ref, nil)
+				r.Header.Set("Accept", ociManifest)
+				resp, err := http.DefaultClient.Do(r)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return pullCounts{manifest: v1.Load() + v2.Load() + byDigest.Load(), v1: v1.Load(), v2: v2.Load()}
 }
