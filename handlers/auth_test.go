@@ -18,6 +18,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
@@ -474,5 +475,193 @@ func TestThrottleSparesKnownCredentials(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(req.WithContext(ctx)); err == nil {
 		resp.Body.Close()
 		t.Errorf("a second guess was answered at once: %d", resp.StatusCode)
+	}
+}
+
+// routeUsers are users holding each combination of actions the route
+// table below needs or lacks, on route/**.
+var routeUsers = map[string][]string{
+	"puller":      {"pull"},
+	"pullpusher":  {"pull", "push"},
+	"pulldeleter": {"pull", "delete"},
+	"pushdeleter": {"push", "delete"},
+	"deleter":     {"delete"},
+}
+
+// routeCase is one API route: what it needs, who lacks it, who has it and
+// what the one who has it gets once past the authorization check.
+type routeCase struct {
+	method, path string
+	body         []byte
+	header       []string
+	need         string   // the scope's actions, as the challenge names them
+	lacking      []string // users without one of the actions needed
+	having       string   // a user with exactly the actions needed
+	status       int      // what having gets
+	code         string
+}
+
+// routeCases lists every repository route of the API on route/app, where
+// root pushed the manifest m (tag v1) with the blob b.
+func routeCases(m, b digest.Digest, manifest []byte) []routeCase {
+	const repo = "/v2/route/app"
+	absent := digest.FromString("absent").String()
+	upload := repo + "/blobs/uploads/0123456789abcdef0123456789abcdef"
+	pull := func(method, path string, status int, code string) routeCase {
+		return routeCase{method: method, path: path, need: "pull", lacking: []string{"pushdeleter", "deleter"},
+			having: "puller", status: status, code: code}
+	}
+	push := func(method, path string, body []byte, status int, code string, header ...string) routeCase {
+		return routeCase{method: method, path: path, body: body, header: header, need: "pull,push",
+			lacking: []string{"puller", "pulldeleter", "pushdeleter"}, having: "pullpusher", status: status, code: code}
+	}
+	del := func(path string, status int, code string) routeCase {
+		return routeCase{method: "DELETE", path: path, need: "delete", lacking: []string{"puller", "pullpusher"},
+			having: "deleter", status: status, code: code}
+	}
+	return []routeCase{
+		pull("GET", repo+"/manifests/v1", http.StatusOK, ""),
+		pull("HEAD", repo+"/manifests/v1", http.StatusOK, ""),
+		push("PUT", repo+"/manifests/v2", manifest, http.StatusCreated, "", "Content-Type: "+mtManifest),
+		del(repo+"/manifests/"+absent, http.StatusNotFound, "MANIFEST_UNKNOWN"),
+		del(repo+"/manifests/absent", http.StatusNotFound, "MANIFEST_UNKNOWN"), // untag
+		del(repo+"/tags/absent", http.StatusNotFound, "MANIFEST_UNKNOWN"),      // untag, Berth's route
+		pull("GET", repo+"/tags/v1/history", http.StatusOK, ""),
+		pull("GET", repo+"/tags/list", http.StatusOK, ""),
+		pull("GET", repo+"/tags/_list", http.StatusOK, ""),
+		pull("GET", repo+"/manifests/_list", http.StatusOK, ""),
+		pull("GET", repo+"/referrers/"+m.String(), http.StatusOK, ""),
+		push("PUT", repo+"/tags/v3", []byte(`{"digest":"`+m.String()+`"}`), http.StatusCreated, ""), // restore
+		pull("GET", repo+"/blobs/"+b.String(), http.StatusOK, ""),
+		pull("HEAD", repo+"/blobs/"+b.String(), http.StatusOK, ""),
+		del(repo+"/blobs/"+absent, http.StatusNotFound, "BLOB_UNKNOWN"),
+		push("POST", repo+"/blobs/uploads/", nil, http.StatusAccepted, ""),
+		push("PATCH", upload, []byte("x"), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "Content-Type: application/octet-stream"),
+		push("PUT", upload+"?digest="+absent, nil, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		del(upload, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		pull("GET", upload, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		pull("GET", "/berth/v1/events?repository=route/app", http.StatusOK, ""),
+	}
+}
+
+// bodyCode is the error code an answer to method carries: none for HEAD,
+// which has no body.
+func bodyCode(method, code string) string {
+	if method == http.MethodHead {
+		return ""
+	}
+	return code
+}
+
+// TestEveryRouteNeedsItsScope walks every route of the API in both modes:
+// anonymous gets the challenge, a user lacking one of the actions the
+// route needs is refused (403 DENIED with Basic, 401 insufficient_scope
+// with a token), and a user with exactly those actions gets past the
+// check to the route's own answer.
+func TestEveryRouteNeedsItsScope(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{handlers.AuthBasic, handlers.AuthToken} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var r *registry
+			if mode == handlers.AuthBasic {
+				r = newBasicRegistry(t)
+			} else {
+				r, _ = tokenRegistry(t, 15*time.Minute)
+			}
+			for user, actions := range routeUsers {
+				// The cheapest bcrypt cost: the test is about the grants.
+				hash, err := bcrypt.GenerateFromPassword([]byte(user+"-secret"), bcrypt.MinCost)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := r.db.UserCreate(t.Context(), user, string(hash), false); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.db.GrantSet(t.Context(), db.Grant{Subject: user, RepoGlob: "route/**", Actions: actions}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// credentials are what user sends: Basic credentials, or a
+			// token asked for with everything (and cut down to what the
+			// user has).
+			credentials := func(user, scope string) string {
+				basic := basicHeader(user, user+"-secret")
+				if mode == handlers.AuthBasic {
+					return basic
+				}
+				return bearerHeader(r.getToken(basic, scope))
+			}
+			root := credentials("root", "repository:route/app:pull,push,delete")
+			cfg := []byte(`{"route":"table"}`)
+			b := digest.FromBytes(cfg)
+			r.do("POST", "/v2/route/app/blobs/uploads/?digest="+b.String(), cfg, root).expect(t, http.StatusCreated, "")
+			manifest := ociManifest(b, int64(len(cfg)), b, int64(len(cfg)))
+			r.do("PUT", "/v2/route/app/manifests/v1", manifest, root, "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+			m := digest.FromBytes(manifest)
+
+			everything := "repository:route/app:pull,push,delete"
+			for _, c := range routeCases(m, b, manifest) {
+				what := c.method + " " + c.path
+				need := "repository:route/app:" + c.need
+
+				anon := r.do(c.method, c.path, c.body, c.header...)
+				challenge := anon.Header.Get("WWW-Authenticate")
+				wantChallenge := `Basic realm="berth"`
+				if mode == handlers.AuthToken {
+					wantChallenge = fmt.Sprintf(`Bearer realm=%q,service="berth",scope=%q`, r.srv.URL+"/auth/token", need)
+				}
+				if anon.StatusCode != http.StatusUnauthorized || challenge != wantChallenge {
+					t.Errorf("%s anonymous: %d, challenge %q, want 401 and %q", what, anon.StatusCode, challenge, wantChallenge)
+				}
+				if mode == handlers.AuthToken {
+					// An anonymous token carries nothing here: 401 as well.
+					tok := bearerHeader(r.getToken("", everything))
+					resp := r.do(c.method, c.path, c.body, append([]string{tok}, c.header...)...)
+					if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+						t.Errorf("%s with an anonymous token: %d, challenge %q", what, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+					}
+				}
+
+				for _, user := range c.lacking {
+					resp := r.do(c.method, c.path, c.body, append([]string{credentials(user, everything)}, c.header...)...)
+					if mode == handlers.AuthBasic {
+						if resp.StatusCode != http.StatusForbidden || resp.errorCode() != bodyCode(c.method, "DENIED") || resp.Header.Get("WWW-Authenticate") != "" {
+							t.Errorf("%s by %s: %d %s, want 403 DENIED without a challenge", what, user, resp.StatusCode, resp.body)
+						}
+						continue
+					}
+					want := fmt.Sprintf(`Bearer realm=%q,service="berth",scope=%q,error="insufficient_scope"`, r.srv.URL+"/auth/token", need)
+					if resp.StatusCode != http.StatusUnauthorized || resp.errorCode() != bodyCode(c.method, "UNAUTHORIZED") || resp.Header.Get("WWW-Authenticate") != want {
+						t.Errorf("%s by %s: %d %s, challenge %q, want 401 and %q", what, user, resp.StatusCode, resp.body,
+							resp.Header.Get("WWW-Authenticate"), want)
+					}
+				}
+
+				resp := r.do(c.method, c.path, c.body, append([]string{credentials(c.having, everything)}, c.header...)...)
+				if resp.StatusCode != c.status || c.code != "" && resp.errorCode() != c.code {
+					t.Errorf("%s by %s: %d %s, want %d %s", what, c.having, resp.StatusCode, resp.body, c.status, c.code)
+				}
+			}
+
+			// The catalog: anonymous is challenged for the catalog scope; a
+			// user who may not pull route/app does not see it; an admin
+			// sees everything.
+			anon := r.do("GET", "/v2/_catalog", nil)
+			wantChallenge := `Basic realm="berth"`
+			if mode == handlers.AuthToken {
+				wantChallenge = fmt.Sprintf(`Bearer realm=%q,service="berth",scope="registry:catalog:*"`, r.srv.URL+"/auth/token")
+			}
+			if anon.StatusCode != http.StatusUnauthorized || anon.Header.Get("WWW-Authenticate") != wantChallenge {
+				t.Errorf("catalog, anonymous: %d, challenge %q", anon.StatusCode, anon.Header.Get("WWW-Authenticate"))
+			}
+			for user, want := range map[string]string{"deleter": "[]", "puller": "[route/app]", "root": "[route/app]"} {
+				resp := r.do("GET", "/v2/_catalog", nil, credentials(user, "registry:catalog:*"))
+				var cat struct{ Repositories []string }
+				if resp.StatusCode != http.StatusOK || json.Unmarshal(resp.body, &cat) != nil || fmt.Sprint(cat.Repositories) != want {
+					t.Errorf("catalog of %s: %d %s, want %s", user, resp.StatusCode, resp.body, want)
+				}
+			}
+		})
 	}
 }
