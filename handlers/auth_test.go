@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,12 +19,14 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/handlers"
+	"github.com/berth-registry/berth/metrics"
 )
 
 // The tests in this file drive the API with authentication on, against
@@ -222,8 +225,9 @@ func TestUploadOwnershipAndMounts(t *testing.T) {
 	r.do("HEAD", "/v2/bob/app/blobs/"+d.String(), nil, bob).expect(t, http.StatusNotFound, "")
 }
 
-// tokenRegistry is a registry in token mode, with ttl for its tokens.
-func tokenRegistry(t *testing.T, ttl time.Duration) (*registry, *auth.Issuer) {
+// tokenRegistry is a registry in token mode, with ttl for its tokens and
+// options changed further by configure.
+func tokenRegistry(t *testing.T, ttl time.Duration, configure ...func(*handlers.Options)) (*registry, *auth.Issuer) {
 	t.Helper()
 	key, err := auth.NewKey()
 	if err != nil {
@@ -236,6 +240,9 @@ func tokenRegistry(t *testing.T, ttl time.Duration) (*registry, *auth.Issuer) {
 	}
 	r := newRegistryWith(t, func(o *handlers.Options) {
 		o.Auth = handlers.AuthConfig{Mode: handlers.AuthToken, Service: "berth", Issuer: issuer, Verifier: verifier, UploadGrace: time.Hour}
+		for _, c := range configure {
+			c(o)
+		}
 	})
 	authWorld(t, r.db)
 	return r, issuer
@@ -664,4 +671,120 @@ func TestEveryRouteNeedsItsScope(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetricsNeedAnAdmin: with authentication on, /metrics on the API
+// port names namespaces and quota prefixes, so only an admin may scrape
+// it: with Basic credentials (a password or an unscoped API token, what
+// Prometheus's basic_auth sends) in both modes, or a Bearer token in token
+// mode. The admin listener, the private port, asks for nothing; nor does
+// the API with authentication off.
+func TestMetricsNeedAnAdmin(t *testing.T) {
+	t.Parallel()
+	withUsage := func(o *handlers.Options) {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(metrics.Usage(o.DB, discard()))
+	}
+	secretQuota := func(r *registry) {
+		if _, err := r.db.QuotaSet(t.Context(), "secret-team", 1<<30, 80); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scrape := func(r *registry, what string, want int, code string, header ...string) response {
+		t.Helper()
+		resp := r.do("GET", "/metrics", nil, header...)
+		if resp.StatusCode != want || code != "" && resp.errorCode() != code {
+			t.Errorf("%s: %d %.200s, want %d %s", what, resp.StatusCode, resp.body, want, code)
+		}
+		leaks := strings.Contains(string(resp.body), "secret-team")
+		if leaks != (want == http.StatusOK) {
+			t.Errorf("%s: the quota's prefix shown: %v", what, leaks)
+		}
+		return resp
+	}
+
+	t.Run("basic", func(t *testing.T) {
+		t.Parallel()
+		r := newRegistryWith(t, func(o *handlers.Options) {
+			withUsage(o)
+			o.Auth = handlers.AuthConfig{Mode: handlers.AuthBasic}
+		})
+		authWorld(t, r.db)
+		secretQuota(r)
+		_, rootToken := apiToken(t, r.db, "root")
+		_, rootScoped := apiToken(t, r.db, "root", "repository:team-a/**:pull")
+		resp := scrape(r, "anonymous", http.StatusUnauthorized, "UNAUTHORIZED")
+		if got := resp.Header.Get("WWW-Authenticate"); got != `Basic realm="berth"` {
+			t.Errorf("challenge %q", got)
+		}
+		scrape(r, "a wrong password", http.StatusUnauthorized, "UNAUTHORIZED", basicHeader("root", "wrong"))
+		scrape(r, "alice, no admin", http.StatusForbidden, "DENIED", basicHeader("alice", "alice-secret"))
+		scrape(r, "root's API token with scopes", http.StatusForbidden, "DENIED", basicHeader("root", rootScoped))
+		scrape(r, "root", http.StatusOK, "", basicHeader("root", "root-secret"))
+		scrape(r, "root's API token", http.StatusOK, "", basicHeader("root", rootToken))
+	})
+
+	t.Run("token", func(t *testing.T) {
+		t.Parallel()
+		r, issuer := tokenRegistry(t, 15*time.Minute, withUsage)
+		secretQuota(r)
+		_, rootToken := apiToken(t, r.db, "root")
+		resp := scrape(r, "anonymous", http.StatusUnauthorized, "UNAUTHORIZED")
+		if got, want := resp.Header.Get("WWW-Authenticate"), fmt.Sprintf(`Bearer realm=%q,service="berth"`, r.srv.URL+"/auth/token"); got != want {
+			t.Errorf("challenge %q, want %q", got, want)
+		}
+		bearer := func(user string) string {
+			tok, _, err := issuer.Issue(user, nil, "", time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return bearerHeader(tok)
+		}
+		scrape(r, "an anonymous token", http.StatusUnauthorized, "UNAUTHORIZED", bearer(""))
+		scrape(r, "alice's token", http.StatusForbidden, "DENIED", bearer("alice"))
+		scrape(r, "alice's password", http.StatusForbidden, "DENIED", basicHeader("alice", "alice-secret"))
+		scrape(r, "root's token", http.StatusOK, "", bearer("root"))
+		scrape(r, "root's password", http.StatusOK, "", basicHeader("root", "root-secret"))
+		scrape(r, "root's API token", http.StatusOK, "", basicHeader("root", rootToken))
+	})
+
+	t.Run("none", func(t *testing.T) {
+		t.Parallel()
+		r := newRegistryWith(t, withUsage)
+		secretQuota(r)
+		scrape(r, "anonymous", http.StatusOK, "")
+	})
+
+	t.Run("admin listener", func(t *testing.T) {
+		t.Parallel()
+		d, err := db.Open(t.Context(), dbtest.NewURL(t), db.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Close)
+		opts := handlers.Options{DB: d, Logger: discard(), Auth: handlers.AuthConfig{Mode: handlers.AuthBasic}, AdminSeparate: true}
+		withUsage(&opts)
+		if _, err := d.QuotaSet(t.Context(), "secret-team", 1<<30, 80); err != nil {
+			t.Fatal(err)
+		}
+		h := handlers.New(opts)
+		t.Cleanup(func() { h.Close(context.Background()) })
+		api, admin := httptest.NewServer(h), httptest.NewServer(h.Admin())
+		t.Cleanup(api.Close)
+		t.Cleanup(admin.Close)
+		for _, c := range []struct {
+			url  string
+			want int
+		}{{api.URL, http.StatusNotFound}, {admin.URL, http.StatusOK}} {
+			resp, err := http.Get(c.url + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.want || strings.Contains(string(body), "secret-team") != (c.want == http.StatusOK) {
+				t.Errorf("%s/metrics: %d %.200s, want %d", c.url, resp.StatusCode, body, c.want)
+			}
+		}
+	})
 }
