@@ -177,6 +177,27 @@ func TestAPITokens(t *testing.T) {
 	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, basicHeader("alice", pullOnly)).expect(t, http.StatusForbidden, "DENIED")
 	r.do("GET", "/v2/", nil, basicHeader("bob", secret)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED") // another user's token
 
+	// The tag history names the token a change was made with, and none
+	// for a change made with the password.
+	manifest := ociManifest(cd, int64(len(cfg)), cd, int64(len(cfg)))
+	r.do("PUT", "/v2/team-a/app/manifests/v1", manifest, basicHeader("alice", "alice-secret"), "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+	r.do("DELETE", "/v2/team-a/app/tags/v1", nil, tok).expect(t, http.StatusAccepted, "")
+	hist := r.do("GET", "/v2/team-a/app/tags/v1/history", nil, tok)
+	hist.expect(t, http.StatusOK, "")
+	var history struct {
+		History []map[string]any
+	}
+	if err := json.Unmarshal(hist.body, &history); err != nil || len(history.History) != 2 {
+		t.Fatalf("history: %s", hist.body)
+	}
+	untag, create := history.History[0], history.History[1]
+	if untag["action"] != "tag.untag" || untag["actor"] != "alice" || untag["tokenId"] != id {
+		t.Errorf("the untag with the token: %v, want tokenId %s", untag, id)
+	}
+	if _, has := create["tokenId"]; has || create["actor"] != "alice" {
+		t.Errorf("the push with the password: %v, want no tokenId", create)
+	}
+
 	if err := r.db.TokenRevoke(t.Context(), id); err != nil {
 		t.Fatal(err)
 	}
