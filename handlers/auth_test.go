@@ -419,6 +419,107 @@ func TestUploadOutlivesItsToken(t *testing.T) {
 	r.do("PUT", location+"?digest="+whole.String(), nil, bearerHeader(expired)).expect(t, http.StatusCreated, "")
 	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
 	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+
+	// Expired beyond the grace (an hour here): the session is not
+	// continued, not even by its owner.
+	open := func(tok string) string {
+		resp := r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(tok))
+		resp.expect(t, http.StatusAccepted, "")
+		return resp.Header.Get("Location")
+	}
+	location = open(token("alice", time.Now()))
+	stale := token("alice", time.Now().Add(-time.Minute-time.Hour-2*auth.DefaultLeeway))
+	for _, req := range []struct {
+		method, path string
+		body         []byte
+	}{{"PATCH", location, []byte("late")}, {"PUT", location + "?digest=" + whole.String(), nil}} {
+		resp := r.do(req.method, req.path, req.body, bearerHeader(stale), "Content-Type: application/octet-stream")
+		resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+		if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+			t.Errorf("%s with a token expired beyond the grace: challenge %q", req.method, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+
+	// The push grant withdrawn mid-upload: the next PATCH and the
+	// finishing PUT are refused, with a fresh token and with an expired one.
+	bobFresh, bobExpired := token("bob", time.Now()), token("bob", longAgo)
+	location = open(bobFresh)
+	r.do("PATCH", location, []byte("first "), bearerHeader(bobFresh), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "bob", RepoGlob: "team-a/**", Actions: []string{"pull"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{bobFresh, bobExpired} {
+		for _, req := range []struct {
+			method, path string
+			body         []byte
+		}{{"PATCH", location, []byte("second")}, {"PUT", location + "?digest=" + whole.String(), []byte("second")}} {
+			resp := r.do(req.method, req.path, req.body, bearerHeader(tok), "Content-Type: application/octet-stream")
+			resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+			if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+				t.Errorf("%s after the push grant was withdrawn: challenge %q", req.method, resp.Header.Get("WWW-Authenticate"))
+			}
+		}
+	}
+	r.do("HEAD", "/v2/team-a/app/blobs/"+whole.String(), nil, bearerHeader(bobFresh)).expect(t, http.StatusOK, "") // alice's, from above
+}
+
+// TestSlowUploadOutlivesItsToken pushes a layer in chunks with a token
+// from the token service that lives a second, verified without leeway:
+// the last chunk and the finishing PUT come once the token has expired
+// (the registry refuses it for a pull by then), and the layer lands.
+func TestSlowUploadOutlivesItsToken(t *testing.T) {
+	t.Parallel()
+	r, _ := tokenRegistry(t, time.Second, func(o *handlers.Options) {
+		verifier, err := auth.NewVerifier(auth.VerifierConfig{Issuer: "berth", Service: "berth", Own: []auth.Key{o.Auth.Issuer.Key}, Leeway: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Auth.Verifier = verifier
+	})
+	alice := basicHeader("alice", "alice-secret")
+	const scope = "repository:team-a/slow:pull,push"
+	// Open the session with a token that still holds: on a slow machine a
+	// token of one second may have expired before its first use, so ask
+	// again until one opens the session.
+	var tok, location string
+	for attempt := 0; location == "" && attempt < 20; attempt++ {
+		tok = r.getToken(alice, scope)
+		resp := r.do("POST", "/v2/team-a/slow/blobs/uploads/", nil, bearerHeader(tok))
+		if resp.StatusCode == http.StatusAccepted {
+			location = resp.Header.Get("Location")
+		}
+	}
+	if location == "" {
+		t.Fatal("no token of one second lived long enough to open an upload session")
+	}
+	chunk := func(body string) {
+		r.do("PATCH", location, []byte(body), bearerHeader(tok), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	}
+	chunk("the first chunk, ")
+
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil || claims.ExpiresAt == nil {
+		t.Fatalf("token claims: %v", err)
+	}
+	time.Sleep(time.Until(claims.ExpiresAt.Time))
+	// The token has expired once the registry refuses it for a pull.
+	deadline := time.Now().Add(time.Minute)
+	for r.do("GET", "/v2/team-a/slow/tags/list", nil, bearerHeader(tok)).StatusCode != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("the token of one second is still accepted for a pull a minute after its exp")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	chunk("the second, after the token expired")
+	whole := digest.FromString("the first chunk, the second, after the token expired")
+	r.do("PUT", location+"?digest="+whole.String(), nil, bearerHeader(tok)).expect(t, http.StatusCreated, "")
+	fresh := r.getToken(alice, scope)
+	resp := r.do("GET", "/v2/team-a/slow/blobs/"+whole.String(), nil, bearerHeader(fresh))
+	resp.expect(t, http.StatusOK, "")
+	if string(resp.body) != "the first chunk, the second, after the token expired" {
+		t.Errorf("the layer: %q", resp.body)
+	}
 }
 
 // A token of an external token server (docker_auth, GitLab, Harbor style:
