@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -75,6 +76,47 @@ func (h *Handler) readyz(details bool) http.HandlerFunc {
 
 func (h *Handler) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(h.registry, promhttp.HandlerOpts{Registry: h.registry})
+}
+
+// adminOnly guards next (the metrics, on the API port) with authentication
+// on: the metrics name namespaces and quota prefixes, which only admins
+// may list. An admin authenticates with Basic credentials (a password or
+// an API token without scopes) in either mode — what Prometheus's
+// basic_auth sends — or with a Bearer token in token mode. With
+// authentication off, and on the admin listener (the private port),
+// nothing is asked.
+func (h *Handler) adminOnly(next http.Handler) http.Handler {
+	if !h.auth.enabled() {
+		return next
+	}
+	return h.serve(func(w http.ResponseWriter, r *http.Request) error {
+		p, err := h.adminPrincipal(r)
+		if err != nil {
+			return err
+		}
+		if !p.authenticated {
+			return h.unauthorized(r, nil, "", "authentication required")
+		}
+		if !p.Admin || p.TokenScopes != nil {
+			return &authError{status: http.StatusForbidden, message: "requested access to the resource is denied: the metrics are for admins"}
+		}
+		next.ServeHTTP(w, r)
+		return nil
+	})
+}
+
+// adminPrincipal is who makes r, taking Basic credentials in token mode
+// too (see adminOnly).
+func (h *Handler) adminPrincipal(r *http.Request) (*principal, error) {
+	scheme, _, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if h.auth.Mode == AuthToken && strings.EqualFold(scheme, "Basic") {
+		user, pass, ok := r.BasicAuth()
+		if !ok {
+			return nil, h.unauthorized(r, nil, "invalid_request", "malformed Basic credentials")
+		}
+		return h.login(r, user, pass)
+	}
+	return h.authenticate(r, nil)
 }
 
 // Admin returns the handler of the admin listener: /metrics, /readyz with

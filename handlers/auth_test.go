@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,11 +19,14 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/berth-registry/berth/auth"
 	"github.com/berth-registry/berth/db"
 	"github.com/berth-registry/berth/db/dbtest"
 	"github.com/berth-registry/berth/handlers"
+	"github.com/berth-registry/berth/metrics"
 )
 
 // The tests in this file drive the API with authentication on, against
@@ -173,6 +177,27 @@ func TestAPITokens(t *testing.T) {
 	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, basicHeader("alice", pullOnly)).expect(t, http.StatusForbidden, "DENIED")
 	r.do("GET", "/v2/", nil, basicHeader("bob", secret)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED") // another user's token
 
+	// The tag history names the token a change was made with, and none
+	// for a change made with the password.
+	manifest := ociManifest(cd, int64(len(cfg)), cd, int64(len(cfg)))
+	r.do("PUT", "/v2/team-a/app/manifests/v1", manifest, basicHeader("alice", "alice-secret"), "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+	r.do("DELETE", "/v2/team-a/app/tags/v1", nil, tok).expect(t, http.StatusAccepted, "")
+	hist := r.do("GET", "/v2/team-a/app/tags/v1/history", nil, tok)
+	hist.expect(t, http.StatusOK, "")
+	var history struct {
+		History []map[string]any
+	}
+	if err := json.Unmarshal(hist.body, &history); err != nil || len(history.History) != 2 {
+		t.Fatalf("history: %s", hist.body)
+	}
+	untag, create := history.History[0], history.History[1]
+	if untag["action"] != "tag.untag" || untag["actor"] != "alice" || untag["tokenId"] != id {
+		t.Errorf("the untag with the token: %v, want tokenId %s", untag, id)
+	}
+	if _, has := create["tokenId"]; has || create["actor"] != "alice" {
+		t.Errorf("the push with the password: %v, want no tokenId", create)
+	}
+
 	if err := r.db.TokenRevoke(t.Context(), id); err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +246,9 @@ func TestUploadOwnershipAndMounts(t *testing.T) {
 	r.do("HEAD", "/v2/bob/app/blobs/"+d.String(), nil, bob).expect(t, http.StatusNotFound, "")
 }
 
-// tokenRegistry is a registry in token mode, with ttl for its tokens.
-func tokenRegistry(t *testing.T, ttl time.Duration) (*registry, *auth.Issuer) {
+// tokenRegistry is a registry in token mode, with ttl for its tokens and
+// options changed further by configure.
+func tokenRegistry(t *testing.T, ttl time.Duration, configure ...func(*handlers.Options)) (*registry, *auth.Issuer) {
 	t.Helper()
 	key, err := auth.NewKey()
 	if err != nil {
@@ -235,6 +261,9 @@ func tokenRegistry(t *testing.T, ttl time.Duration) (*registry, *auth.Issuer) {
 	}
 	r := newRegistryWith(t, func(o *handlers.Options) {
 		o.Auth = handlers.AuthConfig{Mode: handlers.AuthToken, Service: "berth", Issuer: issuer, Verifier: verifier, UploadGrace: time.Hour}
+		for _, c := range configure {
+			c(o)
+		}
 	})
 	authWorld(t, r.db)
 	return r, issuer
@@ -390,6 +419,107 @@ func TestUploadOutlivesItsToken(t *testing.T) {
 	r.do("PUT", location+"?digest="+whole.String(), nil, bearerHeader(expired)).expect(t, http.StatusCreated, "")
 	r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
 	r.do("GET", "/v2/team-a/app/tags/list", nil, bearerHeader(expired)).expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+
+	// Expired beyond the grace (an hour here): the session is not
+	// continued, not even by its owner.
+	open := func(tok string) string {
+		resp := r.do("POST", "/v2/team-a/app/blobs/uploads/", nil, bearerHeader(tok))
+		resp.expect(t, http.StatusAccepted, "")
+		return resp.Header.Get("Location")
+	}
+	location = open(token("alice", time.Now()))
+	stale := token("alice", time.Now().Add(-time.Minute-time.Hour-2*auth.DefaultLeeway))
+	for _, req := range []struct {
+		method, path string
+		body         []byte
+	}{{"PATCH", location, []byte("late")}, {"PUT", location + "?digest=" + whole.String(), nil}} {
+		resp := r.do(req.method, req.path, req.body, bearerHeader(stale), "Content-Type: application/octet-stream")
+		resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+		if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="invalid_token"`) {
+			t.Errorf("%s with a token expired beyond the grace: challenge %q", req.method, resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+
+	// The push grant withdrawn mid-upload: the next PATCH and the
+	// finishing PUT are refused, with a fresh token and with an expired one.
+	bobFresh, bobExpired := token("bob", time.Now()), token("bob", longAgo)
+	location = open(bobFresh)
+	r.do("PATCH", location, []byte("first "), bearerHeader(bobFresh), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	if err := r.db.GrantSet(t.Context(), db.Grant{Subject: "bob", RepoGlob: "team-a/**", Actions: []string{"pull"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{bobFresh, bobExpired} {
+		for _, req := range []struct {
+			method, path string
+			body         []byte
+		}{{"PATCH", location, []byte("second")}, {"PUT", location + "?digest=" + whole.String(), []byte("second")}} {
+			resp := r.do(req.method, req.path, req.body, bearerHeader(tok), "Content-Type: application/octet-stream")
+			resp.expect(t, http.StatusUnauthorized, "UNAUTHORIZED")
+			if !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+				t.Errorf("%s after the push grant was withdrawn: challenge %q", req.method, resp.Header.Get("WWW-Authenticate"))
+			}
+		}
+	}
+	r.do("HEAD", "/v2/team-a/app/blobs/"+whole.String(), nil, bearerHeader(bobFresh)).expect(t, http.StatusOK, "") // alice's, from above
+}
+
+// TestSlowUploadOutlivesItsToken pushes a layer in chunks with a token
+// from the token service that lives a second, verified without leeway:
+// the last chunk and the finishing PUT come once the token has expired
+// (the registry refuses it for a pull by then), and the layer lands.
+func TestSlowUploadOutlivesItsToken(t *testing.T) {
+	t.Parallel()
+	r, _ := tokenRegistry(t, time.Second, func(o *handlers.Options) {
+		verifier, err := auth.NewVerifier(auth.VerifierConfig{Issuer: "berth", Service: "berth", Own: []auth.Key{o.Auth.Issuer.Key}, Leeway: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Auth.Verifier = verifier
+	})
+	alice := basicHeader("alice", "alice-secret")
+	const scope = "repository:team-a/slow:pull,push"
+	// Open the session with a token that still holds: on a slow machine a
+	// token of one second may have expired before its first use, so ask
+	// again until one opens the session.
+	var tok, location string
+	for attempt := 0; location == "" && attempt < 20; attempt++ {
+		tok = r.getToken(alice, scope)
+		resp := r.do("POST", "/v2/team-a/slow/blobs/uploads/", nil, bearerHeader(tok))
+		if resp.StatusCode == http.StatusAccepted {
+			location = resp.Header.Get("Location")
+		}
+	}
+	if location == "" {
+		t.Fatal("no token of one second lived long enough to open an upload session")
+	}
+	chunk := func(body string) {
+		r.do("PATCH", location, []byte(body), bearerHeader(tok), "Content-Type: application/octet-stream").expect(t, http.StatusAccepted, "")
+	}
+	chunk("the first chunk, ")
+
+	var claims jwt.RegisteredClaims
+	if _, _, err := jwt.NewParser().ParseUnverified(tok, &claims); err != nil || claims.ExpiresAt == nil {
+		t.Fatalf("token claims: %v", err)
+	}
+	time.Sleep(time.Until(claims.ExpiresAt.Time))
+	// The token has expired once the registry refuses it for a pull.
+	deadline := time.Now().Add(time.Minute)
+	for r.do("GET", "/v2/team-a/slow/tags/list", nil, bearerHeader(tok)).StatusCode != http.StatusUnauthorized {
+		if time.Now().After(deadline) {
+			t.Fatal("the token of one second is still accepted for a pull a minute after its exp")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	chunk("the second, after the token expired")
+	whole := digest.FromString("the first chunk, the second, after the token expired")
+	r.do("PUT", location+"?digest="+whole.String(), nil, bearerHeader(tok)).expect(t, http.StatusCreated, "")
+	fresh := r.getToken(alice, scope)
+	resp := r.do("GET", "/v2/team-a/slow/blobs/"+whole.String(), nil, bearerHeader(fresh))
+	resp.expect(t, http.StatusOK, "")
+	if string(resp.body) != "the first chunk, the second, after the token expired" {
+		t.Errorf("the layer: %q", resp.body)
+	}
 }
 
 // A token of an external token server (docker_auth, GitLab, Harbor style:
@@ -475,4 +605,308 @@ func TestThrottleSparesKnownCredentials(t *testing.T) {
 		resp.Body.Close()
 		t.Errorf("a second guess was answered at once: %d", resp.StatusCode)
 	}
+}
+
+// routeUsers are users holding each combination of actions the route
+// table below needs or lacks, on route/**.
+var routeUsers = map[string][]string{
+	"puller":      {"pull"},
+	"pullpusher":  {"pull", "push"},
+	"pulldeleter": {"pull", "delete"},
+	"pushdeleter": {"push", "delete"},
+	"deleter":     {"delete"},
+}
+
+// routeCase is one API route: what it needs, who lacks it, who has it and
+// what the one who has it gets once past the authorization check.
+type routeCase struct {
+	method, path string
+	body         []byte
+	header       []string
+	need         string   // the scope's actions, as the challenge names them
+	lacking      []string // users without one of the actions needed
+	having       string   // a user with exactly the actions needed
+	status       int      // what having gets
+	code         string
+}
+
+// routeCases lists every repository route of the API on route/app, where
+// root pushed the manifest m (tag v1) with the blob b.
+func routeCases(m, b digest.Digest, manifest []byte) []routeCase {
+	const repo = "/v2/route/app"
+	absent := digest.FromString("absent").String()
+	upload := repo + "/blobs/uploads/0123456789abcdef0123456789abcdef"
+	pull := func(method, path string, status int, code string) routeCase {
+		return routeCase{method: method, path: path, need: "pull", lacking: []string{"pushdeleter", "deleter"},
+			having: "puller", status: status, code: code}
+	}
+	push := func(method, path string, body []byte, status int, code string, header ...string) routeCase {
+		return routeCase{method: method, path: path, body: body, header: header, need: "pull,push",
+			lacking: []string{"puller", "pulldeleter", "pushdeleter"}, having: "pullpusher", status: status, code: code}
+	}
+	del := func(path string, status int, code string) routeCase {
+		return routeCase{method: "DELETE", path: path, need: "delete", lacking: []string{"puller", "pullpusher"},
+			having: "deleter", status: status, code: code}
+	}
+	return []routeCase{
+		pull("GET", repo+"/manifests/v1", http.StatusOK, ""),
+		pull("HEAD", repo+"/manifests/v1", http.StatusOK, ""),
+		push("PUT", repo+"/manifests/v2", manifest, http.StatusCreated, "", "Content-Type: "+mtManifest),
+		del(repo+"/manifests/"+absent, http.StatusNotFound, "MANIFEST_UNKNOWN"),
+		del(repo+"/manifests/absent", http.StatusNotFound, "MANIFEST_UNKNOWN"), // untag
+		del(repo+"/tags/absent", http.StatusNotFound, "MANIFEST_UNKNOWN"),      // untag, Berth's route
+		pull("GET", repo+"/tags/v1/history", http.StatusOK, ""),
+		pull("GET", repo+"/tags/list", http.StatusOK, ""),
+		pull("GET", repo+"/tags/_list", http.StatusOK, ""),
+		pull("GET", repo+"/manifests/_list", http.StatusOK, ""),
+		pull("GET", repo+"/referrers/"+m.String(), http.StatusOK, ""),
+		push("PUT", repo+"/tags/v3", []byte(`{"digest":"`+m.String()+`"}`), http.StatusCreated, ""), // restore
+		pull("GET", repo+"/blobs/"+b.String(), http.StatusOK, ""),
+		pull("HEAD", repo+"/blobs/"+b.String(), http.StatusOK, ""),
+		del(repo+"/blobs/"+absent, http.StatusNotFound, "BLOB_UNKNOWN"),
+		push("POST", repo+"/blobs/uploads/", nil, http.StatusAccepted, ""),
+		push("PATCH", upload, []byte("x"), http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN", "Content-Type: application/octet-stream"),
+		push("PUT", upload+"?digest="+absent, nil, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		del(upload, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		pull("GET", upload, http.StatusNotFound, "BLOB_UPLOAD_UNKNOWN"),
+		pull("GET", "/berth/v1/events?repository=route/app", http.StatusOK, ""),
+	}
+}
+
+// bodyCode is the error code an answer to method carries: none for HEAD,
+// which has no body.
+func bodyCode(method, code string) string {
+	if method == http.MethodHead {
+		return ""
+	}
+	return code
+}
+
+// TestEveryRouteNeedsItsScope walks every route of the API in both modes:
+// anonymous gets the challenge, a user lacking one of the actions the
+// route needs is refused (403 DENIED with Basic, 401 insufficient_scope
+// with a token), and a user with exactly those actions gets past the
+// check to the route's own answer.
+func TestEveryRouteNeedsItsScope(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{handlers.AuthBasic, handlers.AuthToken} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var r *registry
+			if mode == handlers.AuthBasic {
+				r = newBasicRegistry(t)
+			} else {
+				r, _ = tokenRegistry(t, 15*time.Minute)
+			}
+			for user, actions := range routeUsers {
+				// The cheapest bcrypt cost: the test is about the grants.
+				hash, err := bcrypt.GenerateFromPassword([]byte(user+"-secret"), bcrypt.MinCost)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := r.db.UserCreate(t.Context(), user, string(hash), false); err != nil {
+					t.Fatal(err)
+				}
+				if err := r.db.GrantSet(t.Context(), db.Grant{Subject: user, RepoGlob: "route/**", Actions: actions}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// credentials are what user sends: Basic credentials, or a
+			// token asked for with everything (and cut down to what the
+			// user has).
+			credentials := func(user, scope string) string {
+				basic := basicHeader(user, user+"-secret")
+				if mode == handlers.AuthBasic {
+					return basic
+				}
+				return bearerHeader(r.getToken(basic, scope))
+			}
+			root := credentials("root", "repository:route/app:pull,push,delete")
+			cfg := []byte(`{"route":"table"}`)
+			b := digest.FromBytes(cfg)
+			r.do("POST", "/v2/route/app/blobs/uploads/?digest="+b.String(), cfg, root).expect(t, http.StatusCreated, "")
+			manifest := ociManifest(b, int64(len(cfg)), b, int64(len(cfg)))
+			r.do("PUT", "/v2/route/app/manifests/v1", manifest, root, "Content-Type: "+mtManifest).expect(t, http.StatusCreated, "")
+			m := digest.FromBytes(manifest)
+
+			everything := "repository:route/app:pull,push,delete"
+			for _, c := range routeCases(m, b, manifest) {
+				what := c.method + " " + c.path
+				need := "repository:route/app:" + c.need
+
+				anon := r.do(c.method, c.path, c.body, c.header...)
+				challenge := anon.Header.Get("WWW-Authenticate")
+				wantChallenge := `Basic realm="berth"`
+				if mode == handlers.AuthToken {
+					wantChallenge = fmt.Sprintf(`Bearer realm=%q,service="berth",scope=%q`, r.srv.URL+"/auth/token", need)
+				}
+				if anon.StatusCode != http.StatusUnauthorized || challenge != wantChallenge {
+					t.Errorf("%s anonymous: %d, challenge %q, want 401 and %q", what, anon.StatusCode, challenge, wantChallenge)
+				}
+				if mode == handlers.AuthToken {
+					// An anonymous token carries nothing here: 401 as well.
+					tok := bearerHeader(r.getToken("", everything))
+					resp := r.do(c.method, c.path, c.body, append([]string{tok}, c.header...)...)
+					if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+						t.Errorf("%s with an anonymous token: %d, challenge %q", what, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+					}
+				}
+
+				for _, user := range c.lacking {
+					resp := r.do(c.method, c.path, c.body, append([]string{credentials(user, everything)}, c.header...)...)
+					if mode == handlers.AuthBasic {
+						if resp.StatusCode != http.StatusForbidden || resp.errorCode() != bodyCode(c.method, "DENIED") || resp.Header.Get("WWW-Authenticate") != "" {
+							t.Errorf("%s by %s: %d %s, want 403 DENIED without a challenge", what, user, resp.StatusCode, resp.body)
+						}
+						continue
+					}
+					want := fmt.Sprintf(`Bearer realm=%q,service="berth",scope=%q,error="insufficient_scope"`, r.srv.URL+"/auth/token", need)
+					if resp.StatusCode != http.StatusUnauthorized || resp.errorCode() != bodyCode(c.method, "UNAUTHORIZED") || resp.Header.Get("WWW-Authenticate") != want {
+						t.Errorf("%s by %s: %d %s, challenge %q, want 401 and %q", what, user, resp.StatusCode, resp.body,
+							resp.Header.Get("WWW-Authenticate"), want)
+					}
+				}
+
+				resp := r.do(c.method, c.path, c.body, append([]string{credentials(c.having, everything)}, c.header...)...)
+				if resp.StatusCode != c.status || c.code != "" && resp.errorCode() != c.code {
+					t.Errorf("%s by %s: %d %s, want %d %s", what, c.having, resp.StatusCode, resp.body, c.status, c.code)
+				}
+			}
+
+			// The catalog: anonymous is challenged for the catalog scope; a
+			// user who may not pull route/app does not see it; an admin
+			// sees everything.
+			anon := r.do("GET", "/v2/_catalog", nil)
+			wantChallenge := `Basic realm="berth"`
+			if mode == handlers.AuthToken {
+				wantChallenge = fmt.Sprintf(`Bearer realm=%q,service="berth",scope="registry:catalog:*"`, r.srv.URL+"/auth/token")
+			}
+			if anon.StatusCode != http.StatusUnauthorized || anon.Header.Get("WWW-Authenticate") != wantChallenge {
+				t.Errorf("catalog, anonymous: %d, challenge %q", anon.StatusCode, anon.Header.Get("WWW-Authenticate"))
+			}
+			for user, want := range map[string]string{"deleter": "[]", "puller": "[route/app]", "root": "[route/app]"} {
+				resp := r.do("GET", "/v2/_catalog", nil, credentials(user, "registry:catalog:*"))
+				var cat struct{ Repositories []string }
+				if resp.StatusCode != http.StatusOK || json.Unmarshal(resp.body, &cat) != nil || fmt.Sprint(cat.Repositories) != want {
+					t.Errorf("catalog of %s: %d %s, want %s", user, resp.StatusCode, resp.body, want)
+				}
+			}
+		})
+	}
+}
+
+// TestMetricsNeedAnAdmin: with authentication on, /metrics on the API
+// port names namespaces and quota prefixes, so only an admin may scrape
+// it: with Basic credentials (a password or an unscoped API token, what
+// Prometheus's basic_auth sends) in both modes, or a Bearer token in token
+// mode. The admin listener, the private port, asks for nothing; nor does
+// the API with authentication off.
+func TestMetricsNeedAnAdmin(t *testing.T) {
+	t.Parallel()
+	withUsage := func(o *handlers.Options) {
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(metrics.Usage(o.DB, discard()))
+	}
+	secretQuota := func(r *registry) {
+		if _, err := r.db.QuotaSet(t.Context(), "secret-team", 1<<30, 80); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scrape := func(r *registry, what string, want int, code string, header ...string) response {
+		t.Helper()
+		resp := r.do("GET", "/metrics", nil, header...)
+		if resp.StatusCode != want || code != "" && resp.errorCode() != code {
+			t.Errorf("%s: %d %.200s, want %d %s", what, resp.StatusCode, resp.body, want, code)
+		}
+		leaks := strings.Contains(string(resp.body), "secret-team")
+		if leaks != (want == http.StatusOK) {
+			t.Errorf("%s: the quota's prefix shown: %v", what, leaks)
+		}
+		return resp
+	}
+
+	t.Run("basic", func(t *testing.T) {
+		t.Parallel()
+		r := newRegistryWith(t, func(o *handlers.Options) {
+			withUsage(o)
+			o.Auth = handlers.AuthConfig{Mode: handlers.AuthBasic}
+		})
+		authWorld(t, r.db)
+		secretQuota(r)
+		_, rootToken := apiToken(t, r.db, "root")
+		_, rootScoped := apiToken(t, r.db, "root", "repository:team-a/**:pull")
+		resp := scrape(r, "anonymous", http.StatusUnauthorized, "UNAUTHORIZED")
+		if got := resp.Header.Get("WWW-Authenticate"); got != `Basic realm="berth"` {
+			t.Errorf("challenge %q", got)
+		}
+		scrape(r, "a wrong password", http.StatusUnauthorized, "UNAUTHORIZED", basicHeader("root", "wrong"))
+		scrape(r, "alice, no admin", http.StatusForbidden, "DENIED", basicHeader("alice", "alice-secret"))
+		scrape(r, "root's API token with scopes", http.StatusForbidden, "DENIED", basicHeader("root", rootScoped))
+		scrape(r, "root", http.StatusOK, "", basicHeader("root", "root-secret"))
+		scrape(r, "root's API token", http.StatusOK, "", basicHeader("root", rootToken))
+	})
+
+	t.Run("token", func(t *testing.T) {
+		t.Parallel()
+		r, issuer := tokenRegistry(t, 15*time.Minute, withUsage)
+		secretQuota(r)
+		_, rootToken := apiToken(t, r.db, "root")
+		resp := scrape(r, "anonymous", http.StatusUnauthorized, "UNAUTHORIZED")
+		if got, want := resp.Header.Get("WWW-Authenticate"), fmt.Sprintf(`Bearer realm=%q,service="berth"`, r.srv.URL+"/auth/token"); got != want {
+			t.Errorf("challenge %q, want %q", got, want)
+		}
+		bearer := func(user string) string {
+			tok, _, err := issuer.Issue(user, nil, "", time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return bearerHeader(tok)
+		}
+		scrape(r, "an anonymous token", http.StatusUnauthorized, "UNAUTHORIZED", bearer(""))
+		scrape(r, "alice's token", http.StatusForbidden, "DENIED", bearer("alice"))
+		scrape(r, "alice's password", http.StatusForbidden, "DENIED", basicHeader("alice", "alice-secret"))
+		scrape(r, "root's token", http.StatusOK, "", bearer("root"))
+		scrape(r, "root's password", http.StatusOK, "", basicHeader("root", "root-secret"))
+		scrape(r, "root's API token", http.StatusOK, "", basicHeader("root", rootToken))
+	})
+
+	t.Run("none", func(t *testing.T) {
+		t.Parallel()
+		r := newRegistryWith(t, withUsage)
+		secretQuota(r)
+		scrape(r, "anonymous", http.StatusOK, "")
+	})
+
+	t.Run("admin listener", func(t *testing.T) {
+		t.Parallel()
+		d, err := db.Open(t.Context(), dbtest.NewURL(t), db.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Close)
+		opts := handlers.Options{DB: d, Logger: discard(), Auth: handlers.AuthConfig{Mode: handlers.AuthBasic}, AdminSeparate: true}
+		withUsage(&opts)
+		if _, err := d.QuotaSet(t.Context(), "secret-team", 1<<30, 80); err != nil {
+			t.Fatal(err)
+		}
+		h := handlers.New(opts)
+		t.Cleanup(func() { h.Close(context.Background()) })
+		api, admin := httptest.NewServer(h), httptest.NewServer(h.Admin())
+		t.Cleanup(api.Close)
+		t.Cleanup(admin.Close)
+		for _, c := range []struct {
+			url  string
+			want int
+		}{{api.URL, http.StatusNotFound}, {admin.URL, http.StatusOK}} {
+			resp, err := http.Get(c.url + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.want || strings.Contains(string(body), "secret-team") != (c.want == http.StatusOK) {
+				t.Errorf("%s/metrics: %d %.200s, want %d", c.url, resp.StatusCode, body, c.want)
+			}
+		}
+	})
 }

@@ -183,7 +183,7 @@ func New(opts Options) *Handler {
 	r.Get("/healthz", healthz)
 	r.Get("/readyz", h.readyz(false))
 	if !opts.AdminSeparate {
-		r.Handle("/metrics", h.metricsHandler())
+		r.Handle("/metrics", h.adminOnly(h.metricsHandler()))
 	}
 	h.router = r
 	return h

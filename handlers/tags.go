@@ -162,6 +162,9 @@ type historyEntry struct {
 	Time      time.Time `json:"time"`
 	Actor     string    `json:"actor"`
 	RequestID string    `json:"requestId"`
+	// TokenID is the API token the change was made with (directly, or
+	// through a token of the token service it was exchanged for).
+	TokenID string `json:"tokenId,omitempty"`
 }
 
 // tagHistory serves GET /v2/<name>/tags/<tag>/history: every change of the
@@ -189,7 +192,7 @@ func (h *Handler) tagHistory(w http.ResponseWriter, r *http.Request, rt route) e
 	entries := make([]historyEntry, len(events))
 	for i, e := range events {
 		entries[i] = historyEntry{ID: e.ID, Action: e.Action, Digest: nullable(e.Digest), Previous: nullable(e.OldDigest),
-			Time: e.At.UTC(), Actor: e.Actor, RequestID: e.RequestID}
+			Time: e.At.UTC(), Actor: e.Actor, RequestID: e.RequestID, TokenID: e.TokenID}
 	}
 	if more && n > 0 {
 		setNextLink(w, r, n, strconv.FormatInt(events[len(events)-1].ID, 10))

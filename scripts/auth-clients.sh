@@ -17,7 +17,8 @@
 #     'public/**' pull`, a pull of public/** without any login;
 #   - dev's API token works on the second replica, is revoked with `berth
 #     token revoke`, and fails on its very next request there, without any
-#     wait (in token mode, a Bearer token issued for it as well).
+#     wait (in token mode, a Bearer token issued for it as well);
+#   - no password, API token or Bearer token reaches the replicas' logs.
 #
 # Each step prints "ok: <mode>: <what>"; the first that fails stops the run
 # with the client's debug output and the tail of the replicas' logs.
@@ -45,6 +46,7 @@ url=         # the database URL of the mode's schema
 REG2=        # host:port of the second replica
 DEV_TOKEN=   # dev's API token, and its id
 DEV_TOKEN_ID=
+BEARER=      # the last Bearer token the script got from the token service
 pids=()      # the replicas
 schemas=()
 
@@ -385,6 +387,7 @@ test_revocation() {
 		must "a Bearer token from the first replica for dev's API token" \
 			curl -sSf -u "dev:$DEV_TOKEN" "http://$REG/auth/token?service=berth&scope=repository:$repo:pull"
 		jwt=$(jq -r .token "$run/out")
+		BEARER=$jwt
 		curl_auth=(-H "Authorization: Bearer $jwt")
 	else
 		curl_auth=(-u "dev:$DEV_TOKEN")
@@ -451,8 +454,38 @@ test_wrong_passwords() {
 	fi
 }
 
+# --- no secret in the logs -------------------------------------------------
+#
+# The replicas log at debug level, so every line they can write is there:
+# none may hold a password (right or wrong), dev's API token or its secret
+# part, docker's refresh token or a Bearer token the mode handed out.
+
+test_no_secrets_in_logs() {
+	local names=("dev's password" "reader's password" "the wrong password" "dev's API token" "its secret part")
+	local secrets=("$DEV_PASS" "$READER_PASS" "wrong password" "$DEV_TOKEN" "$(cut -d_ -f3 <<<"$DEV_TOKEN")")
+	local refresh i
+	if [ -n "$BEARER" ]; then
+		names+=("a Bearer token")
+		secrets+=("$BEARER")
+	fi
+	refresh=$(jq -r '.auths[]?.identitytoken // empty' "$run/$mode/docker-dev/config.json" 2>/dev/null || true)
+	if [ -n "$refresh" ]; then
+		names+=("docker's refresh token")
+		secrets+=("$refresh")
+	fi
+	for i in "${!secrets[@]}"; do
+		[ -n "${secrets[$i]}" ] || fail "test_no_secrets_in_logs: ${names[$i]} is empty"
+		if grep -qF -- "${secrets[$i]}" "$run"/berth-"$mode"-*.log; then
+			last_cmd=
+			fail "${names[$i]} is in a replica's log: $(grep -lF -- "${secrets[$i]}" "$run"/berth-"$mode"-*.log | paste -sd' ')"
+		fi
+	done
+	mok "no secret in the replicas' logs ($(printf '%s, ' "${names[@]}" | sed 's/, $//'))"
+}
+
 test_mode() {
 	mode=$1
+	BEARER=
 	start_replicas
 	setup_users
 	test_crane_auth
@@ -467,6 +500,7 @@ test_mode() {
 	test_anonymous
 	test_revocation
 	test_wrong_passwords
+	test_no_secrets_in_logs
 	stop_replicas
 }
 
