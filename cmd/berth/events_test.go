@@ -1367,3 +1367,24 @@ func TestWebhookGCEvents(t *testing.T) {
 	rc.checkProblems()
 	t.Logf("took %s", time.Since(start).Round(time.Millisecond))
 }
+
+// repoEvents reads every event of repo from the events API at base, page
+// by page along the Link headers.
+func repoEvents(t *testing.T, base, repo string) []db.Event {
+	t.Helper()
+	var all []db.Event
+	next := "/berth/v1/events?repository=" + repo + "&n=100"
+	for next != "" {
+		resp := mustDo(t, "GET", base+next, nil, http.StatusOK)
+		var page struct{ Events []db.Event }
+		if err := json.Unmarshal(resp.body, &page); err != nil {
+			t.Fatalf("events API: %v", err)
+		}
+		all = append(all, page.Events...)
+		next = ""
+		if link := resp.Header.Get("Link"); link != "" {
+			next, _, _ = strings.Cut(strings.TrimPrefix(link, "<"), ">")
+		}
+	}
+	return all
+}
