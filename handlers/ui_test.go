@@ -495,3 +495,20 @@ func TestUIActionEvents(t *testing.T) {
 		t.Errorf("events of the web interface's actions:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// Without authentication, the web interface's changes are events by the
+// anonymous actor of the browser's address, as the API's are.
+func TestUIActionEventsAnonymous(t *testing.T) {
+	t.Parallel()
+	r := newRegistry(t)
+	m := r.pushManifest("demo/app", "v1", mtManifest, r.image("demo/app", "one"))
+	_, before := r.events("repository=demo/app")
+	if done := r.browser().confirm("/ui/r/demo/app/-/untag/v1", nil); done.status != http.StatusSeeOther {
+		t.Fatalf("untag: %d %s", done.status, done.alert())
+	}
+	_, evs := r.events(fmt.Sprintf("repository=demo/app&after=%d", len(before)))
+	if len(evs) != 1 || evs[0].Action != "untag" || evs[0].Target.Tag != "v1" || evs[0].Target.Digest != m.String() ||
+		evs[0].Actor.Name != "anonymous@127.0.0.1" {
+		t.Errorf("events of the untag: %+v", evs)
+	}
+}
