@@ -12,8 +12,11 @@ import (
 
 // BenchmarkManifestStore measures a manifest push by tag, the transaction
 // behind PUT /v2/<name>/manifests/<tag>, against the real PostgreSQL:
-// serial, and from 8 goroutines into 8 repositories or all into one (where
-// the pushes' events queue on the repository's event stream row). Compare
+// serial, and with parallelism 8 into 8 repositories or all into one
+// (where the pushes' events queue on the repository's event stream row).
+// RunParallel starts parallelism × GOMAXPROCS goroutines: "serial" is
+// GOMAXPROCS concurrent pushes and the others 8 × GOMAXPROCS, unless run
+// with -cpu 1 (1 and 8). Compare
 // it with webhooks (BenchmarkManifestStoreWebhooks) and with a commit
 // before the outbox to see what events cost (README, Webhooks).
 func BenchmarkManifestStore(b *testing.B) {

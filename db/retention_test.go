@@ -113,6 +113,9 @@ func TestRetentionTagRules(t *testing.T) {
 			if n := dbtest.QueryInt(t, url, `SELECT count(*) FROM audit_log WHERE actor = 'retention:p' AND action = 'tag.untag'`); n != int64(len(tc.want)) {
 				t.Errorf("%d tag.untag audit rows by retention:p, want %d", n, len(tc.want))
 			}
+			if got := untagEvents(t, d, "app", "retention:p"); !slices.Equal(got, tc.want) {
+				t.Errorf("untag events by retention:p %v, want %v", got, tc.want)
+			}
 			again, err := d.RetentionPreview(ctx, "p")
 			if err != nil || len(again) != 0 {
 				t.Errorf("after the run the preview is %v, %v: want nothing", names(again), err)
@@ -269,9 +272,31 @@ func TestRetentionUntagged(t *testing.T) {
 	if n := dbtest.QueryInt(t, url, `SELECT count(*) FROM audit_log WHERE actor = 'retention:p' AND action = 'manifest.delete'`); n != 4 {
 		t.Errorf("%d manifest.delete audit rows by retention:p, want 4", n)
 	}
-	if n := dbtest.QueryInt(t, url, `SELECT count(*) FROM events WHERE action = 'delete'`); n != 4 {
-		t.Errorf("%d delete events, want 4", n)
+	if n := dbtest.QueryInt(t, url, `SELECT count(*) FROM events WHERE action = 'delete' AND body->'actor'->>'name' = 'retention:p'`); n != 4 {
+		t.Errorf("%d delete events by retention:p, want 4", n)
 	}
+}
+
+// untagEvents are the untag events of repo, as repo:tag in seq order,
+// failing the test if one is not by actor.
+func untagEvents(t *testing.T, d *db.DB, repo, actor string) []string {
+	t.Helper()
+	evs, more, err := d.EventList(context.Background(), repo, 0, 1000)
+	if err != nil || more {
+		t.Fatalf("events of %s: %v (more: %v)", repo, err, more)
+	}
+	out := []string{}
+	for _, ev := range evs {
+		if ev.Action != db.EventUntag {
+			continue
+		}
+		if ev.Actor.Name != actor {
+			t.Errorf("untag of %s:%s by %q, want %q", repo, ev.Target.Tag, ev.Actor.Name, actor)
+		}
+		out = append(out, ev.Target.Repository+":"+ev.Target.Tag)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func TestRetentionAdmin(t *testing.T) {

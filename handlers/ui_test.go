@@ -446,3 +446,69 @@ func TestUIBasicAuth(t *testing.T) {
 		}
 	})
 }
+
+// The web interface's untag, restore and delete make the events the API's
+// would, by the logged-in user: an untag event, a restore event, and a
+// delete event naming the tags it removed.
+func TestUIActionEvents(t *testing.T) {
+	t.Parallel()
+	r := quickBasicRegistry(t)
+	root := basicHeader("root", "root-secret")
+	var ms []digest.Digest
+	for _, tag := range []string{"v1", "v2"} {
+		config, layer := []byte(`{"architecture":"amd64","os":"linux"}`), []byte("layer of "+tag)
+		for _, blob := range [][]byte{config, layer} {
+			r.do("POST", "/v2/team-a/app/blobs/uploads/?digest="+digest.FromBytes(blob).String(), blob, root).expect(t, 201, "")
+		}
+		img := ociManifest(digest.FromBytes(config), int64(len(config)), digest.FromBytes(layer), int64(len(layer)))
+		r.do("PUT", "/v2/team-a/app/manifests/"+tag, img, "Content-Type: "+mtManifest, root).expect(t, 201, "")
+		ms = append(ms, digest.FromBytes(img))
+	}
+	_, before := r.events("repository=team-a/app", root)
+
+	b := r.browser()
+	lp := b.get("/ui/login")
+	if p := b.post("/ui/login", url.Values{"csrf": {lp.csrf(t)}, "username": {"alice"}, "password": {"alice-secret"}, "next": {"/ui/"}}); p.status != http.StatusSeeOther {
+		t.Fatalf("login: %d %s", p.status, p.alert())
+	}
+	for _, path := range []string{
+		"/ui/r/team-a/app/-/untag/v1",
+		"/ui/r/team-a/app/-/restore/v1?digest=" + ms[0].String(),
+		"/ui/r/team-a/app/-/delete/" + ms[1].String(),
+	} {
+		if done := b.confirm(path, nil); done.status != http.StatusSeeOther {
+			t.Fatalf("%s: %d %s", path, done.status, done.alert())
+		}
+	}
+
+	_, evs := r.events(fmt.Sprintf("repository=team-a/app&after=%d", len(before)), root)
+	var got []string
+	for _, ev := range evs {
+		got = append(got, fmt.Sprintf("%s %s %s:%s tags=%v by %s", ev.Action, ev.Target.Digest, ev.Target.Tag, ev.PreviousDigest, ev.Target.Tags, ev.Actor.Name))
+	}
+	want := []string{
+		fmt.Sprintf("untag %s v1: tags=[] by alice", ms[0]),
+		fmt.Sprintf("restore %s v1: tags=[] by alice", ms[0]),
+		fmt.Sprintf("delete %s : tags=[v2] by alice", ms[1]),
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("events of the web interface's actions:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Without authentication, the web interface's changes are events by the
+// anonymous actor of the browser's address, as the API's are.
+func TestUIActionEventsAnonymous(t *testing.T) {
+	t.Parallel()
+	r := newRegistry(t)
+	m := r.pushManifest("demo/app", "v1", mtManifest, r.image("demo/app", "one"))
+	_, before := r.events("repository=demo/app")
+	if done := r.browser().confirm("/ui/r/demo/app/-/untag/v1", nil); done.status != http.StatusSeeOther {
+		t.Fatalf("untag: %d %s", done.status, done.alert())
+	}
+	_, evs := r.events(fmt.Sprintf("repository=demo/app&after=%d", len(before)))
+	if len(evs) != 1 || evs[0].Action != "untag" || evs[0].Target.Tag != "v1" || evs[0].Target.Digest != m.String() ||
+		evs[0].Actor.Name != "anonymous@127.0.0.1" {
+		t.Errorf("events of the untag: %+v", evs)
+	}
+}

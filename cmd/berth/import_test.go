@@ -646,3 +646,74 @@ func TestImportFromS3(t *testing.T) {
 		t.Errorf("after the source moved v1 to %s, Berth's v1 is %s:\n%s", v2, got, out)
 	}
 }
+
+// An import's changes are events by actor import, like pushes: a manifest
+// by tag is a push per tag, one by digest a push without a tag; a
+// catch-up pass that follows a tag moved and a tag deleted in the source
+// makes a tag event (with previousDigest) and an untag event. Blob links
+// are audit rows only, not events (README, Import).
+func TestImportEvents(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	reg := regClient{t, startRegistry(t, root)}
+	a := reg.must(reg.image("team/lib", "latest", "a"))
+	if _, err := reg.manifest("team/lib", "old", ociManifest, registryManifest(t, reg, "latest")); err != nil {
+		t.Fatal(err)
+	}
+	b := reg.must(reg.image("team/lib", "", "b"))
+	dbURL := dbtest.NewURL(t)
+	env := []string{"BERTH_DATABASE_URL=" + dbURL, "BERTH_STORAGE_DIR=" + t.TempDir(), "BERTH_LOG_LEVEL=warn"}
+	runImport(t, env, "--from-dir", root)
+
+	reg.must(reg.image("team/lib", "latest", "b")) // latest moves to b
+	if resp, _, err := reg.do("DELETE", reg.base+"/v2/team/lib/manifests/old", nil); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("delete tag: %v %v", resp, err)
+	}
+	runImport(t, env, "--from-dir", root)
+
+	d, err := db.Open(context.Background(), dbURL, db.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	evs, _, err := d.EventList(context.Background(), "team/lib", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := map[string]string{a.Digest.String(): "a", b.Digest.String(): "b"}
+	var got []string
+	for _, ev := range evs {
+		if ev.Actor.Name != "import" {
+			t.Errorf("%s event of %s by %q, want import", ev.Action, ev.Target.Digest, ev.Actor.Name)
+		}
+		dg := name[ev.Target.Digest]
+		if dg == "" {
+			dg = ev.Target.Digest // a blob: not expected
+		}
+		got = append(got, fmt.Sprintf("%s %s:%s prev=%s", ev.Action, dg, ev.Target.Tag, name[ev.PreviousDigest]))
+	}
+	// The first pass's pushes in any order; the catch-up's after them.
+	first := min(len(got), 3)
+	slices.Sort(got[:first])
+	want := []string{"push a:latest prev=", "push a:old prev=", "push b: prev="}
+	if len(got) != 5 || !slices.Equal(got[:3], want) ||
+		!slices.Equal(sorted(got[3:]), []string{"tag b:latest prev=a", "untag a:old prev="}) {
+		t.Errorf("events of team/lib:\n%s\nwant %v, then the tag move and the untag", strings.Join(got, "\n"), want)
+	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// registryManifest is the manifest ref of team/lib in the registry.
+func registryManifest(t *testing.T, reg regClient, ref string) []byte {
+	t.Helper()
+	resp, body, err := reg.do("GET", reg.base+"/v2/team/lib/manifests/"+ref, nil, "Accept: "+manifestAccept)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET manifest %s: %v %v", ref, resp, err)
+	}
+	return body
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -332,6 +333,29 @@ func TestProxyPullThrough(t *testing.T) {
 			if n := ctr.count("/v2/team/app/blobs/" + b.String()); n != 1 {
 				t.Errorf("upstream saw %d GETs of blob %s, want 1", n, b)
 			}
+		}
+	})
+
+	// What the cache stored is recorded as pushes by its actor: the
+	// manifest with the tag it was pulled by, and each blob.
+	t.Run("events", func(t *testing.T) {
+		want := map[string]string{img.digest.String(): "v1"}
+		for _, b := range img.blobs {
+			want[b.String()] = ""
+		}
+		got := map[string]string{}
+		for _, ev := range repoEvents(t, replicas[0].url(), "hub/app") {
+			if ev.Action != "push" || ev.Actor.Name != "proxy" {
+				t.Errorf("event %s of %s:%s by %q, want only pushes by proxy", ev.Action, ev.Target.Digest, ev.Target.Tag, ev.Actor.Name)
+				continue
+			}
+			if _, dup := got[ev.Target.Digest]; dup {
+				t.Errorf("%s pushed twice", ev.Target.Digest)
+			}
+			got[ev.Target.Digest] = ev.Target.Tag
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("pushes by proxy (digest → tag) %v, want %v", got, want)
 		}
 	})
 
