@@ -446,3 +446,49 @@ func TestUIBasicAuth(t *testing.T) {
 		}
 	})
 }
+
+// pushAs pushes a small image to repo:tag with the credentials of header,
+// seed making it unique, and returns its digest.
+func pushAs(t *testing.T, r *registry, repo, tag, seed, header string) digest.Digest {
+	t.Helper()
+	config, layer := []byte(`{"architecture":"amd64","os":"linux","seed":"`+seed+`"}`), []byte("layer of "+seed)
+	for _, blob := range [][]byte{config, layer} {
+		r.do("POST", "/v2/"+repo+"/blobs/uploads/?digest="+digest.FromBytes(blob).String(), blob, header).expect(t, 201, "")
+	}
+	img := ociManifest(digest.FromBytes(config), int64(len(config)), digest.FromBytes(layer), int64(len(layer)))
+	r.do("PUT", "/v2/"+repo+"/manifests/"+tag, img, "Content-Type: "+mtManifest, header).expect(t, 201, "")
+	return digest.FromBytes(img)
+}
+
+// uiLogin logs a new browser in through the login form.
+func uiLogin(t *testing.T, r *registry, user, pass string) (*browser, page) {
+	t.Helper()
+	b := r.browser()
+	lp := b.get("/ui/login")
+	lp.expect(t, 200, "Log in")
+	return b, b.post("/ui/login", url.Values{"csrf": {lp.csrf(t)}, "username": {user}, "password": {pass}, "next": {"/ui/"}})
+}
+
+// The history of a tag names who made each change and, when it was made
+// with an API token, the token's id (issue 13).
+func TestUITagHistoryTokenID(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	id, secret := apiToken(t, r.db, "alice")
+	pushAs(t, r, "team-a/app", "v1", "with the token", basicHeader("alice", secret))
+	pushAs(t, r, "team-a/app", "v1", "with the password", basicHeader("alice", "alice-secret"))
+
+	b, p := uiLogin(t, r, "alice", "alice-secret")
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("login: %d %s", p.status, p.alert())
+	}
+	hist := b.get("/ui/r/team-a/app/-/history/v1")
+	hist.expect(t, 200, "team-a/app:v1")
+	withToken := "<td>alice <small>(token " + id + ")</small></td>"
+	if n := strings.Count(hist.body, withToken); n != 1 {
+		t.Errorf("%d rows say %s, want the push made with the token: %s", n, withToken, hist.body)
+	}
+	if n := strings.Count(hist.body, "<td>alice</td>"); n != 1 {
+		t.Errorf("%d rows name alice without a token, want the move made with her password: %s", n, hist.body)
+	}
+}
