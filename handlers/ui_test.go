@@ -492,3 +492,54 @@ func TestUITagHistoryTokenID(t *testing.T) {
 		t.Errorf("%d rows name alice without a token, want the move made with her password: %s", n, hist.body)
 	}
 }
+
+// The storage page (/ui/gc) and the list of repositories follow the
+// catalog's rule: an admin sees everything, unless logged in with an API
+// token whose scopes leave out registry:catalog:*. What each credential
+// gets from /v2/_catalog is the reference.
+func TestUIStorageScopedToken(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	root := basicHeader("root", "root-secret")
+	pushAs(t, r, "team-a/app", "v1", "a", root)
+	pushAs(t, r, "team-b/x", "v1", "b", root)
+	_, unscoped := apiToken(t, r.db, "root")
+	_, scoped := apiToken(t, r.db, "root", "repository:team-a/**:pull")
+	_, catalog := apiToken(t, r.db, "root", "repository:team-a/**:pull", "registry:catalog:*")
+	_, alices := apiToken(t, r.db, "alice")
+
+	for _, tc := range []struct {
+		name, user, pass string
+		whole            bool
+	}{
+		{"admin, password", "root", "root-secret", true},
+		{"admin, unscoped token", "root", unscoped, true},
+		{"admin, token scoped to team-a", "root", scoped, false},
+		{"admin, token with the catalog scope", "root", catalog, true},
+		{"user, unscoped token", "alice", alices, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cat := r.do("GET", "/v2/_catalog", nil, basicHeader(tc.user, tc.pass))
+			cat.expect(t, 200, "")
+			if got := strings.Contains(string(cat.body), `"team-b/x"`); got != tc.whole {
+				t.Fatalf("the catalog lists team-b/x: %v, want %v: %s", got, tc.whole, cat.body)
+			}
+			b, p := uiLogin(t, r, tc.user, tc.pass)
+			if p.status != http.StatusSeeOther {
+				t.Fatalf("login: %d %s", p.status, p.alert())
+			}
+			list := b.get("/ui/")
+			if got := strings.Contains(list.body, `href="/ui/r/team-b/x/"`); got != tc.whole {
+				t.Errorf("the repositories page lists team-b/x: %v, want %v (as the catalog)", got, tc.whole)
+			}
+			if got := strings.Contains(list.body, `href="/ui/gc"`); got != tc.whole {
+				t.Errorf("the storage page's link shown: %v, want %v", got, tc.whole)
+			}
+			if tc.whole {
+				b.get("/ui/gc").expect(t, 200, "Garbage collection")
+			} else {
+				b.get("/ui/gc").expect(t, 403, "Forbidden")
+			}
+		})
+	}
+}
