@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -539,6 +540,79 @@ func TestUIStorageScopedToken(t *testing.T) {
 				b.get("/ui/gc").expect(t, 200, "Garbage collection")
 			} else {
 				b.get("/ui/gc").expect(t, 403, "Forbidden")
+			}
+		})
+	}
+}
+
+// Logging in to the interface with an API token as the password works
+// with --auth basic and --auth token; the session may do what the token
+// may (its scopes narrow the user's grants), changes name the token in
+// the audit trail, and revoking the token ends the session.
+func TestUILoginAPIToken(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"basic", "token"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var r *registry
+			var push string
+			if mode == "basic" {
+				r = newBasicRegistry(t)
+				push = basicHeader("root", "root-secret")
+			} else {
+				r, _ = tokenRegistry(t, time.Hour)
+				push = bearerHeader(r.getToken(basicHeader("root", "root-secret"), "repository:team-a/app:pull,push"))
+			}
+			pushAs(t, r, "team-a/app", "v1", "one", push)
+			pushAs(t, r, "team-a/app", "v2", "two", push)
+			id, full := apiToken(t, r.db, "alice")
+			_, pullOnly := apiToken(t, r.db, "alice", "repository:team-a/**:pull")
+
+			if _, p := uiLogin(t, r, "alice", full+"x"); p.status != http.StatusUnauthorized || p.alert() != "invalid username or password" {
+				t.Errorf("a wrong token: %d %q", p.status, p.alert())
+			}
+			if _, p := uiLogin(t, r, "bob", full); p.status != http.StatusUnauthorized {
+				t.Errorf("alice's token as bob: %d %q", p.status, p.alert())
+			}
+
+			// A pull-only token: alice may delete in team-a, her session
+			// with it may not.
+			b, p := uiLogin(t, r, "alice", pullOnly)
+			if p.status != http.StatusSeeOther || p.header.Get("Location") != "/ui/" {
+				t.Fatalf("login with a pull-only token: %d %q", p.status, p.alert())
+			}
+			if list := b.get("/ui/"); !strings.Contains(list.body, "Logged in as <strong>alice</strong>") || !strings.Contains(list.body, `href="/ui/r/team-a/app/"`) {
+				t.Errorf("the pull-only session's repositories: %s", list.body)
+			}
+			repo := b.get("/ui/r/team-a/app/")
+			repo.expect(t, 200, "team-a/app")
+			if strings.Contains(repo.body, ">Untag v1</a>") {
+				t.Error("a pull-only token's session has an untag control")
+			}
+			if post := b.post("/ui/r/team-a/app/-/untag/v1", url.Values{"csrf": {repo.csrf(t)}}); post.status != http.StatusForbidden {
+				t.Errorf("untag with a pull-only token's session: %d", post.status)
+			}
+
+			// An unscoped token: alice's rights; the untag names the token.
+			b, p = uiLogin(t, r, "alice", full)
+			if p.status != http.StatusSeeOther {
+				t.Fatalf("login with a token: %d %q", p.status, p.alert())
+			}
+			if done := b.confirm("/ui/r/team-a/app/-/untag/v1", nil); done.status != http.StatusSeeOther {
+				t.Fatalf("untag: %d %s", done.status, done.alert())
+			}
+			if n := dbRows(t, r, `SELECT count(*) FROM audit_log WHERE action = 'tag.untag' AND actor = 'alice' AND token_id = '`+id+`'`); n != 1 {
+				t.Errorf("%d audit rows of the untag name alice's token", n)
+			}
+			if hist := b.get("/ui/r/team-a/app/-/history/v1"); !strings.Contains(hist.body, "<td>alice <small>(token "+id+")</small></td>") {
+				t.Errorf("the history does not name the token of the untag: %s", hist.body)
+			}
+
+			if err := r.db.TokenRevoke(t.Context(), id); err != nil {
+				t.Fatal(err)
+			}
+			if p := b.get("/ui/r/team-a/app/"); p.status != http.StatusUnauthorized || p.h1() != "Log in" {
+				t.Errorf("the session of a revoked token: %d %q", p.status, p.h1())
 			}
 		})
 	}
