@@ -81,8 +81,19 @@ func TestUIBrowser(t *testing.T) {
 		b.find(t, "searchbox", "Search tags")
 		b.shot(t, "repository")
 
-		// The digest of v1 links to its manifest.
-		b.followSel(t, fmt.Sprintf(`//tr[.//*[normalize-space(text())='v1']]//a[contains(@href, '/-/manifests/%s')]`, s.webV1))
+		// The digest of v1 in the table links to its manifest.
+		if n := b.count(t, fmt.Sprintf(`main table a[href$="/-/manifests/%s"]`, s.webV1)); n < 2 {
+			t.Errorf("%d links to the manifest of v1 in the tag table, want its name and its digest", n)
+		}
+
+		// A tag's own page: where it points, its history; "Points at"
+		// leads to the manifest.
+		b.follow(t, "link", "History of v1")
+		b.heading(t, "shop/web:v1")
+		b.contains(t, "Points at "+s.webV1.String(), "tag.create")
+		b.find(t, "link", "Untag v1")
+		b.follow(t, "link", s.webV1.String())
+		b.heading(t, "shop/web@"+s.webV1.String())
 		b.contains(t, "application/vnd.oci.image.manifest.v1+json", "linux/amd64",
 			"org.opencontainers.image.title", "berth browser test", // a config label
 			s.webLayers[0].Encoded()[:12], s.webLayers[1].Encoded()[:12], // the layers
