@@ -179,6 +179,36 @@ func TestUIBrowser(t *testing.T) {
 		b.noConsoleErrors(t)
 	})
 
+	t.Run("zoom 200%", func(t *testing.T) {
+		// A 1280 px window at 200% zoom lays pages out 640 CSS pixels
+		// wide, at 2 device pixels each: what WCAG 1.4.4 and 1.4.10 ask
+		// to stay readable, without scrolling the page sideways. A wide
+		// table may scroll inside its own container.
+		b.viewport(t, 640, 800, 2)
+		defer b.viewport(t, 1280, 800, 1)
+		for _, pg := range []struct {
+			path, heading string
+			controls      []string // reached by Tab, in this order
+		}{
+			{"/ui/", "Repositories", []string{`input[type=search][name=q]`, `main table a[href="/ui/r/shop/web/"]`}},
+			{"/ui/r/shop/web/", "shop/web", []string{`input[type=search][name=q]`, `main table a[href$="/-/untag/v1"]`}},
+			{"/ui/r/shop/web/-/manifests/" + s.webV1.String(), "shop/web@" + s.webV1.String(),
+				[]string{`main a[href$="/-/delete/` + s.webV1.String() + `"]`, `main button.copy-button`}},
+		} {
+			b.open(t, reg.base+pg.path)
+			b.heading(t, pg.heading)
+			b.noSidewaysScroll(t)
+			for _, css := range pg.controls {
+				b.tabTo(t, css)
+				b.focusInView(t)
+			}
+			b.noSidewaysScroll(t) // focusing scrolled a table's container, not the page
+		}
+		b.open(t, reg.base+"/ui/r/shop/web/")
+		b.shot(t, "repository-zoom")
+		b.noConsoleErrors(t)
+	})
+
 	t.Run("untag", func(t *testing.T) {
 		before := reg.tags("shop/web")
 		b.open(t, reg.base+"/ui/r/shop/web/")
@@ -865,6 +895,36 @@ func (b *browser) tabTo(t *testing.T, css string) {
 		}
 	}
 	t.Fatalf("20 Tabs never reached %s (focus on %s)", css, eval[string](t, b, `document.activeElement.outerHTML.slice(0, 200)`))
+}
+
+// viewport sets the page's width and height in CSS pixels and the device
+// pixels per CSS pixel (2: a 200% zoom).
+func (b *browser) viewport(t *testing.T, width, height int64, scale float64) {
+	t.Helper()
+	b.run(t, fmt.Sprintf("viewport %dx%d at %gx", width, height, scale), chromedp.EmulateViewport(width, height, chromedp.EmulateScale(scale)))
+}
+
+// noSidewaysScroll checks that the page is no wider than its window: no
+// line needs scrolling sideways to read.
+func (b *browser) noSidewaysScroll(t *testing.T) {
+	t.Helper()
+	got := eval[[]int](t, b, `[document.documentElement.scrollWidth, document.documentElement.clientWidth]`)
+	if got[0] > got[1] {
+		wide := eval[string](t, b, `[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && !e.closest('.scroll')).slice(0, 5).map(e => e.outerHTML.slice(0, 120)).join("\n")`)
+		t.Errorf("%s is %d px wide in a %d px window; too wide:\n%s", b.location(t), got[0], got[1], wide)
+	}
+}
+
+// focusInView checks that the focused element is on screen, within the
+// window's width (a table that scrolls in its container scrolled to it).
+func (b *browser) focusInView(t *testing.T) {
+	t.Helper()
+	if !eval[bool](t, b, `(() => {
+		const r = document.activeElement.getBoundingClientRect();
+		return r.width > 0 && r.left >= 0 && r.right <= document.documentElement.clientWidth;
+	})()`) {
+		t.Errorf("the focused %s is outside the window", eval[string](t, b, `document.activeElement.outerHTML.slice(0, 200)`))
+	}
 }
 
 func (b *browser) login(t *testing.T, user, password string) {
