@@ -164,7 +164,9 @@ LEFT JOIN LATERAL (
             SELECT mb.digest FROM manifest_children c JOIN manifest_blobs mb ON mb.manifest_id = c.child_id
             WHERE c.parent_id = m.id)) AS size
     FROM tags t JOIN manifests m ON m.id = t.manifest_id
-    LEFT JOIN tag_pulls p ON p.repository_id = t.repository_id AND p.name = t.name
+    LEFT JOIN LATERAL (
+        SELECT p.pull_count, p.last_pulled_at FROM tag_pulls p
+        WHERE p.repository_id = t.repository_id AND p.name = t.name LIMIT 1) p ON true
     WHERE t.repository_id = r.id AND t.name > $2 AND ($3 = '' OR strpos(t.name, $3) > 0)
     ORDER BY t.name LIMIT $4
 ) t ON true

@@ -101,7 +101,16 @@ func (b *uiBackend) Session(r *http.Request, session string) (*http.Request, ui.
 		return r, ui.Viewer{}, err
 	}
 	r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
-	return r, ui.Viewer{Name: p.Name, Admin: p.Admin}, nil
+	return r, ui.Viewer{Name: p.Name, WholeRegistry: wholeRegistry(p)}, nil
+}
+
+// wholeRegistry is the catalog's rule (catalogPage) for a principal that
+// logged in with a password or an API token: an admin sees every
+// repository, unless the API token's scopes leave out registry:catalog:*.
+// The interface's repositories and storage pages follow it, so that a
+// scoped token shows there no more than the catalog would.
+func wholeRegistry(p *principal) bool {
+	return p != nil && p.Admin && (p.TokenScopes == nil || auth.Covers(p.TokenScopes, auth.CatalogScope()))
 }
 
 var allActions = []string{auth.Pull, auth.Push, auth.Delete}
@@ -117,12 +126,13 @@ func (b *uiBackend) Allowed(r *http.Request, repo string) []string {
 	return p.allowedActions(repo)
 }
 
-// Repositories is the catalog's rule: everything for an admin, else what
-// the grants let the viewer pull; an API token's scopes narrow the page
+// Repositories is the catalog's rule: everything for an admin (whose API
+// token, if any, has no scopes or registry:catalog:*), else what the
+// grants let the viewer pull; an API token's scopes narrow the page
 // further (which may then be short).
 func (b *uiBackend) Repositories(r *http.Request, q db.RepositoryQuery) ([]db.RepositorySummary, bool, error) {
 	p := principalOf(r.Context())
-	if !b.h.auth.enabled() || p.Admin && p.TokenScopes == nil {
+	if !b.h.auth.enabled() || wholeRegistry(p) {
 		q.All = true
 		return b.h.db.RepositorySummaries(r.Context(), q)
 	}

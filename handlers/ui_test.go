@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -510,5 +511,175 @@ func TestUIActionEventsAnonymous(t *testing.T) {
 	if len(evs) != 1 || evs[0].Action != "untag" || evs[0].Target.Tag != "v1" || evs[0].Target.Digest != m.String() ||
 		evs[0].Actor.Name != "anonymous@127.0.0.1" {
 		t.Errorf("events of the untag: %+v", evs)
+	}
+}
+
+// pushAs pushes a small image to repo:tag with the credentials of header,
+// seed making it unique, and returns its digest.
+func pushAs(t *testing.T, r *registry, repo, tag, seed, header string) digest.Digest {
+	t.Helper()
+	config, layer := []byte(`{"architecture":"amd64","os":"linux","seed":"`+seed+`"}`), []byte("layer of "+seed)
+	for _, blob := range [][]byte{config, layer} {
+		r.do("POST", "/v2/"+repo+"/blobs/uploads/?digest="+digest.FromBytes(blob).String(), blob, header).expect(t, 201, "")
+	}
+	img := ociManifest(digest.FromBytes(config), int64(len(config)), digest.FromBytes(layer), int64(len(layer)))
+	r.do("PUT", "/v2/"+repo+"/manifests/"+tag, img, "Content-Type: "+mtManifest, header).expect(t, 201, "")
+	return digest.FromBytes(img)
+}
+
+// uiLogin logs a new browser in through the login form.
+func uiLogin(t *testing.T, r *registry, user, pass string) (*browser, page) {
+	t.Helper()
+	b := r.browser()
+	lp := b.get("/ui/login")
+	lp.expect(t, 200, "Log in")
+	return b, b.post("/ui/login", url.Values{"csrf": {lp.csrf(t)}, "username": {user}, "password": {pass}, "next": {"/ui/"}})
+}
+
+// The history of a tag names who made each change and, when it was made
+// with an API token, the token's id (issue 13).
+func TestUITagHistoryTokenID(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	id, secret := apiToken(t, r.db, "alice")
+	pushAs(t, r, "team-a/app", "v1", "with the token", basicHeader("alice", secret))
+	pushAs(t, r, "team-a/app", "v1", "with the password", basicHeader("alice", "alice-secret"))
+
+	b, p := uiLogin(t, r, "alice", "alice-secret")
+	if p.status != http.StatusSeeOther {
+		t.Fatalf("login: %d %s", p.status, p.alert())
+	}
+	hist := b.get("/ui/r/team-a/app/-/history/v1")
+	hist.expect(t, 200, "team-a/app:v1")
+	withToken := "<td>alice <small>(token " + id + ")</small></td>"
+	if n := strings.Count(hist.body, withToken); n != 1 {
+		t.Errorf("%d rows say %s, want the push made with the token: %s", n, withToken, hist.body)
+	}
+	if n := strings.Count(hist.body, "<td>alice</td>"); n != 1 {
+		t.Errorf("%d rows name alice without a token, want the move made with her password: %s", n, hist.body)
+	}
+}
+
+// The storage page (/ui/gc) and the list of repositories follow the
+// catalog's rule: an admin sees everything, unless logged in with an API
+// token whose scopes leave out registry:catalog:*. What each credential
+// gets from /v2/_catalog is the reference.
+func TestUIStorageScopedToken(t *testing.T) {
+	t.Parallel()
+	r := newBasicRegistry(t)
+	root := basicHeader("root", "root-secret")
+	pushAs(t, r, "team-a/app", "v1", "a", root)
+	pushAs(t, r, "team-b/x", "v1", "b", root)
+	_, unscoped := apiToken(t, r.db, "root")
+	_, scoped := apiToken(t, r.db, "root", "repository:team-a/**:pull")
+	_, catalog := apiToken(t, r.db, "root", "repository:team-a/**:pull", "registry:catalog:*")
+	_, alices := apiToken(t, r.db, "alice")
+
+	for _, tc := range []struct {
+		name, user, pass string
+		whole            bool
+	}{
+		{"admin, password", "root", "root-secret", true},
+		{"admin, unscoped token", "root", unscoped, true},
+		{"admin, token scoped to team-a", "root", scoped, false},
+		{"admin, token with the catalog scope", "root", catalog, true},
+		{"user, unscoped token", "alice", alices, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cat := r.do("GET", "/v2/_catalog", nil, basicHeader(tc.user, tc.pass))
+			cat.expect(t, 200, "")
+			if got := strings.Contains(string(cat.body), `"team-b/x"`); got != tc.whole {
+				t.Fatalf("the catalog lists team-b/x: %v, want %v: %s", got, tc.whole, cat.body)
+			}
+			b, p := uiLogin(t, r, tc.user, tc.pass)
+			if p.status != http.StatusSeeOther {
+				t.Fatalf("login: %d %s", p.status, p.alert())
+			}
+			list := b.get("/ui/")
+			if got := strings.Contains(list.body, `href="/ui/r/team-b/x/"`); got != tc.whole {
+				t.Errorf("the repositories page lists team-b/x: %v, want %v (as the catalog)", got, tc.whole)
+			}
+			if got := strings.Contains(list.body, `href="/ui/gc"`); got != tc.whole {
+				t.Errorf("the storage page's link shown: %v, want %v", got, tc.whole)
+			}
+			if tc.whole {
+				b.get("/ui/gc").expect(t, 200, "Garbage collection")
+			} else {
+				b.get("/ui/gc").expect(t, 403, "Forbidden")
+			}
+		})
+	}
+}
+
+// Logging in to the interface with an API token as the password works
+// with --auth basic and --auth token; the session may do what the token
+// may (its scopes narrow the user's grants), changes name the token in
+// the audit trail, and revoking the token ends the session.
+func TestUILoginAPIToken(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"basic", "token"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var r *registry
+			var push string
+			if mode == "basic" {
+				r = newBasicRegistry(t)
+				push = basicHeader("root", "root-secret")
+			} else {
+				r, _ = tokenRegistry(t, time.Hour)
+				push = bearerHeader(r.getToken(basicHeader("root", "root-secret"), "repository:team-a/app:pull,push"))
+			}
+			pushAs(t, r, "team-a/app", "v1", "one", push)
+			pushAs(t, r, "team-a/app", "v2", "two", push)
+			id, full := apiToken(t, r.db, "alice")
+			_, pullOnly := apiToken(t, r.db, "alice", "repository:team-a/**:pull")
+
+			if _, p := uiLogin(t, r, "alice", full+"x"); p.status != http.StatusUnauthorized || p.alert() != "invalid username or password" {
+				t.Errorf("a wrong token: %d %q", p.status, p.alert())
+			}
+			if _, p := uiLogin(t, r, "bob", full); p.status != http.StatusUnauthorized {
+				t.Errorf("alice's token as bob: %d %q", p.status, p.alert())
+			}
+
+			// A pull-only token: alice may delete in team-a, her session
+			// with it may not.
+			b, p := uiLogin(t, r, "alice", pullOnly)
+			if p.status != http.StatusSeeOther || p.header.Get("Location") != "/ui/" {
+				t.Fatalf("login with a pull-only token: %d %q", p.status, p.alert())
+			}
+			if list := b.get("/ui/"); !strings.Contains(list.body, "Logged in as <strong>alice</strong>") || !strings.Contains(list.body, `href="/ui/r/team-a/app/"`) {
+				t.Errorf("the pull-only session's repositories: %s", list.body)
+			}
+			repo := b.get("/ui/r/team-a/app/")
+			repo.expect(t, 200, "team-a/app")
+			if strings.Contains(repo.body, ">Untag v1</a>") {
+				t.Error("a pull-only token's session has an untag control")
+			}
+			if post := b.post("/ui/r/team-a/app/-/untag/v1", url.Values{"csrf": {repo.csrf(t)}}); post.status != http.StatusForbidden {
+				t.Errorf("untag with a pull-only token's session: %d", post.status)
+			}
+
+			// An unscoped token: alice's rights; the untag names the token.
+			b, p = uiLogin(t, r, "alice", full)
+			if p.status != http.StatusSeeOther {
+				t.Fatalf("login with a token: %d %q", p.status, p.alert())
+			}
+			if done := b.confirm("/ui/r/team-a/app/-/untag/v1", nil); done.status != http.StatusSeeOther {
+				t.Fatalf("untag: %d %s", done.status, done.alert())
+			}
+			if n := dbRows(t, r, `SELECT count(*) FROM audit_log WHERE action = 'tag.untag' AND actor = 'alice' AND token_id = '`+id+`'`); n != 1 {
+				t.Errorf("%d audit rows of the untag name alice's token", n)
+			}
+			if hist := b.get("/ui/r/team-a/app/-/history/v1"); !strings.Contains(hist.body, "<td>alice <small>(token "+id+")</small></td>") {
+				t.Errorf("the history does not name the token of the untag: %s", hist.body)
+			}
+
+			if err := r.db.TokenRevoke(t.Context(), id); err != nil {
+				t.Fatal(err)
+			}
+			if p := b.get("/ui/r/team-a/app/"); p.status != http.StatusUnauthorized || p.h1() != "Log in" {
+				t.Errorf("the session of a revoked token: %d %q", p.status, p.h1())
+			}
+		})
 	}
 }

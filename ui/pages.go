@@ -339,7 +339,7 @@ type gcPage struct {
 const recentCollections = 50
 
 func (s *Server) gc(rq *request) {
-	if s.backend.AuthEnabled() && !rq.viewer.Admin {
+	if s.backend.AuthEnabled() && !rq.viewer.WholeRegistry {
 		s.forbidden(rq)
 		return
 	}

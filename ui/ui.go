@@ -68,8 +68,12 @@ var ErrSession = errors.New("your session is not valid (expired, or ended elsewh
 
 // Viewer is who looks at a page.
 type Viewer struct {
-	Name  string // "" when nobody is logged in
-	Admin bool
+	Name string // "" when nobody is logged in
+	// WholeRegistry: the viewer may see the whole registry, as the
+	// catalog (GET /v2/_catalog) decides it: an admin, unless logged in
+	// with an API token whose scopes leave out registry:catalog:*. It
+	// opens the storage page (/ui/gc).
+	WholeRegistry bool
 }
 
 // Config configures the interface.

@@ -81,8 +81,19 @@ func TestUIBrowser(t *testing.T) {
 		b.find(t, "searchbox", "Search tags")
 		b.shot(t, "repository")
 
-		// The digest of v1 links to its manifest.
-		b.followSel(t, fmt.Sprintf(`//tr[.//*[normalize-space(text())='v1']]//a[contains(@href, '/-/manifests/%s')]`, s.webV1))
+		// The digest of v1 in the table links to its manifest.
+		if n := b.count(t, fmt.Sprintf(`main table a[href$="/-/manifests/%s"]`, s.webV1)); n < 2 {
+			t.Errorf("%d links to the manifest of v1 in the tag table, want its name and its digest", n)
+		}
+
+		// A tag's own page: where it points, its history; "Points at"
+		// leads to the manifest.
+		b.follow(t, "link", "History of v1")
+		b.heading(t, "shop/web:v1")
+		b.contains(t, "Points at "+s.webV1.String(), "tag.create")
+		b.find(t, "link", "Untag v1")
+		b.follow(t, "link", s.webV1.String())
+		b.heading(t, "shop/web@"+s.webV1.String())
 		b.contains(t, "application/vnd.oci.image.manifest.v1+json", "linux/amd64",
 			"org.opencontainers.image.title", "berth browser test", // a config label
 			s.webLayers[0].Encoded()[:12], s.webLayers[1].Encoded()[:12], // the layers
@@ -165,6 +176,36 @@ func TestUIBrowser(t *testing.T) {
 		b.tabTo(t, `main table a`)
 		b.press(t, "\r")
 		b.heading(t, "base/alpine") // the first repository, by name
+		b.noConsoleErrors(t)
+	})
+
+	t.Run("zoom 200%", func(t *testing.T) {
+		// A 1280 px window at 200% zoom lays pages out 640 CSS pixels
+		// wide, at 2 device pixels each: what WCAG 1.4.4 and 1.4.10 ask
+		// to stay readable, without scrolling the page sideways. A wide
+		// table may scroll inside its own container.
+		b.viewport(t, 640, 800, 2)
+		defer b.viewport(t, 1280, 800, 1)
+		for _, pg := range []struct {
+			path, heading string
+			controls      []string // reached by Tab, in this order
+		}{
+			{"/ui/", "Repositories", []string{`input[type=search][name=q]`, `main table a[href="/ui/r/shop/web/"]`}},
+			{"/ui/r/shop/web/", "shop/web", []string{`input[type=search][name=q]`, `main table a[href$="/-/untag/v1"]`}},
+			{"/ui/r/shop/web/-/manifests/" + s.webV1.String(), "shop/web@" + s.webV1.String(),
+				[]string{`main a[href$="/-/delete/` + s.webV1.String() + `"]`, `main button.copy-button`}},
+		} {
+			b.open(t, reg.base+pg.path)
+			b.heading(t, pg.heading)
+			b.noSidewaysScroll(t)
+			for _, css := range pg.controls {
+				b.tabTo(t, css)
+				b.focusInView(t)
+			}
+			b.noSidewaysScroll(t) // focusing scrolled a table's container, not the page
+		}
+		b.open(t, reg.base+"/ui/r/shop/web/")
+		b.shot(t, "repository-zoom")
 		b.noConsoleErrors(t)
 	})
 
@@ -854,6 +895,36 @@ func (b *browser) tabTo(t *testing.T, css string) {
 		}
 	}
 	t.Fatalf("20 Tabs never reached %s (focus on %s)", css, eval[string](t, b, `document.activeElement.outerHTML.slice(0, 200)`))
+}
+
+// viewport sets the page's width and height in CSS pixels and the device
+// pixels per CSS pixel (2: a 200% zoom).
+func (b *browser) viewport(t *testing.T, width, height int64, scale float64) {
+	t.Helper()
+	b.run(t, fmt.Sprintf("viewport %dx%d at %gx", width, height, scale), chromedp.EmulateViewport(width, height, chromedp.EmulateScale(scale)))
+}
+
+// noSidewaysScroll checks that the page is no wider than its window: no
+// line needs scrolling sideways to read.
+func (b *browser) noSidewaysScroll(t *testing.T) {
+	t.Helper()
+	got := eval[[]int](t, b, `[document.documentElement.scrollWidth, document.documentElement.clientWidth]`)
+	if got[0] > got[1] {
+		wide := eval[string](t, b, `[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 && !e.closest('.scroll')).slice(0, 5).map(e => e.outerHTML.slice(0, 120)).join("\n")`)
+		t.Errorf("%s is %d px wide in a %d px window; too wide:\n%s", b.location(t), got[0], got[1], wide)
+	}
+}
+
+// focusInView checks that the focused element is on screen, within the
+// window's width (a table that scrolls in its container scrolled to it).
+func (b *browser) focusInView(t *testing.T) {
+	t.Helper()
+	if !eval[bool](t, b, `(() => {
+		const r = document.activeElement.getBoundingClientRect();
+		return r.width > 0 && r.left >= 0 && r.right <= document.documentElement.clientWidth;
+	})()`) {
+		t.Errorf("the focused %s is outside the window", eval[string](t, b, `document.activeElement.outerHTML.slice(0, 200)`))
+	}
 }
 
 func (b *browser) login(t *testing.T, user, password string) {
