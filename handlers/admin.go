@@ -2,10 +2,12 @@ package handlers
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -79,30 +81,82 @@ func (h *Handler) metricsHandler() http.Handler {
 }
 
 // adminOnly guards next (the metrics, on the API port) with authentication
-// on: the metrics name namespaces and quota prefixes, which only admins
-// may list. An admin authenticates with Basic credentials (a password or
-// an API token without scopes) in either mode — what Prometheus's
+// on: the metrics name namespaces and quota prefixes, which only those who
+// may see the whole registry may list — an admin, with a password or with
+// an API token that is unscoped or holds registry:catalog:* (the rule of
+// the catalog and the web interface's storage page). An admin
+// authenticates with Basic credentials in either mode — what Prometheus's
 // basic_auth sends — or with a Bearer token in token mode. With
 // authentication off, and on the admin listener (the private port),
 // nothing is asked.
+//
+// Checking credentials needs the database, and the metrics matter most
+// when it is down (berth_db_up 0): credentials that passed within
+// scrapeMemory are let through while the database is unreachable, so an
+// outage does not blind the scraper that would report it.
 func (h *Handler) adminOnly(next http.Handler) http.Handler {
 	if !h.auth.enabled() {
 		return next
 	}
 	return h.serve(func(w http.ResponseWriter, r *http.Request) error {
 		p, err := h.adminPrincipal(r)
+		if errors.Is(err, db.ErrUnavailable) && h.scrapers.remembers(r.Header.Get("Authorization")) {
+			next.ServeHTTP(w, r)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		if !p.authenticated {
 			return h.unauthorized(r, nil, "", "authentication required")
 		}
-		if !p.Admin || p.TokenScopes != nil {
+		if !wholeRegistry(p) {
 			return &authError{status: http.StatusForbidden, message: "requested access to the resource is denied: the metrics are for admins"}
 		}
+		h.scrapers.remember(r.Header.Get("Authorization"))
 		next.ServeHTTP(w, r)
 		return nil
 	})
+}
+
+// scrapeMemory is how long the credentials of an admin's scrape are
+// trusted without the database: longer than any scrape interval, short
+// enough that a revoked admin is not served for long in an outage.
+const scrapeMemory = 15 * time.Minute
+
+// scrapers remembers, as SHA-256 hashes (never the secrets), the
+// Authorization headers of recent admin scrapes.
+type scrapers struct {
+	mu   sync.Mutex
+	seen map[[sha256.Size]byte]time.Time // hash → when it last passed
+}
+
+// maxScrapers bounds the memory: a handful of scrapers is normal.
+const maxScrapers = 16
+
+func (s *scrapers) remember(header string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = make(map[[sha256.Size]byte]time.Time)
+	}
+	now := time.Now()
+	for k, at := range s.seen {
+		if now.Sub(at) > scrapeMemory || len(s.seen) >= maxScrapers {
+			delete(s.seen, k)
+		}
+	}
+	s.seen[sha256.Sum256([]byte(header))] = now
+}
+
+func (s *scrapers) remembers(header string) bool {
+	if header == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.seen[sha256.Sum256([]byte(header))]
+	return ok && time.Since(at) <= scrapeMemory
 }
 
 // adminPrincipal is who makes r, taking Basic credentials in token mode

@@ -844,6 +844,27 @@ func TestMetricsNeedAnAdmin(t *testing.T) {
 		scrape(r, "root's API token with scopes", http.StatusForbidden, "DENIED", basicHeader("root", rootScoped))
 		scrape(r, "root", http.StatusOK, "", basicHeader("root", "root-secret"))
 		scrape(r, "root's API token", http.StatusOK, "", basicHeader("root", rootToken))
+		_, rootCatalog := apiToken(t, r.db, "root", "registry:catalog:*")
+		scrape(r, "root's API token scoped to the catalog", http.StatusOK, "", basicHeader("root", rootCatalog))
+
+		// The database goes away (its pool closed: every statement is
+		// ErrUnavailable): the scraper that passed a moment ago is still
+		// served, without the usage series the database gives; credentials
+		// not seen before cannot be checked and get 503.
+		r.db.Close()
+		resp = r.do("GET", "/metrics", nil, basicHeader("root", "root-secret"))
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(resp.body), "berth_http_requests_total") {
+			t.Errorf("root's scrape in an outage: %d %.300s", resp.StatusCode, resp.body)
+		}
+		for what, h := range map[string]string{"root, a wrong password": basicHeader("root", "wrong"), "alice": basicHeader("alice", "alice-secret"), "anonymous": ""} {
+			var header []string
+			if h != "" {
+				header = append(header, h)
+			}
+			if resp := r.do("GET", "/metrics", nil, header...); resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("%s in an outage: %d %.300s, want 503 (or 401 with no credentials)", what, resp.StatusCode, resp.body)
+			}
+		}
 	})
 
 	t.Run("token", func(t *testing.T) {

@@ -112,6 +112,8 @@ type Handler struct {
 	throttle  *auth.Throttle
 	passwords passwordCache
 	tokenUses *tokenUses
+	// scrapers are the admin scrapes of /metrics trusted in an outage.
+	scrapers  scrapers
 	stopFlush chan struct{}
 	flushed   chan struct{}
 }
