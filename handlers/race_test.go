@@ -106,8 +106,8 @@ func TestTagRace(t *testing.T) {
 	}
 
 	// The race runs for 3 s and, on a loaded machine where 3 s is not
-	// enough, until the clients have sent 600 changes (a quiet machine
-	// sends about 7,000 in the 3 s); the guard only stops a hang.
+	// enough, until the clients have made 600 attempts (a quiet machine
+	// sends about 7,000 requests in the 3 s); the guard only stops a hang.
 	deadline := time.Now().Add(3 * time.Second)
 	guard := time.Now().Add(3 * time.Minute)
 	var sent atomic.Int64

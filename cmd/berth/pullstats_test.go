@@ -199,7 +199,7 @@ func TestPullStatsReplicas(t *testing.T) {
 	var attempted pullCounts
 	wg.Add(1)
 	go func() { defer wg.Done(); attempted = pullsUntil(f.url(), repo, md, 8, stop) }()
-	waitUntil(t, "f to flush some pulls", func() bool { return flushedOf(f, "manifest") >= 500 })
+	waitUntil(t, "f to flush some pulls", func() bool { return flushedOf(f, "manifest") >= 50 }) // few enough for a loaded machine
 	flushed, tagsFlushed := flushedOf(f, "manifest"), flushedOf(f, "tag")
 	if err := f.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
