@@ -41,6 +41,20 @@ func (d *DB) BlobReady(ctx context.Context, dgst string) (bool, error) {
 	return ready, nil
 }
 
+// PublishIfNew runs publish, which puts a blob's staged bytes in place,
+// unless blob dgst is already stored and not being collected (BlobReady).
+// Publishing may copy a lot of data (assembling parts, an S3 copy), so
+// commits run it before their transaction; BlobCommit and ProxyBlobCommit
+// then re-check under the blob's row lock and publish again if collection
+// took the bytes meanwhile.
+func (d *DB) PublishIfNew(ctx context.Context, dgst string, publish func(context.Context) error) error {
+	ready, err := d.BlobReady(ctx, dgst)
+	if err != nil || ready {
+		return err
+	}
+	return publish(ctx)
+}
+
 // BlobCommit describes a verified blob whose bytes are staged in the blob
 // store, ready to be recorded and linked into a repository.
 type BlobCommit struct {

@@ -220,14 +220,8 @@ func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route)
 func (h *Handler) commitBlob(ctx context.Context, r *http.Request, name string, dgst digest.Digest, size int64,
 	stagingID string, state []byte, c db.BlobCommit) error {
 	publish := func(ctx context.Context) error { return h.blobs.Publish(ctx, stagingID, state, dgst) }
-	ready, err := h.db.BlobReady(ctx, dgst.String())
-	if err != nil {
+	if err := h.db.PublishIfNew(ctx, dgst.String(), publish); err != nil {
 		return err
-	}
-	if !ready {
-		if err := publish(ctx); err != nil {
-			return err
-		}
 	}
 	c.Repository, c.Digest, c.Size = name, dgst.String(), size
 	return h.db.BlobCommit(ctx, c, publish, h.actor(r))

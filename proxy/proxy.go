@@ -562,14 +562,8 @@ func (c *Cache) fetchBlob(ctx context.Context, p *proxyEntry, repo string, dgst 
 			Detail: fmt.Sprintf("the bytes have digest %s", got)}
 	}
 	publish := func(ctx context.Context) error { return c.cfg.Blobs.Publish(ctx, staging, state, dgst) }
-	ready, err := c.db.BlobReady(ctx, dgst.String())
-	if err != nil {
+	if err := c.db.PublishIfNew(ctx, dgst.String(), publish); err != nil {
 		return err
-	}
-	if !ready {
-		if err := publish(ctx); err != nil {
-			return err
-		}
 	}
 	return c.db.ProxyBlobCommit(ctx, repo, dgst.String(), n, publish, actor)
 }
