@@ -360,14 +360,11 @@ func (s *S3) Stat(ctx context.Context, dgst digest.Digest) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
-	if isNotFound(err) {
-		return 0, ErrNotFound
-	}
-	if err != nil {
+	size, err := s.HeadKey(ctx, key)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return 0, fmt.Errorf("stat blob %s: %w", dgst, err)
 	}
-	return aws.ToInt64(out.ContentLength), nil
+	return size, err
 }
 
 // Open implements Reader. The result fetches bytes only when read, from
