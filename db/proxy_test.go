@@ -121,15 +121,7 @@ func TestProxyClaims(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := dbtest.NewURL(t)
-	var handles []*db.DB
-	for range 2 {
-		d, err := db.Open(ctx, url, db.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
-		handles = append(handles, d)
-	}
+	handles := replicaHandles(t, url, 2)
 	round := 0
 	race := func(key string, lease time.Duration) (winners []string) {
 		round++ // claimants are new replicas in every round
@@ -200,15 +192,7 @@ func TestProxyResolveRace(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := dbtest.NewURL(t)
-	var handles []*db.DB
-	for range 2 {
-		d, err := db.Open(ctx, url, db.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
-		handles = append(handles, d)
-	}
+	handles := replicaHandles(t, url, 2)
 	if err := handles[0].ProxyAdd(ctx, db.Proxy{Prefix: "", Upstream: "http://up.example"}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,4 +223,20 @@ func TestProxyResolveRace(t *testing.T) {
 	if n := dbtest.QueryInt(t, url, `SELECT count(*) FROM manifest_blobs`); n != rounds {
 		t.Fatalf("%d manifest_blobs rows, want %d", n, rounds)
 	}
+}
+
+// replicaHandles opens n handles on the database at url, as n replicas
+// would have.
+func replicaHandles(t *testing.T, url string, n int) []*db.DB {
+	t.Helper()
+	handles := make([]*db.DB, n)
+	for i := range handles {
+		d, err := db.Open(t.Context(), url, db.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(d.Close)
+		handles[i] = d
+	}
+	return handles
 }

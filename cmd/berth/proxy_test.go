@@ -265,13 +265,7 @@ func get(u string, hdr *http.Header) ([]byte, error) {
 
 func berthCommand(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(berthBinary(t), args...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return berthCommandEnv(t, stdin, nil, args...)
 }
 
 // TestProxyPullThrough drives the cache through three replicas: 32

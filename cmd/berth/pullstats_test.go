@@ -49,7 +49,7 @@ func readPullCounts(t *testing.T, d *db.DB, repo, dgst string) pullCounts {
 // answered 304 among them, which are no pulls. It returns the pulls made.
 func pulls(t *testing.T, base, repo, dgst string, workers, n int) pullCounts {
 	t.Helper()
-	var v1, v2, byDigest atomic.Int64
+	var tally pullTally
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -57,13 +57,7 @@ func pulls(t *testing.T, base, repo, dgst string, workers, n int) pullCounts {
 		go func() {
 			defer wg.Done()
 			for i := w; i < n; i += workers {
-				ref, counter := "v1", &v1
-				switch i % 3 {
-				case 1:
-					ref, counter = "v2", &v2
-				case 2:
-					ref, counter = dgst, &byDigest
-				}
+				ref, counter := tally.pick(i, dgst)
 				url := base + "/v2/" + repo + "/manifests/" + ref
 				for _, req := range []struct {
 					method, inm string
@@ -100,7 +94,27 @@ func pulls(t *testing.T, base, repo, dgst string, workers, n int) pullCounts {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	return pullCounts{manifest: v1.Load() + v2.Load() + byDigest.Load(), v1: v1.Load(), v2: v2.Load()}
+	return tally.counts()
+}
+
+// pullTally counts the manifest pulls of the load loops by reference.
+type pullTally struct{ v1, v2, byDigest atomic.Int64 }
+
+// pick is the reference of the i-th pull — tag v1, tag v2 and digest dgst
+// in turn — and its counter.
+func (t *pullTally) pick(i int, dgst string) (string, *atomic.Int64) {
+	switch i % 3 {
+	case 1:
+		return "v2", &t.v2
+	case 2:
+		return dgst, &t.byDigest
+	}
+	return "v1", &t.v1
+}
+
+func (t *pullTally) counts() pullCounts {
+	v1, v2 := t.v1.Load(), t.v2.Load()
+	return pullCounts{manifest: v1 + v2 + t.byDigest.Load(), v1: v1, v2: v2}
 }
 
 func (c pullCounts) plus(d pullCounts) pullCounts {
@@ -237,7 +251,7 @@ func flushedOf(r *replica, kind string) int64 {
 // (it was killed). It returns the pulls requested, answered or not: a pull
 // the replica counted may not have reached the client before the kill.
 func pullsUntil(base, repo, dgst string, workers int, stop <-chan struct{}) pullCounts {
-	var v1, v2, byDigest atomic.Int64
+	var tally pullTally
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
@@ -249,13 +263,7 @@ func pullsUntil(base, repo, dgst string, workers int, stop <-chan struct{}) pull
 					return
 				default:
 				}
-				ref, counter := "v1", &v1
-				switch i % 3 {
-				case 1:
-					ref, counter = "v2", &v2
-				case 2:
-					ref, counter = dgst, &byDigest
-				}
+				ref, counter := tally.pick(i, dgst)
 				counter.Add(1)
 				r, _ := http.NewRequest("GET", base+"/v2/"+repo+"/manifests/"+ref, nil)
 				r.Header.Set("Accept", ociManifest)
@@ -269,5 +277,5 @@ func pullsUntil(base, repo, dgst string, workers int, stop <-chan struct{}) pull
 		}()
 	}
 	wg.Wait()
-	return pullCounts{manifest: v1.Load() + v2.Load() + byDigest.Load(), v1: v1.Load(), v2: v2.Load()}
+	return tally.counts()
 }
