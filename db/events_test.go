@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
 	"reflect"
 	"regexp"
 	"slices"
@@ -1536,15 +1535,11 @@ func TestEventsLockOrder(t *testing.T) {
 	)
 	ctx := context.Background()
 	base := dbtest.NewURL(t)
-	pu, err := url.Parse(base)
-	mustDo(t, err)
-	q := pu.Query()
-	q.Set("deadlock_timeout", "10min")
-	pu.RawQuery = q.Encode()
+	stalling := dbtest.StallDeadlocks(t, base)
 	policy := db.GCPolicy{CollectUntagged: true} // review delay, retention and untagged age all zero
 	var handles []*db.DB
 	for range 2 {
-		d, err := db.Open(ctx, pu.String(), db.Options{MaxConns: 10, GC: policy, Events: evConfig})
+		d, err := db.Open(ctx, stalling, db.Options{MaxConns: 10, GC: policy, Events: evConfig})
 		if err != nil {
 			t.Logf("cannot raise deadlock_timeout (%v); deadlocks will be retried, not caught", err)
 			d, err = db.Open(ctx, base, db.Options{MaxConns: 10, GC: policy, Events: evConfig})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	neturl "net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -170,19 +169,13 @@ func TestPullStatsAdd(t *testing.T) {
 func TestPullStatsConcurrentFlushes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	// deadlock_timeout far above any legitimate wait: a deadlock is not
-	// broken by PostgreSQL and retried by withTx, but stalls until the
-	// statement deadline, and the failed change fails the test.
-	pu, err := neturl.Parse(dbtest.NewURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := pu.Query()
-	q.Set("deadlock_timeout", "10min")
-	pu.RawQuery = q.Encode()
+	// A deadlock is not broken by PostgreSQL and retried by withTx, but
+	// stalls until the statement deadline, and the failed change fails the
+	// test.
+	stalling := dbtest.StallDeadlocks(t, dbtest.NewURL(t))
 	var handles [2]*db.DB
 	for i := range handles {
-		d, err := db.Open(ctx, pu.String(), db.Options{})
+		d, err := db.Open(ctx, stalling, db.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -48,16 +47,10 @@ func multiTagRace(t *testing.T, withDeletes bool) {
 	)
 	ctx := context.Background()
 	base := dbtest.NewURL(t)
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("deadlock_timeout", "10min") // a startup parameter, like search_path
-	u.RawQuery = q.Encode()
+	stalling := dbtest.StallDeadlocks(t, base)
 	var instances []*db.DB
 	for range 2 {
-		d, err := db.Open(ctx, u.String(), db.Options{MaxConns: workers + 2})
+		d, err := db.Open(ctx, stalling, db.Options{MaxConns: workers + 2})
 		if err != nil {
 			// A role that may not set deadlock_timeout: PostgreSQL then
 			// breaks deadlocks and withTx retries them, so only pushes

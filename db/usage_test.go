@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	neturl "net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -322,12 +321,7 @@ func TestUsageExactUnderChurn(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	base := dbtest.NewURL(t)
-	pu, err := neturl.Parse(base)
-	mustDo(t, err)
-	q := pu.Query()
-	q.Set("deadlock_timeout", "10min")
-	pu.RawQuery = q.Encode()
-	url := pu.String()
+	url := dbtest.StallDeadlocks(t, base)
 	policy := db.GCPolicy{CollectUntagged: true}
 	h := [2]*db.DB{evOpen(t, url, db.Options{GC: policy}), evOpen(t, url, db.Options{GC: policy})}
 	const repos, blobs = 4, 12

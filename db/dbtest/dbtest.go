@@ -71,6 +71,23 @@ func NewURL(t testing.TB) string {
 	return u.String()
 }
 
+// StallDeadlocks returns dbURL with deadlock_timeout far above any
+// legitimate wait (a startup parameter, like search_path): PostgreSQL then
+// does not break a wait cycle for withTx to retry, the cycle stalls its
+// changes past their statement deadline, and the test sees them fail. For
+// tests that check a lock order has no cycle.
+func StallDeadlocks(t testing.TB, dbURL string) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatalf("parse %s: %v", dbURL, err)
+	}
+	q := u.Query()
+	q.Set("deadlock_timeout", "10min")
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // New returns a *db.DB on a fresh schema, closed when the test ends.
 func New(t testing.TB) *db.DB {
 	t.Helper()
